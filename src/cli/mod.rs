@@ -1,0 +1,123 @@
+//! The `orgkeeper` command line. Each subcommand lives in its own module with an `Args` struct and a `run`
+//! function; this module only parses, sets up logging and dispatches. Every flag can also be set through an
+//! `ORGKEEPER_*` environment variable, which is how the Helm chart configures the binary.
+
+mod accounts;
+mod apply;
+mod crds;
+mod output;
+mod plan;
+mod secrets_dir;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit codes shared by every command.
+pub mod exit {
+    /// Success (for `plan`: the store already matches the manifests).
+    pub const OK: u8 = 0;
+    /// An error: bad input, an unreachable store, a rule broken. Nothing was changed.
+    pub const ERROR: u8 = 1;
+    /// `plan` only: there are changes to apply.
+    pub const CHANGES: u8 = 2;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orgkeeper",
+    version,
+    about = "GitOps tenancy for an Oso-compatible authorization service",
+    long_about = "orgkeeper reconciles Organizations, Users, Environments and ApiKeys (Kubernetes custom resources in \
+                  orgkeeper.dev/v1alpha1) into a SQL store, writes each generated API key once into a Secret, and \
+                  runs a rate-limiting sidecar and a fact store compatible with the official Oso Cloud clients."
+)]
+pub struct Cli {
+    /// Log level or tracing filter (e.g. info, debug, orgkeeper=debug,sqlx=warn).
+    #[arg(long, global = true, env = "ORGKEEPER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format: text for people, json for log pipelines.
+    #[arg(long, global = true, env = "ORGKEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the changes that `apply` would make to the store (exit 0: none, 2: some, 1: error).
+    Plan(plan::Args),
+    /// Make the store match a folder of manifests, in one transaction; write issued keys as Secret manifests.
+    Apply(apply::Args),
+    /// Register, unregister and list the existing accounts (github:NAME, google:EMAIL) users may reference.
+    Accounts(accounts::Args),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crds(crds::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Plan(args) => plan::run(args).await,
+            Command::Apply(args) => apply::run(args).await,
+            Command::Accounts(args) => accounts::run(args).await,
+            Command::Crds(args) => crds::run(args),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+/// Logs go to stderr so that stdout carries only the command's output (plans, YAML, JSON).
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_and_flag_is_documented() {
+        super::Cli::command().debug_assert();
+        for sub in super::Cli::command().get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{} has no help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! How plans, problems and results are shown: text for people, JSON for pipelines.
+
+use std::fmt::Display;
+
+use clap::ValueEnum;
+use serde_json::json;
+
+use super::exit;
+use super::plan::Prepared;
+use crate::domain::Problem;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// Prints each error on stderr and returns the error exit code.
+pub fn print_errors<E: Display>(errors: &[E]) -> u8 {
+    for error in errors {
+        eprintln!("error: {error}");
+    }
+    eprintln!("{} error(s); nothing was changed", errors.len());
+    exit::ERROR
+}
+
+fn located(prepared: &Prepared, problem: &Problem) -> String {
+    match prepared.manifests.location_of(&problem.object) {
+        Some(location) => format!("{location}: {problem}"),
+        None => problem.to_string(),
+    }
+}
+
+/// Prints a plan (or, with `applied`, what was done). Returns the exit code for `plan`: 0 with no changes,
+/// 2 with changes, 1 when a problem blocks the plan.
+pub fn print_plan(prepared: &Prepared, format: OutputFormat, applied: bool) -> u8 {
+    let plan = &prepared.plan;
+    let (added, changed, removed) = plan.summary();
+    let code = if !plan.problems.is_empty() {
+        exit::ERROR
+    } else if plan.is_empty() {
+        exit::OK
+    } else {
+        exit::CHANGES
+    };
+    if format == OutputFormat::Json {
+        let problems: Vec<_> = plan.problems.iter().map(|p| problem_json(prepared, p)).collect();
+        let warnings: Vec<_> = prepared
+            .inspection
+            .missing
+            .iter()
+            .map(|p| problem_json(prepared, p))
+            .collect();
+        let doc = json!({
+            "applied": applied,
+            "changes": plan.changes,
+            "problems": problems,
+            "warnings": warnings,
+            "summary": {"add": added, "change": changed, "remove": removed, "objects": prepared.objects},
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON serialises"));
+        return code;
+    }
+    for warning in &prepared.inspection.missing {
+        eprintln!("warning: {}", located(prepared, warning));
+    }
+    if !plan.problems.is_empty() {
+        for problem in &plan.problems {
+            eprintln!("error: {}", located(prepared, problem));
+        }
+        eprintln!("{} problem(s); nothing was changed", plan.problems.len());
+        return code;
+    }
+    if plan.is_empty() {
+        println!(
+            "No changes: the store matches {} object(s) in {} file(s).",
+            prepared.objects, prepared.manifests.files
+        );
+        return code;
+    }
+    for change in &plan.changes {
+        println!("{change}");
+    }
+    let verb = if applied { "Applied" } else { "Plan" };
+    println!("{verb}: {added} to add, {changed} to change, {removed} to remove.");
+    code
+}
+
+fn problem_json(prepared: &Prepared, problem: &Problem) -> serde_json::Value {
+    let location = prepared.manifests.location_of(&problem.object).map(ToString::to_string);
+    json!({
+        "object": problem.object,
+        "reason": problem.reason,
+        "message": problem.message,
+        "location": location,
+    })
+}

@@ -1,0 +1,20 @@
+//! The tenancy domain: what an organization, its users, environments and API keys are, the rules they obey,
+//! and the plan of changes that takes a store from what it holds to what is declared.
+//!
+//! Nothing here knows about Kubernetes or SQL. The adapters (`crd`, `manifests`, `store`, `controller`, `cli`,
+//! `sidecar`, `facts`) translate their world into these types and carry out the [`Plan`] this module computes,
+//! which is what keeps `orgkeeper apply` and the controller in agreement.
+
+pub mod account;
+pub mod keys;
+pub mod limits;
+pub mod model;
+pub mod plan;
+pub mod rules;
+
+pub use account::{Account, AccountError, KnownAccounts, Provider};
+pub use keys::{ApiKeyToken, KeyHash, TokenError};
+pub use limits::{EffectiveLimits, LimitOverrides, PlanTier};
+pub use model::*;
+pub use plan::{Change, Plan, plan};
+pub use rules::{Problem, Reason};

@@ -1,0 +1,522 @@
+//! One test per rule of the plan. Each builds declarations and a stored view by hand, plans, and checks the
+//! changes and problems a user would see.
+
+use super::*;
+use crate::domain::limits::{LimitOverrides, PlanTier};
+
+const NS: &str = "team";
+
+fn org_decl(name: &str) -> OrganizationDecl {
+    OrganizationDecl {
+        namespace: NS.into(),
+        name: name.into(),
+        settings: OrganizationSettings {
+            display_name: "Acme".into(),
+            plan: PlanTier::Developer,
+            limits: LimitOverrides::default(),
+            deletion_policy: DeletionPolicy::Retain,
+        },
+    }
+}
+
+fn env_decl(name: &str) -> EnvironmentDecl {
+    EnvironmentDecl {
+        namespace: NS.into(),
+        name: name.into(),
+        organization: "acme".into(),
+        display_name: None,
+        production: None,
+        limits: LimitOverrides::default(),
+        deletion_policy: DeletionPolicy::Retain,
+    }
+}
+
+fn user_decl(name: &str, account: &str, role: Role) -> UserDecl {
+    UserDecl {
+        namespace: NS.into(),
+        name: name.into(),
+        organization: "acme".into(),
+        account: account.parse().unwrap(),
+        role,
+    }
+}
+
+fn key_decl(name: &str, environment: &str) -> ApiKeyDecl {
+    ApiKeyDecl {
+        namespace: NS.into(),
+        name: name.into(),
+        organization: "acme".into(),
+        environment: environment.into(),
+        access: Access::ReadWrite,
+        secret_name: name.into(),
+        revoked: false,
+    }
+}
+
+fn acme() -> Declarations {
+    Declarations {
+        organizations: vec![org_decl("acme")],
+        ..Default::default()
+    }
+}
+
+fn accounts(list: &[&str]) -> KnownAccounts {
+    list.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+/// What the store would hold after carrying out a plan, built by hand so these tests need no store.
+fn stored_after(declarations: &Declarations, known: &KnownAccounts) -> BTreeMap<OrgKey, StoredOrganization> {
+    let mut stored = BTreeMap::new();
+    let plan = plan(declarations, &stored, known);
+    let mut org: Option<StoredOrganization> = None;
+    for change in plan.changes {
+        match change {
+            Change::CreateOrganization { organization, settings } => {
+                org = Some(StoredOrganization {
+                    id: "o1".into(),
+                    key: organization,
+                    settings,
+                    managed: true,
+                    environments: vec![],
+                    users: vec![],
+                    api_keys: vec![],
+                })
+            }
+            Change::CreateEnvironment {
+                environment, settings, ..
+            } => {
+                let org = org.as_mut().unwrap();
+                let id = format!("env{}", org.environments.len());
+                org.environments.push(StoredEnvironment {
+                    id,
+                    name: environment,
+                    settings,
+                    managed: true,
+                });
+            }
+            Change::AddUser {
+                account,
+                role,
+                resource,
+                ..
+            } => {
+                org.as_mut().unwrap().users.push(StoredUser {
+                    account,
+                    role,
+                    resource_name: resource,
+                });
+            }
+            Change::IssueKey {
+                environment,
+                api_key,
+                access,
+                secret_name,
+                ..
+            } => {
+                let org = org.as_mut().unwrap();
+                let key_id = format!("k{}", org.api_keys.len());
+                org.api_keys.push(StoredApiKey {
+                    key_id,
+                    environment,
+                    resource_name: api_key,
+                    secret_name,
+                    access,
+                    state: KeyState::Live,
+                    fingerprint: String::new(),
+                });
+            }
+            other => panic!("unexpected change on a fresh store: {other}"),
+        }
+    }
+    if let Some(org) = org {
+        stored.insert(org.key.clone(), org);
+    }
+    stored
+}
+
+fn reasons(plan: &Plan) -> Vec<(String, Reason)> {
+    plan.problems
+        .iter()
+        .map(|p| (p.object.name.clone(), p.reason))
+        .collect()
+}
+
+#[test]
+fn a_new_organization_gets_both_default_environments() {
+    let plan = plan(&acme(), &BTreeMap::new(), &KnownAccounts::default());
+    assert!(plan.problems.is_empty());
+    let text: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text[0],
+        "+ organization team/acme (plan Developer, deletionPolicy Retain)"
+    );
+    assert_eq!(
+        text[1],
+        r#"+ environment team/acme/production ("Production", production)"#
+    );
+    assert_eq!(text[2], r#"+ environment team/acme/development ("Development")"#);
+    assert_eq!(plan.changes.len(), 3);
+}
+
+#[test]
+fn planning_what_the_store_already_holds_changes_nothing() {
+    let mut decl = acme();
+    decl.environments.push(env_decl("staging"));
+    decl.users.push(user_decl("alice", "github:alice", Role::Admin));
+    decl.api_keys.push(key_decl("backend", "staging"));
+    let known = accounts(&["github:alice"]);
+    let stored = stored_after(&decl, &known);
+    let again = plan(&decl, &stored, &known);
+    assert!(again.is_empty(), "{:?}", again.changes);
+    assert!(again.problems.is_empty());
+}
+
+#[test]
+fn unknown_accounts_are_a_problem_and_known_ones_are_added() {
+    let mut decl = acme();
+    decl.users.push(user_decl("alice", "github:alice", Role::Admin));
+    decl.users.push(user_decl("mallory", "github:mallory", Role::Member));
+    let plan = plan(&decl, &BTreeMap::new(), &accounts(&["github:alice"]));
+    assert_eq!(reasons(&plan), vec![("mallory".into(), Reason::UnknownAccount)]);
+    assert!(plan.problems[0].message.contains("github:mallory"));
+    assert!(
+        plan.changes
+            .iter()
+            .any(|c| matches!(c, Change::AddUser { role: Role::Admin, .. }))
+    );
+    assert!(
+        !plan
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::AddUser { account, .. } if account.login() == "mallory"))
+    );
+}
+
+#[test]
+fn an_existing_user_keeps_working_when_its_account_is_unregistered() {
+    let mut decl = acme();
+    decl.users.push(user_decl("alice", "github:alice", Role::Member));
+    let stored = stored_after(&decl, &accounts(&["github:alice"]));
+    decl.users[0].role = Role::Admin;
+    let plan = plan(&decl, &stored, &KnownAccounts::default());
+    assert!(plan.problems.is_empty());
+    assert!(matches!(
+        &plan.changes[..],
+        [Change::UpdateUser {
+            from: Role::Member,
+            to: Role::Admin,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn the_same_account_twice_in_one_organization_is_a_duplicate() {
+    let mut decl = acme();
+    decl.users.push(user_decl("alice", "github:alice", Role::Admin));
+    decl.users.push(user_decl("alice-again", "github:Alice", Role::Member));
+    let plan = plan(&decl, &BTreeMap::new(), &accounts(&["github:alice"]));
+    assert_eq!(reasons(&plan), vec![("alice-again".into(), Reason::Duplicate)]);
+}
+
+#[test]
+fn objects_declared_twice_are_duplicates() {
+    let mut decl = acme();
+    decl.organizations.push(org_decl("acme"));
+    decl.environments.push(env_decl("staging"));
+    decl.environments.push(env_decl("staging"));
+    let plan = plan(&decl, &BTreeMap::new(), &KnownAccounts::default());
+    assert_eq!(
+        reasons(&plan),
+        vec![
+            ("acme".into(), Reason::Duplicate),
+            ("staging".into(), Reason::Duplicate)
+        ]
+    );
+}
+
+#[test]
+fn children_of_a_missing_organization_are_reported() {
+    let mut decl = acme();
+    let mut env = env_decl("staging");
+    env.organization = "globex".into();
+    decl.environments.push(env);
+    let mut key = key_decl("k", "production");
+    key.organization = "globex".into();
+    decl.api_keys.push(key);
+    let plan = plan(&decl, &BTreeMap::new(), &KnownAccounts::default());
+    assert_eq!(
+        reasons(&plan),
+        vec![
+            ("staging".into(), Reason::OrganizationNotFound),
+            ("k".into(), Reason::OrganizationNotFound)
+        ]
+    );
+}
+
+#[test]
+fn keys_need_a_declared_or_default_environment() {
+    let mut decl = acme();
+    decl.api_keys.push(key_decl("ok", "development"));
+    decl.api_keys.push(key_decl("lost", "staging"));
+    let plan = plan(&decl, &BTreeMap::new(), &KnownAccounts::default());
+    assert_eq!(reasons(&plan), vec![("lost".into(), Reason::EnvironmentNotFound)]);
+    assert!(
+        plan.changes
+            .iter()
+            .any(|c| matches!(c, Change::IssueKey { api_key, .. } if api_key == "ok"))
+    );
+}
+
+#[test]
+fn an_environment_holds_at_most_128_live_keys() {
+    let mut decl = acme();
+    for i in 0..130 {
+        decl.api_keys.push(key_decl(&format!("key-{i:03}"), "production"));
+    }
+    let plan = plan(&decl, &BTreeMap::new(), &KnownAccounts::default());
+    let issued = plan
+        .changes
+        .iter()
+        .filter(|c| matches!(c, Change::IssueKey { .. }))
+        .count();
+    assert_eq!(issued, 128);
+    assert_eq!(
+        reasons(&plan),
+        vec![
+            ("key-128".into(), Reason::KeyLimitReached),
+            ("key-129".into(), Reason::KeyLimitReached)
+        ]
+    );
+    // Other environments have their own budget.
+    let mut decl = acme();
+    for i in 0..128 {
+        decl.api_keys.push(key_decl(&format!("p-{i:03}"), "production"));
+        decl.api_keys.push(key_decl(&format!("d-{i:03}"), "development"));
+    }
+    assert!(
+        super::plan(&decl, &BTreeMap::new(), &KnownAccounts::default())
+            .problems
+            .is_empty()
+    );
+}
+
+#[test]
+fn revoked_keys_free_their_slot() {
+    let mut decl = acme();
+    for i in 0..128 {
+        decl.api_keys.push(key_decl(&format!("key-{i:03}"), "production"));
+    }
+    let stored = stored_after(&decl, &KnownAccounts::default());
+    decl.api_keys[0].revoked = true;
+    decl.api_keys.push(key_decl("key-new", "production"));
+    let plan = plan(&decl, &stored, &KnownAccounts::default());
+    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+    assert!(matches!(&plan.changes[0], Change::RevokeKey { api_key, .. } if api_key == "key-000"));
+    assert!(matches!(&plan.changes[1], Change::IssueKey { api_key, .. } if api_key == "key-new"));
+}
+
+#[test]
+fn a_revoked_key_stays_revoked() {
+    let mut decl = acme();
+    decl.api_keys.push(key_decl("k", "production"));
+    let mut stored = stored_after(&decl, &KnownAccounts::default());
+    stored.values_mut().next().unwrap().api_keys[0].state = KeyState::Revoked;
+    let plan = plan(&decl, &stored, &KnownAccounts::default());
+    assert_eq!(reasons(&plan), vec![("k".into(), Reason::ImmutableField)]);
+    assert!(plan.is_empty());
+    decl.api_keys[0].revoked = true;
+    let plan = super::plan(&decl, &stored, &KnownAccounts::default());
+    assert!(plan.is_empty() && plan.problems.is_empty());
+}
+
+#[test]
+fn an_issued_keys_access_environment_and_secret_are_immutable() {
+    let mut decl = acme();
+    decl.api_keys.push(key_decl("k", "production"));
+    let stored = stored_after(&decl, &KnownAccounts::default());
+    for change in [
+        |k: &mut ApiKeyDecl| k.access = Access::ReadOnly,
+        |k: &mut ApiKeyDecl| k.environment = "development".into(),
+        |k: &mut ApiKeyDecl| k.secret_name = "other".into(),
+    ] {
+        let mut changed = decl.clone();
+        change(&mut changed.api_keys[0]);
+        let plan = plan(&changed, &stored, &KnownAccounts::default());
+        assert_eq!(reasons(&plan), vec![("k".into(), Reason::ImmutableField)]);
+        assert!(plan.is_empty(), "the issued key is left alone");
+    }
+}
+
+#[test]
+fn a_pending_key_is_resumed_not_duplicated() {
+    let mut decl = acme();
+    decl.api_keys.push(key_decl("k", "production"));
+    let mut stored = stored_after(&decl, &KnownAccounts::default());
+    stored.values_mut().next().unwrap().api_keys[0].state = KeyState::Pending;
+    let plan = plan(&decl, &stored, &KnownAccounts::default());
+    assert!(matches!(&plan.changes[..], [Change::IssueKey { resume: Some(id), .. }] if id == "k0"));
+}
+
+#[test]
+fn keys_whose_resource_is_gone_are_revoked_and_forgotten() {
+    let mut decl = acme();
+    decl.api_keys.push(key_decl("k", "production"));
+    let stored = stored_after(&decl, &KnownAccounts::default());
+    decl.api_keys.clear();
+    let plan = plan(&decl, &stored, &KnownAccounts::default());
+    assert!(matches!(&plan.changes[..], [Change::RemoveKey { api_key, .. }] if api_key == "k"));
+}
+
+#[test]
+fn default_environments_are_reset_never_deleted() {
+    let mut decl = acme();
+    let mut prod = env_decl("production");
+    prod.display_name = Some("Prod".into());
+    prod.limits.max_batch_facts = Some(5);
+    prod.deletion_policy = DeletionPolicy::Delete;
+    decl.environments.push(prod);
+    let stored = stored_after(&decl, &KnownAccounts::default());
+    decl.environments.clear();
+    let plan = plan(&decl, &stored, &KnownAccounts::default());
+    match &plan.changes[..] {
+        [Change::ResetEnvironment { environment, to, .. }] => {
+            assert_eq!(environment, "production");
+            assert_eq!(to, &EnvironmentSettings::default_for("production").unwrap());
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    assert!(
+        plan.changes[0]
+            .to_string()
+            .contains("limits.maxBatchFacts: 5 -> inherited")
+    );
+}
+
+#[test]
+fn a_default_environment_keeps_its_production_flag() {
+    let mut decl = acme();
+    let mut prod = env_decl("production");
+    prod.production = Some(false);
+    decl.environments.push(prod);
+    let mut dev = env_decl("development");
+    dev.production = Some(true);
+    decl.environments.push(dev);
+    let plan = plan(&decl, &BTreeMap::new(), &KnownAccounts::default());
+    assert_eq!(
+        reasons(&plan),
+        vec![
+            ("development".into(), Reason::InvalidSpec),
+            ("production".into(), Reason::InvalidSpec)
+        ]
+    );
+    // The environments still exist with their default settings.
+    assert_eq!(
+        plan.changes
+            .iter()
+            .filter(|c| matches!(c, Change::CreateEnvironment { .. }))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn removed_environments_follow_their_deletion_policy() {
+    let mut decl = acme();
+    let mut kept = env_decl("kept");
+    kept.deletion_policy = DeletionPolicy::Retain;
+    let mut gone = env_decl("gone");
+    gone.deletion_policy = DeletionPolicy::Delete;
+    decl.environments.extend([kept, gone]);
+    decl.api_keys.push(key_decl("k", "kept"));
+    let stored = stored_after(&decl, &KnownAccounts::default());
+    decl.environments.clear();
+    decl.api_keys.clear();
+    let plan = plan(&decl, &stored, &KnownAccounts::default());
+    assert!(plan.changes.iter().any(|c| matches!(c, Change::ReleaseEnvironment { environment, revoked_keys, .. } if environment == "kept" && revoked_keys.len() == 1)));
+    assert!(
+        plan.changes
+            .iter()
+            .any(|c| matches!(c, Change::DeleteEnvironment { environment, .. } if environment == "gone"))
+    );
+}
+
+#[test]
+fn a_retained_environment_is_adopted_when_declared_again() {
+    let mut decl = acme();
+    decl.environments.push(env_decl("staging"));
+    let mut stored = stored_after(&decl, &KnownAccounts::default());
+    let org = stored.values_mut().next().unwrap();
+    org.environments
+        .iter_mut()
+        .find(|e| e.name == "staging")
+        .unwrap()
+        .managed = false;
+    let plan = plan(&decl, &stored, &KnownAccounts::default());
+    assert!(matches!(
+        &plan.changes[..],
+        [Change::UpdateEnvironment { adopt: true, .. }]
+    ));
+    // And while it is not declared, a released environment is left alone.
+    decl.environments.clear();
+    assert!(super::plan(&decl, &stored, &KnownAccounts::default()).is_empty());
+}
+
+#[test]
+fn removed_users_are_removed_last() {
+    let mut decl = acme();
+    decl.users.push(user_decl("alice", "github:alice", Role::Admin));
+    decl.users
+        .push(user_decl("bob", "google:bob@example.com", Role::Member));
+    let known = accounts(&["github:alice", "google:bob@example.com"]);
+    let stored = stored_after(&decl, &known);
+    decl.users.remove(1);
+    decl.api_keys.push(key_decl("k", "production"));
+    let plan = plan(&decl, &stored, &known);
+    assert!(
+        matches!(plan.changes.last(), Some(Change::RemoveUser { account, .. }) if account.login() == "bob@example.com")
+    );
+}
+
+#[test]
+fn limit_and_setting_changes_are_planned_as_updates() {
+    let mut decl = acme();
+    decl.environments.push(env_decl("staging"));
+    let stored = stored_after(&decl, &KnownAccounts::default());
+    decl.organizations[0].settings.plan = PlanTier::Growth;
+    decl.environments[0].limits.requests_per_minute = Some(100);
+    let plan = plan(&decl, &stored, &KnownAccounts::default());
+    let text: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
+    assert_eq!(text[0], "~ organization team/acme\n    plan: Developer -> Growth");
+    assert_eq!(
+        text[1],
+        "~ environment team/acme/staging\n    limits.requestsPerMinute: inherited -> 100"
+    );
+}
+
+#[test]
+fn two_secrets_of_the_same_name_are_a_duplicate() {
+    let mut decl = acme();
+    decl.api_keys.push(key_decl("a", "production"));
+    let mut b = key_decl("b", "production");
+    b.secret_name = "a".into();
+    decl.api_keys.push(b);
+    let plan = plan(&decl, &BTreeMap::new(), &KnownAccounts::default());
+    assert_eq!(reasons(&plan), vec![("b".into(), Reason::Duplicate)]);
+}
+
+#[test]
+fn organizations_only_in_the_store_are_left_alone() {
+    let stored = stored_after(&acme(), &KnownAccounts::default());
+    let plan = plan(&Declarations::default(), &stored, &KnownAccounts::default());
+    assert!(plan.is_empty());
+}
+
+#[test]
+fn the_plan_serialises_with_an_action_tag() {
+    let plan = plan(&acme(), &BTreeMap::new(), &KnownAccounts::default());
+    let json = serde_json::to_value(&plan.changes[0]).unwrap();
+    assert_eq!(json["action"], "createOrganization");
+    assert_eq!(json["organization"]["name"], "acme");
+    assert_eq!(json["settings"]["plan"], "Developer");
+}

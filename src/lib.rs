@@ -1,0 +1,10 @@
+//! orgkeeper: GitOps tenancy for an Oso-compatible authorization service.
+//!
+//! `domain` is the core (resources, rules, plan) and knows neither Kubernetes nor SQL; every other module is
+//! an adapter around it, one per way the outside world reaches orgkeeper.
+
+pub mod cli;
+pub mod crd;
+pub mod domain;
+pub mod manifests;
+pub mod store;

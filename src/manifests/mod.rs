@@ -1,0 +1,10 @@
+//! Reads a folder of manifests the way a GitOps repository holds them: every `*.yaml`/`*.yml` file below it,
+//! multi-document, manifests of other kinds skipped. Each orgkeeper object is checked against the same
+//! schema and CEL rules the API server enforces, so `plan` catches what `kubectl apply` would refuse, and
+//! every error names the file, the line, the object and the field.
+
+mod load;
+mod validate;
+
+pub use load::{Location, Manifest, ManifestError, ManifestSet, Resource, load_dir, parse_str};
+pub use validate::SchemaValidator;

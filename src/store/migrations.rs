@@ -1,0 +1,37 @@
+//! Schema migrations, embedded in the binary. SQLite and PostgreSQL differ only in column types, so each
+//! migration exists once per backend with the same version and meaning.
+
+use std::borrow::Cow;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+use super::Backend;
+
+/// (version, description, SQLite SQL, PostgreSQL SQL)
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
+    1,
+    "tenancy",
+    include_str!("migrations/sqlite/0001_tenancy.sql"),
+    include_str!("migrations/postgres/0001_tenancy.sql"),
+)];
+
+pub(super) fn migrator(backend: Backend) -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, description, sqlite, postgres)| {
+            let sql = match backend {
+                Backend::Sqlite => *sqlite,
+                Backend::Postgres => *postgres,
+            };
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}

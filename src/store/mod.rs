@@ -1,0 +1,198 @@
+//! The backing store: SQLite (embedded default, a file or memory) and PostgreSQL (production), through
+//! sqlx's `Any` driver so that one set of portable SQL serves both, and every store test runs on both.
+//!
+//! The store holds tenancy (organizations, environments, users, API key hashes, known accounts). Every
+//! write transaction bumps `store_revision`, which readers such as the sidecar poll to notice changes cheaply.
+
+mod accounts;
+mod apply;
+mod migrations;
+mod snapshot;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor};
+
+pub use apply::{ApplyOutcome, IssuedKey, StoreTx};
+
+/// Which database a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to the store at {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("unsupported database URL {url}: use sqlite:PATH, sqlite::memory: or postgres://...")]
+    UnsupportedUrl { url: String },
+    #[error("cannot migrate the store schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store query failed while {context}: {source}")]
+    Query { context: &'static str, source: sqlx::Error },
+    #[error("the store holds unexpected data ({0}); was it edited by hand?")]
+    Corrupt(String),
+}
+
+/// Attaches what we were doing to a database error.
+pub(crate) trait QueryContext<T> {
+    fn context(self, context: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> QueryContext<T> for Result<T, sqlx::Error> {
+    fn context(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Query { context, source })
+    }
+}
+
+/// A connection pool to the store, plus a count of the statements it has issued (for benchmarks and the
+/// "no writes when idle" guarantee).
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    statements: Arc<AtomicU64>,
+}
+
+/// The embedded default: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://orgkeeper.db";
+
+impl Store {
+    /// Connects, creating a SQLite file if needed, and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = normalise_url(url)?;
+        let memory = backend == Backend::Sqlite && url.contains(":memory:") || url.contains("mode=memory");
+        let options = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+                        // WAL lets readers (the sidecar) proceed while a writer (apply) holds the lock.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            });
+        // An in-memory SQLite database lives and dies with its one connection.
+        let options = if memory {
+            options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            options.max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+        };
+        let pool = options.connect(&url).await.map_err(|source| StoreError::Connect {
+            url: redact_url(&url),
+            source,
+        })?;
+        migrations::migrator(backend).run(&pool).await?;
+        Ok(Store {
+            pool,
+            backend,
+            statements: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// How many statements this store (and its clones) has issued since it was opened.
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub(crate) fn count(&self, n: u64) {
+        self.statements.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current revision; it changes on every committed write to tenancy data.
+    pub async fn revision(&self) -> Result<i64, StoreError> {
+        self.count(1);
+        sqlx::query_scalar::<Any, i64>("SELECT revision FROM store_revision WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the store revision")
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Accepts `sqlite:` and `postgres:`/`postgresql:` URLs; SQLite files are created when missing.
+fn normalise_url(url: &str) -> Result<(Backend, String), StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, url.to_owned()));
+    }
+    if !url.starts_with("sqlite:") {
+        return Err(StoreError::UnsupportedUrl { url: redact_url(url) });
+    }
+    if url.contains(":memory:") || url.contains("mode=") {
+        return Ok((Backend::Sqlite, url.to_owned()));
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Ok((Backend::Sqlite, format!("{url}{separator}mode=rwc")))
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Seconds since the Unix epoch, the store's timestamp unit.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+pub(crate) type Row = AnyRow;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_appear_in_messages() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/orgkeeper"),
+            "postgres://app:***@db:5432/orgkeeper"
+        );
+        assert_eq!(redact_url("postgres://app@db/orgkeeper"), "postgres://app@db/orgkeeper");
+        assert_eq!(redact_url("sqlite://orgkeeper.db"), "sqlite://orgkeeper.db");
+    }
+
+    #[test]
+    fn sqlite_files_are_created_when_missing() {
+        assert_eq!(normalise_url("sqlite://x.db").unwrap().1, "sqlite://x.db?mode=rwc");
+        assert_eq!(normalise_url("sqlite::memory:").unwrap().1, "sqlite::memory:");
+        assert!(matches!(
+            normalise_url("mysql://x"),
+            Err(StoreError::UnsupportedUrl { .. })
+        ));
+    }
+}

@@ -1,0 +1,191 @@
+//! Reading what the store holds for a set of organizations, in a handful of statements however large they are.
+
+use std::collections::BTreeMap;
+
+use sqlx::{Any, AnyConnection, Row as _};
+
+use super::{QueryContext, Row, Store, StoreError};
+use crate::domain::*;
+
+impl Store {
+    /// What the store holds for each of `keys` that exists (absent keys are new organizations).
+    pub async fn load_organizations(
+        &self,
+        keys: &[OrgKey],
+    ) -> Result<BTreeMap<OrgKey, StoredOrganization>, StoreError> {
+        let mut conn = self.pool().acquire().await.context("acquiring a connection")?;
+        let mut out = BTreeMap::new();
+        for key in keys {
+            let (found, statements) = load_organization(&mut conn, key).await?;
+            self.count(statements);
+            if let Some(org) = found {
+                out.insert(key.clone(), org);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every organization in the store with its environments, users and keys.
+    pub async fn load_all_organizations(&self) -> Result<BTreeMap<OrgKey, StoredOrganization>, StoreError> {
+        self.count(1);
+        let keys: Vec<OrgKey> =
+            sqlx::query::<Any>("SELECT namespace, name FROM organizations ORDER BY namespace, name")
+                .fetch_all(self.pool())
+                .await
+                .context("listing organizations")?
+                .iter()
+                .map(|row| {
+                    Ok(OrgKey {
+                        namespace: row.try_get(0)?,
+                        name: row.try_get(1)?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .context("reading organizations")?;
+        self.load_organizations(&keys).await
+    }
+}
+
+const ORGANIZATION_COLUMNS: &str = "id, display_name, plan, requests_per_minute, fact_writes_per_minute, \
+     max_concurrent_requests, max_batch_facts, max_write_body_bytes, deletion_policy, managed";
+
+/// Loads one organization in four statements; returns it (if it exists) and the number of statements issued.
+pub(super) async fn load_organization(
+    conn: &mut AnyConnection,
+    key: &OrgKey,
+) -> Result<(Option<StoredOrganization>, u64), StoreError> {
+    let sql = format!("SELECT {ORGANIZATION_COLUMNS} FROM organizations WHERE namespace = $1 AND name = $2");
+    let row = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql))
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading an organization")?;
+    let Some(row) = row else { return Ok((None, 1)) };
+    let id: String = row.try_get("id").context("reading an organization")?;
+    let settings = OrganizationSettings {
+        display_name: row.try_get("display_name").context("reading an organization")?,
+        plan: parse_column(&row, "plan")?,
+        limits: limits_from_row(&row)?,
+        deletion_policy: parse_column(&row, "deletion_policy")?,
+    };
+    let managed = flag(&row, "managed")?;
+
+    let environments = sqlx::query::<Any>(
+        "SELECT id, name, display_name, production, requests_per_minute, fact_writes_per_minute, \
+         max_concurrent_requests, max_batch_facts, max_write_body_bytes, deletion_policy, managed \
+         FROM environments WHERE organization_id = $1 ORDER BY name",
+    )
+    .bind(&id)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading environments")?
+    .iter()
+    .map(environment_from_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    let environment_names: BTreeMap<String, String> =
+        environments.iter().map(|e| (e.id.clone(), e.name.clone())).collect();
+
+    let users = sqlx::query::<Any>(
+        "SELECT account, role, resource_name FROM users WHERE organization_id = $1 ORDER BY account",
+    )
+    .bind(&id)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading users")?
+    .iter()
+    .map(|row| {
+        Ok(StoredUser {
+            account: parse_column(row, "account")?,
+            role: parse_column(row, "role")?,
+            resource_name: row.try_get("resource_name").context("reading users")?,
+        })
+    })
+    .collect::<Result<Vec<_>, StoreError>>()?;
+
+    let api_keys = sqlx::query::<Any>(
+        "SELECT key_id, environment_id, resource_name, secret_name, access, secret_hash, state \
+         FROM api_keys WHERE organization_id = $1 ORDER BY resource_name",
+    )
+    .bind(&id)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading api keys")?
+    .iter()
+    .map(|row| api_key_from_row(row, &environment_names))
+    .collect::<Result<Vec<_>, _>>()?;
+
+    let org = StoredOrganization {
+        id,
+        key: key.clone(),
+        settings,
+        managed,
+        environments,
+        users,
+        api_keys,
+    };
+    Ok((Some(org), 4))
+}
+
+fn environment_from_row(row: &Row) -> Result<StoredEnvironment, StoreError> {
+    Ok(StoredEnvironment {
+        id: row.try_get("id").context("reading environments")?,
+        name: row.try_get("name").context("reading environments")?,
+        settings: EnvironmentSettings {
+            display_name: row.try_get("display_name").context("reading environments")?,
+            production: flag(row, "production")?,
+            limits: limits_from_row(row)?,
+            deletion_policy: parse_column(row, "deletion_policy")?,
+        },
+        managed: flag(row, "managed")?,
+    })
+}
+
+fn api_key_from_row(row: &Row, environment_names: &BTreeMap<String, String>) -> Result<StoredApiKey, StoreError> {
+    let environment_id: String = row.try_get("environment_id").context("reading api keys")?;
+    let hash: String = row.try_get("secret_hash").context("reading api keys")?;
+    let fingerprint = KeyHash::from_hex(&hash)
+        .ok_or_else(|| StoreError::Corrupt("an api key hash".into()))?
+        .fingerprint();
+    Ok(StoredApiKey {
+        key_id: row.try_get("key_id").context("reading api keys")?,
+        environment: environment_names
+            .get(&environment_id)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("api key of unknown environment {environment_id}")))?,
+        resource_name: row.try_get("resource_name").context("reading api keys")?,
+        secret_name: row.try_get("secret_name").context("reading api keys")?,
+        access: parse_column(row, "access")?,
+        state: parse_column(row, "state")?,
+        fingerprint,
+    })
+}
+
+/// The five nullable limit columns shared by organizations and environments.
+pub(super) fn limits_from_row(row: &Row) -> Result<LimitOverrides, StoreError> {
+    let get = |column: &'static str| -> Result<Option<u64>, StoreError> {
+        let value: Option<i64> = row.try_get(column).context("reading limits")?;
+        Ok(value.map(|v| v.max(0) as u64))
+    };
+    Ok(LimitOverrides {
+        requests_per_minute: get("requests_per_minute")?,
+        fact_writes_per_minute: get("fact_writes_per_minute")?,
+        max_concurrent_requests: get("max_concurrent_requests")?,
+        max_batch_facts: get("max_batch_facts")?,
+        max_write_body_bytes: get("max_write_body_bytes")?,
+    })
+}
+
+pub(super) fn flag(row: &Row, column: &'static str) -> Result<bool, StoreError> {
+    let value: i64 = row.try_get(column).context("reading a flag")?;
+    Ok(value != 0)
+}
+
+fn parse_column<T: std::str::FromStr>(row: &Row, column: &'static str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    let text: String = row.try_get(column).context("reading a column")?;
+    text.parse()
+        .map_err(|e| StoreError::Corrupt(format!("{column} {text:?}: {e}")))
+}

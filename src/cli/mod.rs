@@ -5,6 +5,7 @@
 mod accounts;
 mod apply;
 mod crds;
+mod demo;
 mod output;
 mod plan;
 mod secrets_dir;
@@ -59,6 +60,8 @@ pub enum Command {
     Accounts(accounts::Args),
     /// Print the CustomResourceDefinitions as YAML.
     Crds(crds::Args),
+    /// Try orgkeeper on the embedded SQLite store: register the example accounts, apply the examples, plan again.
+    Demo(demo::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
             Command::Apply(args) => apply::run(args).await,
             Command::Accounts(args) => accounts::run(args).await,
             Command::Crds(args) => crds::run(args),
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

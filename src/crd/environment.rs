@@ -27,7 +27,9 @@ use super::common::{Condition, DeletionPolicySpec, EffectiveLimitsStatus, Limits
     validation = Rule::new("self.metadata.name != 'production' || !has(self.spec.production) || self.spec.production")
         .message("production is a default environment and is always a production environment: remove spec.production or set it to true"),
     validation = Rule::new("self.metadata.name != 'development' || !has(self.spec.production) || !self.spec.production")
-        .message("development is a default environment and is never a production environment: remove spec.production or set it to false")
+        .message("development is a default environment and is never a production environment: remove spec.production or set it to false"),
+    validation = Rule::new("!(self.metadata.name in ['production', 'development']) || !has(self.spec.deletionPolicy) || self.spec.deletionPolicy != 'Delete'")
+        .message("default environments can never be deleted: deletionPolicy Delete is not allowed on production or development (deleting the resource resets the environment)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentSpec {

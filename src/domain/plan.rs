@@ -806,9 +806,20 @@ impl OrganizationPlanner<'_> {
     }
 }
 
-/// A default environment keeps its production flag: production is always production, development never.
+/// A default environment keeps its production flag (production is always production, development never)
+/// and can never be deleted.
 fn check_default_environment(env: &EnvironmentDecl) -> Option<Problem> {
     let (_, production) = default_environment(&env.name)?;
+    if env.deletion_policy == DeletionPolicy::Delete {
+        return Some(Problem {
+            object: ObjectRef::new(Kind::Environment, &env.namespace, &env.name),
+            reason: Reason::InvalidSpec,
+            message: format!(
+                "{:?} is a default environment and can never be deleted: deletionPolicy Delete is not allowed (deleting the resource resets it)",
+                env.name
+            ),
+        });
+    }
     match env.production {
         Some(declared) if declared != production => Some(Problem {
             object: ObjectRef::new(Kind::Environment, &env.namespace, &env.name),

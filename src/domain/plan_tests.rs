@@ -374,7 +374,6 @@ fn default_environments_are_reset_never_deleted() {
     let mut prod = env_decl("production");
     prod.display_name = Some("Prod".into());
     prod.limits.max_batch_facts = Some(5);
-    prod.deletion_policy = DeletionPolicy::Delete;
     decl.environments.push(prod);
     let stored = stored_after(&decl, &KnownAccounts::default());
     decl.environments.clear();
@@ -519,4 +518,15 @@ fn the_plan_serialises_with_an_action_tag() {
     assert_eq!(json["action"], "createOrganization");
     assert_eq!(json["organization"]["name"], "acme");
     assert_eq!(json["settings"]["plan"], "Developer");
+}
+
+#[test]
+fn a_default_environment_cannot_be_declared_for_deletion() {
+    let mut decl = acme();
+    let mut dev = env_decl("development");
+    dev.deletion_policy = DeletionPolicy::Delete;
+    decl.environments.push(dev);
+    let plan = plan(&decl, &BTreeMap::new(), &KnownAccounts::default());
+    assert_eq!(reasons(&plan), vec![("development".into(), Reason::InvalidSpec)]);
+    assert!(plan.problems[0].message.contains("can never be deleted"));
 }

@@ -21,14 +21,14 @@ impl Store {
             .context("registering an account")?;
             added += result.rows_affected() as usize;
         }
-        self.count(accounts.len() as u64);
+        self.count_write(accounts.len() as u64);
         tx.commit().await.context("committing registered accounts")?;
         Ok(added)
     }
 
     /// Unregisters an account; returns whether it was registered. Users already in organizations stay.
     pub async fn remove_account(&self, account: &Account) -> Result<bool, StoreError> {
-        self.count(1);
+        self.count_write(1);
         let result = sqlx::query::<Any>("DELETE FROM accounts WHERE account = $1")
             .bind(account.to_string())
             .execute(self.pool())

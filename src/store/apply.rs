@@ -124,7 +124,7 @@ impl StoreTx {
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
         context: &'static str,
     ) -> Result<u64, StoreError> {
-        self.store.count(1);
+        self.store.count_write(1);
         self.wrote = true;
         let result = query.execute(&mut *self.tx).await.context(context)?;
         Ok(result.rows_affected())

@@ -57,6 +57,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     statements: Arc<AtomicU64>,
+    writes: Arc<AtomicU64>,
 }
 
 /// The embedded default: a SQLite file in the working directory.
@@ -99,6 +100,7 @@ impl Store {
             pool,
             backend,
             statements: Arc::new(AtomicU64::new(0)),
+            writes: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -111,7 +113,18 @@ impl Store {
         self.statements.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn pool(&self) -> &AnyPool {
+    /// How many of those statements wrote (INSERT, UPDATE, DELETE).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_write(&self, n: u64) {
+        self.count(n);
+        self.writes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The underlying pool, for adapters that keep their own tables (the fact store) and for tests.
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 

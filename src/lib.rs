@@ -8,3 +8,4 @@ pub mod crd;
 pub mod domain;
 pub mod manifests;
 pub mod store;
+pub mod telemetry;

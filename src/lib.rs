@@ -3,6 +3,7 @@
 //! `domain` is the core (resources, rules, plan) and knows neither Kubernetes nor SQL; every other module is
 //! an adapter around it, one per way the outside world reaches orgkeeper.
 
+pub mod auth;
 pub mod cli;
 pub mod crd;
 pub mod domain;

@@ -246,7 +246,38 @@ async fn accounts_register_idempotently(store: Store) {
     assert!(!store.known_accounts().await.unwrap().contains(&alice));
 }
 
+async fn the_data_plane_sees_live_keys_and_effective_limits(store: Store) {
+    register_accounts(&store).await;
+    let (_, issued) = reconcile(&store, &declarations()).await;
+    let ring = orgkeeper::auth::KeyRing::default();
+    assert!(ring.refresh(&store).await.unwrap());
+    assert!(
+        !ring.refresh(&store).await.unwrap(),
+        "nothing changed, nothing reloaded"
+    );
+    let rw = issued.iter().find(|k| k.api_key == "rw").unwrap();
+    let principal = ring
+        .authenticate(Some(&format!("Bearer {}", rw.token.expose())))
+        .unwrap();
+    assert_eq!(principal.access, Access::ReadWrite);
+    let limits = principal.limits();
+    assert_eq!(limits.requests_per_minute, Some(100), "environment override");
+    assert_eq!(limits.max_batch_facts, Some(50), "organization override");
+    assert_eq!(limits.fact_writes_per_minute, Some(1_000), "plan default");
+    assert_eq!(principal.environment.label, "team/acme/staging");
+    // Revoking is visible after the next refresh.
+    let mut declarations = declarations();
+    declarations.api_keys[0].revoked = true;
+    reconcile(&store, &declarations).await;
+    assert!(ring.refresh(&store).await.unwrap());
+    assert!(
+        ring.authenticate(Some(&format!("Bearer {}", rw.token.expose())))
+            .is_err()
+    );
+}
+
 on_both_backends!(
+    the_data_plane_sees_live_keys_and_effective_limits,
     a_reconciled_store_plans_nothing_and_writes_nothing,
     only_a_hash_of_each_key_is_stored,
     an_uncommitted_transaction_changes_nothing,

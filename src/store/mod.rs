@@ -6,6 +6,7 @@
 
 mod accounts;
 mod apply;
+mod auth;
 mod migrations;
 mod snapshot;
 
@@ -17,6 +18,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor};
 
 pub use apply::{ApplyOutcome, IssuedKey, StoreTx};
+pub use auth::{AuthSnapshot, EnvironmentLimits, LiveKey};
 
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

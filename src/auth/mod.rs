@@ -1,0 +1,252 @@
+//! Authenticating API keys in the data plane (sidecar and fact store) from an in-memory copy of the store.
+//!
+//! The [`KeyRing`] holds the last [`AuthSnapshot`] read from the store and refreshes it when the store's
+//! revision changes (polled every second by default, so revocations and limit changes apply within
+//! seconds). When the store is unreachable it keeps serving from what it last knew and says so through
+//! [`KeyRing::status`]; keys it has never seen are refused.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::domain::{Access, ApiKeyToken, EffectiveLimits};
+use crate::store::{AuthSnapshot, EnvironmentLimits, Store, StoreError};
+
+/// Who is calling, once the key checks out.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub key_id: String,
+    pub access: Access,
+    pub environment: EnvironmentLimits,
+}
+
+impl Principal {
+    pub fn environment_id(&self) -> &str {
+        &self.environment.environment_id
+    }
+
+    pub fn limits(&self) -> &EffectiveLimits {
+        &self.environment.limits
+    }
+}
+
+/// Why a request is not authenticated. Messages are safe to return to the caller: they never echo the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing API key: send Authorization: Bearer <key>")]
+    Missing,
+    #[error("the Authorization header is not a Bearer API key")]
+    NotBearer,
+    #[error("invalid API key")]
+    Invalid,
+}
+
+/// The state of the copy, for health endpoints and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingStatus {
+    pub revision: i64,
+    pub keys: usize,
+    pub environments: usize,
+    /// The last refresh error, if the latest attempt failed (the ring then serves its previous copy).
+    pub last_error: Option<String>,
+    pub loaded: bool,
+}
+
+#[derive(Default)]
+struct State {
+    snapshot: Arc<AuthSnapshot>,
+    loaded: bool,
+    last_error: Option<String>,
+    last_success: Option<Instant>,
+}
+
+#[derive(Clone, Default)]
+pub struct KeyRing {
+    state: Arc<RwLock<State>>,
+}
+
+impl KeyRing {
+    /// A ring that already holds `snapshot` (tests, and the first load).
+    pub fn from_snapshot(snapshot: AuthSnapshot) -> Self {
+        let ring = KeyRing::default();
+        ring.install(snapshot);
+        ring
+    }
+
+    fn install(&self, snapshot: AuthSnapshot) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.snapshot = Arc::new(snapshot);
+        state.loaded = true;
+        state.last_error = None;
+        state.last_success = Some(Instant::now());
+    }
+
+    fn snapshot(&self) -> Arc<AuthSnapshot> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).snapshot.clone()
+    }
+
+    /// Checks an `Authorization` header value. Constant-time in the secret; O(1) in the number of keys.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let bearer = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(AuthError::NotBearer)?
+            .trim();
+        let token = ApiKeyToken::parse(bearer).map_err(|_| AuthError::Invalid)?;
+        let snapshot = self.snapshot();
+        let key = snapshot.keys.get(token.key_id()).ok_or(AuthError::Invalid)?;
+        if key.environment_id != token.env_id() || !key.hash.verifies(&token) {
+            return Err(AuthError::Invalid);
+        }
+        let environment = snapshot
+            .environments
+            .get(&key.environment_id)
+            .ok_or(AuthError::Invalid)?
+            .clone();
+        Ok(Principal {
+            key_id: key.key_id.clone(),
+            access: key.access,
+            environment,
+        })
+    }
+
+    /// Reloads from the store if its revision moved. Returns whether the copy changed.
+    pub async fn refresh(&self, store: &Store) -> Result<bool, StoreError> {
+        let result = async {
+            let current = self.snapshot().revision;
+            let loaded = self.state.read().unwrap_or_else(|e| e.into_inner()).loaded;
+            if loaded && store.revision().await? == current {
+                return Ok(false);
+            }
+            self.install(store.load_auth_snapshot().await?);
+            Ok::<bool, StoreError>(true)
+        }
+        .await;
+        match &result {
+            Ok(_) => {
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                state.last_error = None;
+                state.last_success = Some(Instant::now());
+            }
+            Err(e) => self.state.write().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.to_string()),
+        }
+        result
+    }
+
+    /// Refreshes every `interval` until `shutdown` fires.
+    pub async fn keep_fresh(self, store: Store, interval: Duration, shutdown: tokio_util::sync::CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            match self.refresh(&store).await {
+                Ok(true) => {
+                    let status = self.status();
+                    tracing::info!(
+                        revision = status.revision,
+                        keys = status.keys,
+                        "reloaded keys and limits"
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot refresh keys from the store; serving the last known copy"),
+            }
+        }
+    }
+
+    pub fn status(&self) -> RingStatus {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        RingStatus {
+            revision: state.snapshot.revision,
+            keys: state.snapshot.keys.len(),
+            environments: state.snapshot.environments.len(),
+            last_error: state.last_error.clone(),
+            loaded: state.loaded,
+        }
+    }
+
+    /// How long since the last successful refresh (None before the first).
+    pub fn since_last_success(&self) -> Option<Duration> {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_success
+            .map(|t| t.elapsed())
+    }
+
+    /// Limits of one environment, if known.
+    pub fn environment(&self, environment_id: &str) -> Option<EnvironmentLimits> {
+        self.snapshot().environments.get(environment_id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{KeyHash, PlanTier};
+    use crate::store::LiveKey;
+
+    fn ring_with(token: &ApiKeyToken, access: Access) -> KeyRing {
+        let mut snapshot = AuthSnapshot::default();
+        snapshot.keys.insert(
+            token.key_id().to_owned(),
+            LiveKey {
+                key_id: token.key_id().into(),
+                environment_id: token.env_id().into(),
+                access,
+                hash: token.hash(),
+            },
+        );
+        snapshot.environments.insert(
+            token.env_id().to_owned(),
+            EnvironmentLimits {
+                environment_id: token.env_id().into(),
+                organization_id: "o1".into(),
+                label: "ns/acme/production".into(),
+                limits: PlanTier::Developer.default_limits(),
+            },
+        );
+        KeyRing::from_snapshot(snapshot)
+    }
+
+    #[test]
+    fn a_live_key_authenticates_with_its_environment_and_access() {
+        let token = ApiKeyToken::generate("env1");
+        let ring = ring_with(&token, Access::ReadOnly);
+        let principal = ring.authenticate(Some(&format!("Bearer {}", token.expose()))).unwrap();
+        assert_eq!(principal.environment_id(), "env1");
+        assert_eq!(principal.access, Access::ReadOnly);
+        assert_eq!(principal.limits().max_batch_facts, Some(20));
+    }
+
+    #[test]
+    fn anything_else_is_refused_with_a_reason() {
+        let token = ApiKeyToken::generate("env1");
+        let ring = ring_with(&token, Access::ReadWrite);
+        assert_eq!(ring.authenticate(None).unwrap_err(), AuthError::Missing);
+        assert_eq!(ring.authenticate(Some("Basic abc")).unwrap_err(), AuthError::NotBearer);
+        assert_eq!(ring.authenticate(Some("Bearer nope")).unwrap_err(), AuthError::Invalid);
+        let other = ApiKeyToken::generate("env1");
+        assert_eq!(
+            ring.authenticate(Some(&format!("Bearer {}", other.expose())))
+                .unwrap_err(),
+            AuthError::Invalid
+        );
+        // Right key id, wrong secret.
+        let forged = format!("e_env1_{}_{}", token.key_id(), "A".repeat(32));
+        assert_eq!(
+            ring.authenticate(Some(&format!("Bearer {forged}"))).unwrap_err(),
+            AuthError::Invalid
+        );
+        // Right key, but claiming another environment.
+        let moved = token.expose().replacen("env1", "env2", 1);
+        assert_eq!(
+            ring.authenticate(Some(&format!("Bearer {moved}"))).unwrap_err(),
+            AuthError::Invalid
+        );
+        let _ = KeyHash::of("unused");
+    }
+}

@@ -42,13 +42,7 @@ pub struct UserSpec {
     pub github: Option<String>,
     /// Google Workspace email address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        email,
-        length(min = 3, max = 254),
-        regex(
-            pattern = r"^[^@\s]+@[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)+$"
-        )
-    )]
+    #[schemars(email, length(min = 3, max = 254))]
     pub google: Option<String>,
     /// Member (default) or Admin.
     #[serde(default)]

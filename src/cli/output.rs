@@ -57,6 +57,7 @@ pub fn print_plan(prepared: &Prepared, format: OutputFormat, applied: bool) -> u
             "problems": problems,
             "warnings": warnings,
             "summary": {"add": added, "change": changed, "remove": removed, "objects": prepared.objects},
+            "store": {"statements": prepared.store.statements(), "writes": prepared.store.writes()},
         });
         println!("{}", serde_json::to_string_pretty(&doc).expect("JSON serialises"));
         return code;

@@ -60,7 +60,9 @@ fn bench(store: &str, url: &str, manifests: &Path, secrets: &Path) {
     }
 }
 
-/// Runs the release binary and returns its wall time, peak RSS (KiB) and JSON output.
+/// Runs the release binary and returns its wall time, peak RSS (KiB) and JSON output. The child is reaped with
+/// `wait4` (not `Child::wait`) because only `wait4` reports the child's own peak memory.
+#[allow(clippy::zombie_processes)]
 fn run(url: &str, secrets: &Path, args: &[&str]) -> (Duration, i64, serde_json::Value) {
     let start = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_orgkeeper"))

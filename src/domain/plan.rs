@@ -278,19 +278,9 @@ fn write_organization_diff(
     from: &OrganizationSettings,
     to: &OrganizationSettings,
 ) -> fmt::Result {
-    if from.display_name != to.display_name {
-        write!(f, "\n    displayName: {:?} -> {:?}", from.display_name, to.display_name)?;
-    }
-    if from.plan != to.plan {
-        write!(f, "\n    plan: {} -> {}", from.plan, to.plan)?;
-    }
-    if from.deletion_policy != to.deletion_policy {
-        write!(
-            f,
-            "\n    deletionPolicy: {} -> {}",
-            from.deletion_policy, to.deletion_policy
-        )?;
-    }
+    write_field(f, "displayName", &from.display_name, &to.display_name)?;
+    write_field(f, "plan", &from.plan, &to.plan)?;
+    write_field(f, "deletionPolicy", &from.deletion_policy, &to.deletion_policy)?;
     write_limits_diff(f, &from.limits, &to.limits)
 }
 
@@ -299,20 +289,18 @@ fn write_environment_diff(
     from: &EnvironmentSettings,
     to: &EnvironmentSettings,
 ) -> fmt::Result {
-    if from.display_name != to.display_name {
-        write!(f, "\n    displayName: {:?} -> {:?}", from.display_name, to.display_name)?;
-    }
-    if from.production != to.production {
-        write!(f, "\n    production: {} -> {}", from.production, to.production)?;
-    }
-    if from.deletion_policy != to.deletion_policy {
-        write!(
-            f,
-            "\n    deletionPolicy: {} -> {}",
-            from.deletion_policy, to.deletion_policy
-        )?;
-    }
+    write_field(f, "displayName", &from.display_name, &to.display_name)?;
+    write_field(f, "production", &from.production, &to.production)?;
+    write_field(f, "deletionPolicy", &from.deletion_policy, &to.deletion_policy)?;
     write_limits_diff(f, &from.limits, &to.limits)
+}
+
+/// One indented `name: old -> new` line, only when the value changed (strings quoted, enums bare).
+fn write_field<T: PartialEq + fmt::Debug>(f: &mut fmt::Formatter<'_>, name: &str, from: &T, to: &T) -> fmt::Result {
+    if from == to {
+        return Ok(());
+    }
+    write!(f, "\n    {name}: {from:?} -> {to:?}")
 }
 
 fn write_limits_diff(

@@ -146,14 +146,10 @@ impl StoreTx {
                 .bind(organization.namespace.clone())
                 .bind(organization.name.clone())
                 .bind(settings.display_name.clone())
-                .bind(settings.plan.as_str())
-                .bind(limits[0])
-                .bind(limits[1])
-                .bind(limits[2])
-                .bind(limits[3])
-                .bind(limits[4])
-                .bind(settings.deletion_policy.as_str())
-                .bind(now);
+                .bind(settings.plan.as_str());
+                let query = bind_limits(query, &limits)
+                    .bind(settings.deletion_policy.as_str())
+                    .bind(now);
                 self.execute(query, "creating an organization").await?;
                 self.organization_ids.insert(organization.clone(), id);
             }
@@ -166,15 +162,11 @@ impl StoreTx {
                      max_write_body_bytes = $7, deletion_policy = $8, managed = 1, updated_at = $9 WHERE id = $10",
                 )
                 .bind(to.display_name.clone())
-                .bind(to.plan.as_str())
-                .bind(limits[0])
-                .bind(limits[1])
-                .bind(limits[2])
-                .bind(limits[3])
-                .bind(limits[4])
-                .bind(to.deletion_policy.as_str())
-                .bind(now)
-                .bind(id);
+                .bind(to.plan.as_str());
+                let query = bind_limits(query, &limits)
+                    .bind(to.deletion_policy.as_str())
+                    .bind(now)
+                    .bind(id);
                 self.execute(query, "updating an organization").await?;
             }
             Change::UpdateEnvironment {
@@ -281,16 +273,12 @@ impl StoreTx {
              max_write_body_bytes = $7, deletion_policy = $8, managed = $9, updated_at = $10 WHERE id = $11",
         )
         .bind(to.display_name.clone())
-        .bind(i64::from(to.production))
-        .bind(limits[0])
-        .bind(limits[1])
-        .bind(limits[2])
-        .bind(limits[3])
-        .bind(limits[4])
-        .bind(to.deletion_policy.as_str())
-        .bind(i64::from(managed))
-        .bind(now())
-        .bind(id);
+        .bind(i64::from(to.production));
+        let query = bind_limits(query, &limits)
+            .bind(to.deletion_policy.as_str())
+            .bind(i64::from(managed))
+            .bind(now())
+            .bind(id);
         self.execute(query, "updating an environment").await?;
         Ok(())
     }
@@ -506,6 +494,14 @@ impl StoreTx {
         self.environment_ids.insert(cache_key, id.clone());
         Ok(id)
     }
+}
+
+/// Binds the five limit columns, in the order `LimitOverrides::fields` lists them.
+fn bind_limits<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    limits: &[Option<i64>; 5],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    limits.iter().fold(query, |query, value| query.bind(*value))
 }
 
 fn limit_cells(limits: &LimitOverrides) -> [Option<i64>; 5] {

@@ -7,7 +7,7 @@ health_test.yaml lists `inputPath` (a resource in testdata/) and the expected `h
 - Argo CD: examples/argocd/resource_customizations/orgkeeper.dev/<Kind>/health.lua runs with the resource as the
   global `obj`, as Argo CD does, in Lua 5.1 (Argo CD's gopher-lua implements 5.1) and in Lua 5.4 (lupa), with
   only the libraries Argo CD's sandbox offers. Status and message must match exactly.
-- Flux: the healthCheckExprs of examples/flux/kustomization.yaml are evaluated with cel-python following the
+- Flux: the healthCheckExprs of examples/flux/acme-tenancy.yaml are evaluated with cel-python following the
   kustomize-controller's order (observedGeneration, then inProgress, failed, current, else in progress); the
   result must be the kstatus equivalent of the expected Argo CD status (Healthy=Current, Degraded=Failed,
   Progressing=InProgress). Flux waits when an expression cannot be evaluated, which happens only while a
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CASES = ROOT / "tests/chart/argocd-health/orgkeeper.dev"
 SCRIPTS = ROOT / "examples/argocd/resource_customizations/orgkeeper.dev"
 ARGOCD_CM = ROOT / "examples/argocd/argocd-cm.yaml"
-FLUX = ROOT / "examples/flux/kustomization.yaml"
+FLUX = ROOT / "examples/flux/acme-tenancy.yaml"
 CRDS = ROOT / "crds/orgkeeper.dev.yaml"
 KINDS = ["Organization", "Environment", "User", "ApiKey"]
 KSTATUS = {"Healthy": "Current", "Degraded": "Failed", "Progressing": "InProgress"}
@@ -166,7 +166,7 @@ def main():
     for kind in KINDS:
         script = (SCRIPTS / kind / "health.lua").read_text()
         cases = yaml.safe_load((CASES / kind / "health_test.yaml").read_text())["tests"]
-        results.check(f"{kind}: has Flux healthCheckExprs", kind in flux, "missing in examples/flux/kustomization.yaml")
+        results.check(f"{kind}: has Flux healthCheckExprs", kind in flux, "missing in examples/flux/acme-tenancy.yaml")
         results.check(f"{kind}: has test cases", len(cases) >= 5, f"only {len(cases)}")
         for case in cases:
             path = CASES / kind / case["inputPath"]

@@ -16,7 +16,9 @@ health_test.yaml lists `inputPath` (a resource in testdata/) and the expected `h
   status the controller can write.
 - examples/argocd/argocd-cm.yaml must carry exactly the scripts above (`--write` regenerates it).
 
-Prints one line per case and ends with "N passed, N failed"; exits 1 on any failure.
+With --live FILE, evaluates real objects (a `kubectl get -o json` List) instead: all must be healthy.
+
+Prints failures (every case with -v) and ends with "N passed, N failed"; exits 1 on any failure.
 """
 
 import json
@@ -38,6 +40,7 @@ CRDS = ROOT / "crds/orgkeeper.dev.yaml"
 KINDS = ["Organization", "Environment", "User", "ApiKey"]
 KSTATUS = {"Healthy": "Current", "Degraded": "Failed", "Progressing": "InProgress"}
 # Argo CD's Lua sandbox: base functions without loading or file access, plus string, table and math.
+VERBOSE = "-v" in sys.argv[1:]
 UNSAFE_GLOBALS = ["os", "io", "require", "dofile", "loadfile", "load", "loadstring", "package", "debug"]
 
 
@@ -49,7 +52,8 @@ class Results:
     def check(self, name, ok, detail=""):
         if ok:
             self.passed += 1
-            print(f"--- PASS: {name}")
+            if VERBOSE:
+                print(f"--- PASS: {name}")
         else:
             self.failed += 1
             print(f"--- FAIL: {name}: {detail}")
@@ -148,8 +152,26 @@ def argocd_cm_text():
     return header + yaml.dump(body, sort_keys=False, width=120)
 
 
+def live(path):
+    """Health of real objects (a `kubectl get -o json` List): every one must be Healthy and Current."""
+    flux = {e["kind"]: e for e in yaml.safe_load(FLUX.read_text())["spec"]["healthCheckExprs"]}
+    items = json.loads(Path(path).read_text())["items"]
+    unhealthy = 0
+    for obj in items:
+        kind = obj["kind"]
+        argo = run_lua(lupa.lua51, (SCRIPTS / kind / "health.lua").read_text(), obj)
+        flux_result = flux_status(flux[kind], obj)
+        ok = argo[0] == "Healthy" and flux_result == "Current"
+        unhealthy += 0 if ok else 1
+        name = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        print(f"{'ok ' if ok else 'NOT'} {kind} {name}: Argo CD {argo[0]} ({argo[1]}), Flux {flux_result}")
+    return 1 if unhealthy or not items else 0
+
+
 def main():
-    if sys.argv[1:] == ["--write"]:
+    if len(sys.argv) == 3 and sys.argv[1] == "--live":
+        return live(sys.argv[2])
+    if "--write" in sys.argv[1:]:
         ARGOCD_CM.write_text(argocd_cm_text())
         print(f"wrote {ARGOCD_CM.relative_to(ROOT)}")
         return 0
@@ -190,7 +212,7 @@ def main():
                     got = f"error: {e}"
                 results.check(f"{name}: Flux CEL", got == KSTATUS[want["status"]],
                               f"want {KSTATUS[want['status']]}, got {got}")
-    print(f"{results.passed} passed, {results.failed} failed")
+    print(f"health_test: {results.passed} cases passed, {results.failed} failed")
     return 1 if results.failed else 0
 
 

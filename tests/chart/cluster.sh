@@ -89,6 +89,24 @@ check_install_refuses_bad_values() {
   if "$HELM" status bad-values -n "$RELEASE_NS" >/dev/null 2>&1; then echo "a release was recorded"; return 1; fi
 }
 
+# The CRDs the chart installed refuse what would make Argo CD or Flux prune a key's Secret.
+check_tracking_labels_refused() {
+  ensure_namespace acme
+  expect_failure "an ApiKey whose Secret would carry Argo CD's tracking label" "tracking labels" \
+    k create --dry-run=server -f - <<'EOF'
+apiVersion: orgkeeper.dev/v1alpha1
+kind: ApiKey
+metadata: {name: tracked, namespace: acme}
+spec:
+  organizationRef: {name: acme}
+  environment: production
+  secret:
+    name: tracked
+    template:
+      labels: {app.kubernetes.io/instance: backend}
+EOF
+}
+
 # The pods the Deployments would create, and the example application's, are admitted under the "restricted"
 # Pod Security Standard (server-side dry run: the API server's PodSecurity admission decides).
 check_pod_security_restricted() {
@@ -287,6 +305,7 @@ cluster_checks() {
   run_check "helm install into the test cluster" check_install
   run_check "helm upgrade with the same values changes nothing" check_upgrade_is_idempotent
   run_check "helm install refuses bad values" check_install_refuses_bad_values
+  run_check "the API server refuses GitOps tracking labels on a key's Secret" check_tracking_labels_refused
   run_check "pods pass the restricted Pod Security Standard" check_pod_security_restricted
   run_check "RBAC, all namespaces: exactly what the controller needs" check_rbac_all_namespaces
   run_check "RBAC, watched namespaces: Roles in those namespaces only" check_rbac_watched_namespaces

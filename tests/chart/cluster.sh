@@ -311,6 +311,8 @@ cluster_checks() {
   run_check "RBAC, watched namespaces: Roles in those namespaces only" check_rbac_watched_namespaces
   run_check "people with edit/view get orgkeeper rights" check_aggregated_roles
   run_check "helm uninstall keeps the CRDs" check_uninstall
+  # leave no example namespace behind for the converge test (it waits until the deletion is done)
+  k delete namespace acme --ignore-not-found --wait=false >/dev/null
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

@@ -73,13 +73,29 @@ pub struct ApiKeySecret {
 }
 
 /// Labels and annotations added to the generated Secret (orgkeeper's own labels always win).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+///
+/// GitOps tracking metadata is refused: Argo CD and Flux would take a Secret that carries it for one of theirs,
+/// report it as out of sync and prune it, because it is not in Git (it must never be: it holds the key).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 pub struct SecretTemplate {
+    /// Labels for the Secret. Not Argo CD's or Flux's tracking labels (app.kubernetes.io/instance,
+    /// argocd.argoproj.io/*, kustomize.toolkit.fluxcd.io/*, helm.toolkit.fluxcd.io/*).
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    #[x_kube(validation = Rule::new(TRACKING_LABELS_RULE).message(TRACKING_LABELS_MESSAGE))]
     pub labels: StringMap,
+    /// Annotations for the Secret. Not Argo CD's tracking annotation (argocd.argoproj.io/tracking-id).
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    #[x_kube(validation = Rule::new("!('argocd.argoproj.io/tracking-id' in self)")
+        .message("a generated Secret must not carry Argo CD's tracking annotation argocd.argoproj.io/tracking-id: Argo CD would prune it, and its key with it"))]
     pub annotations: StringMap,
 }
+
+const TRACKING_LABELS_RULE: &str = "!self.exists(k, k == 'app.kubernetes.io/instance' \
+    || k.startsWith('argocd.argoproj.io/') || k.startsWith('kustomize.toolkit.fluxcd.io/') \
+    || k.startsWith('helm.toolkit.fluxcd.io/'))";
+const TRACKING_LABELS_MESSAGE: &str = "a generated Secret must not carry Argo CD or Flux tracking labels \
+    (app.kubernetes.io/instance, argocd.argoproj.io/*, kustomize.toolkit.fluxcd.io/*, helm.toolkit.fluxcd.io/*): \
+    the GitOps tool would prune it, and its key with it; use app.kubernetes.io/part-of or your own labels";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -116,5 +132,57 @@ impl ApiKey {
             .as_ref()
             .and_then(|s| s.name.clone())
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use crate::manifests::SchemaValidator;
+
+    fn key_with_template(template: Value) -> Value {
+        json!({"apiVersion": "orgkeeper.dev/v1alpha1", "kind": "ApiKey", "metadata": {"name": "backend"},
+            "spec": {"organizationRef": {"name": "acme"}, "environment": "production",
+                     "secret": {"name": "backend-oso", "template": template}}})
+    }
+
+    fn messages(template: Value) -> Vec<String> {
+        SchemaValidator::new()
+            .validate("ApiKey", &key_with_template(template))
+            .into_iter()
+            .map(|v| format!("{}: {}", v.field, v.message))
+            .collect()
+    }
+
+    #[test]
+    fn gitops_tracking_labels_are_refused_on_the_secret() {
+        for label in [
+            "app.kubernetes.io/instance",
+            "argocd.argoproj.io/instance",
+            "kustomize.toolkit.fluxcd.io/name",
+            "helm.toolkit.fluxcd.io/namespace",
+        ] {
+            let found = messages(json!({"labels": {label: "x", "team": "a"}}));
+            assert!(
+                found.len() == 1 && found[0].contains("tracking labels"),
+                "{label}: {found:?}"
+            );
+        }
+        let found = messages(json!({"annotations": {"argocd.argoproj.io/tracking-id": "app:/Secret:acme/x"}}));
+        assert!(
+            found.len() == 1 && found[0].contains("tracking annotation"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn other_labels_and_argo_cd_sync_options_are_fine() {
+        let template = json!({
+            "labels": {"app.kubernetes.io/part-of": "backend", "team": "a"},
+            "annotations": {"argocd.argoproj.io/compare-options": "IgnoreExtraneous",
+                            "argocd.argoproj.io/sync-options": "Prune=false"}
+        });
+        assert_eq!(messages(template), Vec::<String>::new());
     }
 }

@@ -1,0 +1,168 @@
+{{/* Names, labels and shared pieces of the pod specs. */}}
+
+{{- define "orgkeeper.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* RELEASE-orgkeeper, or the release name alone when it already contains the chart name. */}}
+{{- define "orgkeeper.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Names of the parts; kept under 63 characters so they are valid Service names too. */}}
+{{- define "orgkeeper.controller.fullname" -}}
+{{- printf "%s-controller" (include "orgkeeper.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "orgkeeper.dataPlane.fullname" -}}
+{{- printf "%s-data-plane" (include "orgkeeper.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "orgkeeper.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every resource. */}}
+{{- define "orgkeeper.labels" -}}
+helm.sh/chart: {{ include "orgkeeper.chart" . }}
+app.kubernetes.io/name: {{ include "orgkeeper.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: orgkeeper
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of a component's pods: its selector labels and the rest of the common labels. Call with (dict "root" $
+"component" "controller" "extra" .Values.controller.podLabels). */}}
+{{- define "orgkeeper.podLabels" -}}
+{{ include "orgkeeper.selectorLabels" . }}
+helm.sh/chart: {{ include "orgkeeper.chart" .root }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: orgkeeper
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: call with (dict "root" $ "component" "controller"). */}}
+{{- define "orgkeeper.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "orgkeeper.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "orgkeeper.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "orgkeeper.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "orgkeeper.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* Environment shared by every container: the store and logging. */}}
+{{- define "orgkeeper.commonEnv" -}}
+- name: ORGKEEPER_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.secretKey }}
+- name: ORGKEEPER_LOG_LEVEL
+  value: {{ .Values.logging.level | quote }}
+- name: ORGKEEPER_LOG_FORMAT
+  value: {{ .Values.logging.format | quote }}
+{{- end }}
+
+{{/* HTTP probes on a component's metrics port. */}}
+{{- define "orgkeeper.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  initialDelaySeconds: {{ .liveness.initialDelaySeconds }}
+  periodSeconds: {{ .liveness.periodSeconds }}
+  timeoutSeconds: {{ .liveness.timeoutSeconds }}
+  failureThreshold: {{ .liveness.failureThreshold }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  initialDelaySeconds: {{ .readiness.initialDelaySeconds }}
+  periodSeconds: {{ .readiness.periodSeconds }}
+  timeoutSeconds: {{ .readiness.timeoutSeconds }}
+  failureThreshold: {{ .readiness.failureThreshold }}
+{{- end }}
+
+{{/* The controller's rules on orgkeeper resources, Secrets and Events: the same in a ClusterRole (all
+namespaces) or in a Role per watched namespace. Why each verb is needed: docs/helm.md#permissions. */}}
+{{- define "orgkeeper.controllerRules" -}}
+- apiGroups: ["orgkeeper.dev"]
+  resources: ["organizations", "environments", "users", "apikeys"]
+  # watch the resources; patch/update only to add and remove the controller's finalizer (never spec)
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["orgkeeper.dev"]
+  resources: ["organizations/status", "environments/status", "users/status", "apikeys/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["orgkeeper.dev"]
+  resources: ["organizations/finalizers", "environments/finalizers", "users/finalizers", "apikeys/finalizers"]
+  # lets the key Secrets carry an owner reference with blockOwnerDeletion
+  verbs: ["update"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  # create a key's Secret once (never update), get it to check who owns it, delete only Secrets it wrote
+  verbs: ["get", "create", "delete"{{ if .Values.rbac.secretsListWatch }}, "list", "watch"{{ end }}]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/* The pod-level parts both Deployments share: image pull secrets, security context, scheduling. Call with
+(dict "root" $ "pod" .Values.controller). */}}
+{{- define "orgkeeper.podScheduling" -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .pod.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .pod.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .pod.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .pod.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Chart checks that need no cluster: CRD copy, helm lint, helm template validated against the Kubernetes schemas,
+# values.schema.json refusing bad values, the Argo CD / Flux health checks, the Dockerfile and these scripts.
+#
+# Usage: tests/chart/static.sh     (run.sh runs it together with the cluster checks)
+set -euo pipefail
+
+# shellcheck source=tests/chart/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RELEASE_NS="orgkeeper-system"
+
+helm_template() { "$HELM" template orgkeeper "$CHART_DIR" --namespace "$RELEASE_NS" "$@"; }
+
+check_chart_crds_match_generated() {
+  if cmp -s "$REPO_ROOT/crds/orgkeeper.dev.yaml" "$CHART_DIR/crds/orgkeeper.dev.yaml"; then
+    echo "charts/orgkeeper/crds/orgkeeper.dev.yaml is identical to crds/orgkeeper.dev.yaml"
+  else
+    echo "the chart's CRDs differ from crds/: cp crds/orgkeeper.dev.yaml charts/orgkeeper/crds/"
+    diff -u "$REPO_ROOT/crds/orgkeeper.dev.yaml" "$CHART_DIR/crds/orgkeeper.dev.yaml" | head -20
+    return 1
+  fi
+}
+
+check_helm_lint() {
+  "$HELM" lint --strict "$CHART_DIR"
+  local values
+  for values in "$CHART_DIR"/ci/*-values.yaml; do
+    "$HELM" lint --strict "$CHART_DIR" -f "$values"
+  done
+}
+
+# render_and_validate NAME MANIFESTS_PY_ARGS -- HELM_ARGS...: renders the chart, validates every built-in kind
+# with kubernetes-validate --strict (unknown fields are errors), then runs manifests.py.
+render_and_validate() {
+  local name="$1" out
+  shift
+  local checks=()
+  while [[ "$1" != "--" ]]; do checks+=("$1"); shift; done
+  shift
+  out="$(mktemp --suffix ".$name.yaml")"
+  helm_template "$@" > "$out"
+  local report
+  report="$("$TOOLS_VENV/bin/kubernetes-validate" --quiet --strict -k "$K8S_SCHEMA_VERSION" "$out" 2>&1)" || {
+    printf '%s\n' "$report" | sed "s#$out#$name#"
+    rm -f "$out"
+    return 1
+  }
+  # Only custom kinds may lack a schema (ServiceMonitor: Prometheus Operator).
+  if printf '%s\n' "$report" | grep '^WARN' | grep -v 'kind ServiceMonitor with api version monitoring.coreos.com/v1'; then
+    rm -f "$out"
+    return 1
+  fi
+  echo "kubernetes-validate --strict (Kubernetes $K8S_SCHEMA_VERSION): every built-in kind is valid"
+  "$PY" "$CHART_TESTS_DIR/manifests.py" "$out" --release-namespace "$RELEASE_NS" "${checks[@]}"
+  rm -f "$out"
+}
+
+check_template_default() { render_and_validate default -- ; }
+check_template_full() {
+  render_and_validate full --watch-namespaces acme,globex --secrets-list-watch -- -f "$CHART_DIR/ci/full-values.yaml"
+}
+check_template_data_plane() {
+  render_and_validate data-plane -- --set dataPlane.enabled=true --set networkPolicy.enabled=true \
+    --set metrics.serviceMonitor.enabled=true
+}
+check_template_namespaced() {
+  render_and_validate namespaced --watch-namespaces team-a,team-b -- \
+    --set 'controller.watchNamespaces={team-a,team-b}'
+}
+check_template_external_upstream() {
+  local out
+  out="$(helm_template --set dataPlane.enabled=true --set dataPlane.facts.enabled=false \
+    --set dataPlane.sidecar.upstream=http://oso.example.internal:8080)"
+  grep -q 'value: "http://oso.example.internal:8080"' <<<"$out"
+  if grep -q 'name: facts' <<<"$out"; then echo "a fact store container was rendered"; return 1; fi
+  echo "sidecar forwards to the configured upstream; no fact store container"
+}
+
+# Each case: a description, text the error must contain, and helm --set arguments.
+check_schema_refuses_bad_values() {
+  local cases=(
+    "zero controller replicas|controller.replicas|--set controller.replicas=0"
+    "a typo in a key|replica|--set controller.replica=2"
+    "an unknown log format|logging.format|--set logging.format=xml"
+    "a bad image pull policy|image.pullPolicy|--set image.pullPolicy=Sometimes"
+    "a namespace that is not a DNS label|controller.watchNamespaces|--set controller.watchNamespaces={Team_A}"
+    "the same namespace twice|controller.watchNamespaces|--set controller.watchNamespaces={acme,acme}"
+    "no database Secret|database.existingSecret|--set database.existingSecret="
+    "a port out of range|controller.metricsPort|--set controller.metricsPort=70000"
+    "a writable root filesystem|containerSecurityContext.readOnlyRootFilesystem|--set containerSecurityContext.readOnlyRootFilesystem=false"
+    "running as root allowed|podSecurityContext.runAsNonRoot|--set podSecurityContext.runAsNonRoot=false"
+    "privilege escalation|containerSecurityContext.allowPrivilegeEscalation|--set containerSecurityContext.allowPrivilegeEscalation=true"
+    "an added capability|containerSecurityContext.capabilities.add|--set containerSecurityContext.capabilities.add={NET_ADMIN}"
+    "an OSO_URL that is not a URL|controller.osoUrl|--set controller.osoUrl=sidecar:8080"
+    "a database URL as a plain value|controller.extraEnv.0.name|--set controller.extraEnv[0].name=ORGKEEPER_DATABASE_URL --set controller.extraEnv[0].value=postgres://u:p@db/x"
+    "no upstream without the fact store|dataPlane.sidecar|--set dataPlane.enabled=true --set dataPlane.facts.enabled=false"
+    "colliding data plane ports|ports must differ|--set dataPlane.enabled=true --set dataPlane.facts.port=8080"
+    "an existing ServiceAccount without a name|serviceAccount|--set serviceAccount.create=false"
+    "a bad scrape interval|metrics.serviceMonitor.interval|--set metrics.serviceMonitor.interval=soon"
+    "a memory quantity with a typo|controller.resources.limits.memory|--set controller.resources.limits.memory=256MB"
+  )
+  local entry what expected args failures=0
+  for entry in "${cases[@]}"; do
+    IFS='|' read -r what expected args <<<"$entry"
+    # shellcheck disable=SC2086  # args is a list of --set flags
+    expect_failure "$what" "$expected" helm_template $args || failures=$((failures + 1))
+  done
+  ((failures == 0))
+}
+
+check_health_checks() { "$PY" "$CHART_TESTS_DIR/health_test.py"; }
+
+check_examples_validate() {
+  "$TOOLS_VENV/bin/kubernetes-validate" --quiet --strict -k "$K8S_SCHEMA_VERSION" \
+    "$REPO_ROOT"/examples/app/*.yaml "$REPO_ROOT/examples/acme/namespace.yaml"
+  # Argo CD and Flux objects: no schema offline, so check they parse and name what they point at.
+  "$PY" - "$REPO_ROOT" <<'EOF'
+import sys, yaml
+root = sys.argv[1]
+app = yaml.safe_load(open(f"{root}/examples/argocd/application.yaml"))
+assert app["kind"] == "Application" and app["spec"]["source"]["path"] == "examples/acme", app
+flux = list(yaml.safe_load_all(open(f"{root}/examples/flux/acme-tenancy.yaml")))[0]
+assert flux["kind"] == "Kustomization" and flux["spec"]["path"] == "./examples/acme", flux
+assert {e["kind"] for e in flux["spec"]["healthCheckExprs"]} == {"Organization", "Environment", "User", "ApiKey"}
+import pathlib
+listed = set(yaml.safe_load(open(f"{root}/examples/acme/kustomization.yaml"))["resources"])
+present = {p.name for p in pathlib.Path(f"{root}/examples/acme").glob("*.yaml")} - {"kustomization.yaml"}
+assert listed == present, f"examples/acme/kustomization.yaml lists {sorted(listed)}, the folder has {sorted(present)}"
+repo = yaml.safe_load(open(f"{root}/examples/flux/gitrepository.yaml"))
+assert repo["kind"] == "GitRepository" and flux["spec"]["sourceRef"]["name"] == repo["metadata"]["name"]
+print("Argo CD Application and Flux Kustomization point at examples/acme")
+EOF
+}
+
+check_dockerfile() {
+  "$TOOLS_VENV/bin/hadolint" --failure-threshold info "$REPO_ROOT/Dockerfile"
+  grep -q '^USER 65532:65532$' "$REPO_ROOT/Dockerfile"
+  echo "hadolint: no findings; the image runs as 65532"
+}
+
+check_shellcheck() {
+  "$TOOLS_VENV/bin/shellcheck" -x -P "$REPO_ROOT" "$CHART_TESTS_DIR"/*.sh
+  echo "shellcheck: no findings in tests/chart/*.sh"
+}
+
+static_checks() {
+  run_check "chart CRDs are a copy of crds/" check_chart_crds_match_generated
+  run_check "helm lint --strict (default and ci/ values)" check_helm_lint
+  run_check "helm template, default values, validates" check_template_default
+  run_check "helm template, every option set, validates" check_template_full
+  run_check "helm template, data plane, NetworkPolicy and ServiceMonitor, validates" check_template_data_plane
+  run_check "helm template, watched namespaces use Roles only, validates" check_template_namespaced
+  run_check "helm template, sidecar in front of another upstream" check_template_external_upstream
+  run_check "values.schema.json refuses bad values" check_schema_refuses_bad_values
+  run_check "Argo CD health checks (Lua) and Flux healthCheckExprs (CEL)" check_health_checks
+  run_check "examples validate" check_examples_validate
+  run_check "Dockerfile lint" check_dockerfile
+  run_check "shellcheck" check_shellcheck
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  ensure_chart_tools
+  static_checks
+  summary
+fi

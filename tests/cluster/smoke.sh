@@ -41,11 +41,14 @@ cleanup() {
 trap cleanup EXIT
 
 # run_check NAME FUNCTION: runs one check in a subshell so a failing command
-# inside it (set -e) fails that check only.
+# inside it (set -e) fails that check only. The subshell runs as a background job
+# because bash ignores set -e inside an `if` condition or an ||/&& list.
 run_check() {
-  local name="$1" fn="$2"
+  local name="$1" fn="$2" rc=0
   printf '=== %s\n' "$name"
-  if ("$fn"); then
+  ("$fn") &
+  wait "$!" || rc=$?
+  if ((rc == 0)); then
     printf -- '--- PASS: %s\n' "$name"
     PASSED=$((PASSED + 1))
   else

@@ -7,6 +7,7 @@
 mod accounts;
 mod apply;
 mod auth;
+mod facts;
 mod migrations;
 mod snapshot;
 
@@ -19,6 +20,7 @@ use sqlx::{Any, AnyPool, Executor};
 
 pub use apply::{ApplyOutcome, IssuedKey, StoreTx};
 pub use auth::{AuthSnapshot, EnvironmentLimits, LiveKey};
+pub use facts::{ARG_COLUMNS, FactStoreError, FactWrite};
 
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

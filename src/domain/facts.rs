@@ -94,6 +94,8 @@ pub enum FactError {
     TypeTooLong(usize),
     #[error("the id is {0} bytes long; the limit is {MAX_ID_LEN}")]
     IdTooLong(usize),
+    #[error("the {0} contains a NUL character, which the store cannot keep")]
+    Nul(&'static str),
     #[error("inserted facts must be concrete: give both type and id (wildcards are only allowed in deletes and reads)")]
     NotConcrete,
 }
@@ -105,7 +107,7 @@ pub fn check_predicate(predicate: &str) -> Result<(), FactError> {
     if predicate.len() > MAX_PREDICATE_LEN {
         return Err(FactError::PredicateTooLong(predicate.len()));
     }
-    Ok(())
+    no_nul(predicate, "predicate")
 }
 
 pub fn check_arg_count(count: usize) -> Result<(), FactError> {
@@ -122,12 +124,20 @@ pub fn check_type(type_: &str) -> Result<(), FactError> {
     if type_.len() > MAX_TYPE_LEN {
         return Err(FactError::TypeTooLong(type_.len()));
     }
-    Ok(())
+    no_nul(type_, "type")
 }
 
 pub fn check_id(id: &str) -> Result<(), FactError> {
     if id.len() > MAX_ID_LEN {
         return Err(FactError::IdTooLong(id.len()));
+    }
+    no_nul(id, "id")
+}
+
+/// PostgreSQL text cannot hold NUL; refusing it everywhere keeps both backends alike.
+fn no_nul(text: &str, what: &'static str) -> Result<(), FactError> {
+    if text.contains('\0') {
+        return Err(FactError::Nul(what));
     }
     Ok(())
 }
@@ -374,5 +384,10 @@ mod tests {
         assert_eq!(check_predicate(""), Err(FactError::EmptyPredicate));
         assert_eq!(check_arg_count(MAX_ARGS + 1), Err(FactError::TooManyArgs(MAX_ARGS + 1)));
         assert!(ValuePattern::new(Some("T".repeat(MAX_TYPE_LEN + 1)), None).is_err());
+        assert_eq!(check_id("a\0b"), Err(FactError::Nul("id")));
+        assert_eq!(
+            check_predicate("p\0").unwrap_err().to_string(),
+            "the predicate contains a NUL character, which the store cannot keep"
+        );
     }
 }

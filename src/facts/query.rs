@@ -30,6 +30,7 @@ pub fn parse_facts_query(raw: Option<&str>) -> Result<FactFilter, WireError> {
             continue;
         }
         let (position, field) = parse_arg_key(&key)?;
+        let key = format!("args.{position}.{field}");
         let slot = constraints.entry(position).or_default();
         let target = if field == "type" { &mut slot.type_ } else { &mut slot.id };
         if target.is_some() {

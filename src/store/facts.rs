@@ -87,11 +87,15 @@ impl Store {
         environment_id: &str,
         facts: &[Fact],
     ) -> Result<u64, StoreError> {
-        let mut rows: Vec<(String, &Fact)> = facts.iter().map(|f| (f.key(), f)).collect();
-        // One row per fact, in key order: a statement never proposes the same row twice, and concurrent
-        // writers on PostgreSQL lock rows in the same order (no deadlocks between them).
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        rows.dedup_by(|a, b| a.0 == b.0);
+        // One row per fact, in the client's order (reads return facts oldest first): a statement never
+        // proposes the same row twice. Writers that insert the same facts in different orders can deadlock
+        // on PostgreSQL; the database then aborts one, and `write_facts` retries it.
+        let mut seen = std::collections::HashSet::with_capacity(facts.len());
+        let rows: Vec<(String, &Fact)> = facts
+            .iter()
+            .map(|f| (f.key(), f))
+            .filter(|(key, _)| seen.insert(key.clone()))
+            .collect();
         let mut inserted = 0;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut sql = String::from(

@@ -16,10 +16,15 @@ use crate::domain::facts::{Arity, Fact, FactChange, FactFilter, Value};
 
 /// Arguments stored in their own columns (`a0_type`, `a0_id`, ... `a3_id`).
 pub const ARG_COLUMNS: usize = 4;
-/// Rows per multi-row INSERT: 13 parameters each stays far below both backends' parameter limits.
-const ROWS_PER_INSERT: usize = 400;
-/// Keys per `fact_key IN (...)` delete.
-const KEYS_PER_DELETE: usize = 500;
+/// Rows per multi-row INSERT (13 parameters each) and keys per `IN (...)` delete. SQLite looks bound
+/// parameters up by name in time linear in their number (quadratic per statement), so it gets short
+/// statements; PostgreSQL pays a round trip per statement, so it gets long ones.
+fn rows_per_statement(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 16,
+        Backend::Postgres => 400,
+    }
+}
 /// Attempts at a write transaction that hit a deadlock, a serialization failure or a busy SQLite database.
 /// Retrying is safe because a batch is all or nothing and idempotent.
 const WRITE_ATTEMPTS: usize = 5;
@@ -97,7 +102,7 @@ impl Store {
             .filter(|(key, _)| seen.insert(key.clone()))
             .collect();
         let mut inserted = 0;
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
+        for chunk in rows.chunks(rows_per_statement(self.backend())) {
             let mut sql = String::from(
                 "INSERT INTO facts (environment_id, fact_key, predicate, arity, a0_type, a0_id, a1_type, a1_id, \
                  a2_type, a2_id, a3_type, a3_id, rest) VALUES ",
@@ -147,7 +152,7 @@ impl Store {
         }
         keys.sort();
         keys.dedup();
-        for chunk in keys.chunks(KEYS_PER_DELETE) {
+        for chunk in keys.chunks(rows_per_statement(self.backend())) {
             let sql = format!(
                 "DELETE FROM facts WHERE environment_id = $1 AND fact_key IN ({})",
                 placeholders(2, chunk.len())
@@ -194,7 +199,7 @@ impl Store {
             }
         }
         let mut deleted = 0;
-        for chunk in ids.chunks(KEYS_PER_DELETE) {
+        for chunk in ids.chunks(rows_per_statement(self.backend())) {
             let sql = format!("DELETE FROM facts WHERE id IN ({})", placeholders(1, chunk.len()));
             let mut query = sqlx::query::<Any>(AssertSqlSafe(sql));
             for id in chunk {

@@ -25,6 +25,7 @@ struct Api {
     tenancy: Tenancy,
     telemetry: Telemetry,
     store: Store,
+    keys: KeyRing,
 }
 
 async fn api() -> Api {
@@ -39,10 +40,11 @@ async fn api() -> Api {
         body_timeout: Duration::from_millis(300),
     };
     Api {
-        router: router(FactsApp::new(store.clone(), keys, config, metrics)),
+        router: router(FactsApp::new(store.clone(), keys.clone(), config, metrics)),
         tenancy,
         telemetry,
         store,
+        keys,
     }
 }
 
@@ -280,6 +282,22 @@ async fn keys_are_checked_on_every_api_request() {
         .send(Request::get("/api/healthcheck").body(Body::empty()).unwrap())
         .await;
     assert_eq!((health.status, health.message()), (StatusCode::OK, "ok".into()));
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_once_the_ring_reloads() {
+    let api = api().await;
+    assert_eq!(api.get("/api/facts?predicate=p", "rw").await.status, StatusCode::OK);
+    let mut revoked = declarations(true);
+    revoked.api_keys.iter_mut().find(|k| k.name == "rw").unwrap().revoked = true;
+    reconcile(&api.store, &revoked).await;
+    assert!(api.keys.refresh(&api.store).await.unwrap());
+    let answer = api.get("/api/facts?predicate=p", "rw").await;
+    assert_eq!(
+        (answer.status, answer.message()),
+        (StatusCode::UNAUTHORIZED, "invalid API key".into())
+    );
+    assert_eq!(api.get("/api/facts?predicate=p", "ro").await.status, StatusCode::OK);
 }
 
 #[tokio::test]

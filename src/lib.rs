@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod crd;
 pub mod domain;
+pub mod facts;
 pub mod manifests;
 pub mod store;
 pub mod telemetry;

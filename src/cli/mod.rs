@@ -6,6 +6,7 @@ mod accounts;
 mod apply;
 mod crds;
 mod demo;
+mod facts;
 mod output;
 mod plan;
 mod secrets_dir;
@@ -62,6 +63,8 @@ pub enum Command {
     Crds(crds::Args),
     /// Try orgkeeper on the embedded SQLite store: register the example accounts, apply the examples, plan again.
     Demo(demo::Args),
+    /// Serve the fact API (the built-in upstream): facts per environment in the store, official-client compatible.
+    Facts(facts::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
             Command::Accounts(args) => accounts::run(args).await,
             Command::Crds(args) => crds::run(args),
             Command::Demo(args) => demo::run(args).await,
+            Command::Facts(args) => facts::run(args).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@
 //! which is what keeps `orgkeeper apply` and the controller in agreement.
 
 pub mod account;
+pub mod facts;
 pub mod keys;
 pub mod limits;
 pub mod model;

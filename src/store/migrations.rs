@@ -9,12 +9,20 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use super::Backend;
 
 /// (version, description, SQLite SQL, PostgreSQL SQL)
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "tenancy",
-    include_str!("migrations/sqlite/0001_tenancy.sql"),
-    include_str!("migrations/postgres/0001_tenancy.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "tenancy",
+        include_str!("migrations/sqlite/0001_tenancy.sql"),
+        include_str!("migrations/postgres/0001_tenancy.sql"),
+    ),
+    (
+        2,
+        "facts",
+        include_str!("migrations/sqlite/0002_facts.sql"),
+        include_str!("migrations/postgres/0002_facts.sql"),
+    ),
+];
 
 pub(super) fn migrator(backend: Backend) -> Migrator {
     let migrations = MIGRATIONS

@@ -3,10 +3,12 @@
 //!
 //! The store holds tenancy (organizations, environments, users, API key hashes, known accounts). Every
 //! write transaction bumps `store_revision`, which readers such as the sidecar poll to notice changes cheaply.
+//! It also holds the fact store's facts, per environment (`facts.rs`); fact writes leave the revision alone.
 
 mod accounts;
 mod apply;
 mod auth;
+mod facts;
 mod migrations;
 mod snapshot;
 
@@ -19,6 +21,7 @@ use sqlx::{Any, AnyPool, Executor};
 
 pub use apply::{ApplyOutcome, IssuedKey, StoreTx};
 pub use auth::{AuthSnapshot, EnvironmentLimits, LiveKey};
+pub use facts::{ARG_COLUMNS, FactStoreError, FactWrite};
 
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,11 @@ impl Store {
                     if conn.backend_name().eq_ignore_ascii_case("sqlite") {
                         // WAL lets readers (the sidecar) proceed while a writer (apply) holds the lock.
                         conn.execute("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL")
+                            .await?;
+                        // A million facts make a few hundred MB of table and indexes: a 32 MiB page cache
+                        // and memory-mapped reads keep index lookups off the read() path, and statement
+                        // journals (every multi-row insert has one) stay in memory instead of a temp file.
+                        conn.execute("PRAGMA cache_size = -32768; PRAGMA mmap_size = 1073741824; PRAGMA temp_store = MEMORY")
                             .await?;
                     }
                     Ok(())

@@ -1,0 +1,121 @@
+//! `orgkeeper facts`: the built-in upstream. Serves the fact endpoints the official Oso clients use, storing
+//! facts per environment in the backing store, and authenticates every request with the same keys the
+//! sidecar checks (reloaded from the store when they change).
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::exit;
+use crate::auth::KeyRing;
+use crate::facts::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES, FactsApp, FactsConfig, FactsMetrics, router};
+use crate::store::{DEFAULT_DATABASE_URL, Store};
+use crate::telemetry::{Readiness, Telemetry, shutdown_signal};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address the fact API listens on.
+    #[arg(long, env = "ORGKEEPER_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// The store: sqlite:PATH (created if missing) or postgres://USER:PASSWORD@HOST/DB.
+    #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "ORGKEEPER_METRICS_ADDR", default_value = "0.0.0.0:9092")]
+    pub metrics_addr: SocketAddr,
+    /// Largest request body accepted, in bytes (larger ones get 413 before they are read).
+    #[arg(long, env = "ORGKEEPER_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Seconds a client has to send its whole request body (then 408).
+    #[arg(long, env = "ORGKEEPER_BODY_TIMEOUT_SECONDS", default_value_t = DEFAULT_BODY_TIMEOUT.as_secs())]
+    pub body_timeout_seconds: u64,
+    /// How often to check the store for new, revoked or changed keys, in milliseconds.
+    #[arg(long, env = "ORGKEEPER_KEY_REFRESH_MS", default_value_t = 1000)]
+    pub key_refresh_ms: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let store = Store::connect(&args.database_url).await.context("opening the store")?;
+    if store.backend() == crate::store::Backend::Sqlite {
+        // Keeps SQLite's query planner statistics fresh enough to pick the right fact index.
+        let _ = sqlx::query::<sqlx::Any>("PRAGMA optimize").execute(store.pool()).await;
+    }
+    let keys = KeyRing::default();
+    keys.refresh(&store).await.context("loading API keys from the store")?;
+    let telemetry = Telemetry::new("orgkeeper");
+    let metrics = {
+        let mut registry = telemetry.registry.lock().unwrap_or_else(|e| e.into_inner());
+        FactsMetrics::new(&mut registry)
+    };
+    let shutdown = shutdown_signal();
+    let config = FactsConfig {
+        max_body_bytes: args.max_body_bytes,
+        body_timeout: Duration::from_secs(args.body_timeout_seconds),
+    };
+    let app = FactsApp::new(store.clone(), keys.clone(), config, metrics);
+
+    let refresh = Duration::from_millis(args.key_refresh_ms.max(50));
+    tokio::spawn(keys.clone().keep_fresh(store.clone(), refresh, shutdown.clone()));
+    tokio::spawn(report_health(
+        keys.clone(),
+        telemetry.clone(),
+        refresh,
+        shutdown.clone(),
+    ));
+    let telemetry_server = {
+        let telemetry = telemetry.clone();
+        let shutdown = shutdown.clone();
+        let addr = args.metrics_addr;
+        tokio::spawn(async move { telemetry.serve(addr, shutdown).await })
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let status = keys.status();
+    tracing::info!(
+        addr = %listener.local_addr().unwrap_or(args.listen),
+        keys = status.keys,
+        environments = status.environments,
+        "fact store listening"
+    );
+    telemetry.health.set(Readiness::Ready);
+    let api = axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    tokio::pin!(api);
+    // A metrics port that cannot be served is fatal; a metrics server that stopped for the shutdown is not.
+    let result = tokio::select! {
+        served = &mut api => served.context("serving the fact API"),
+        telemetry = telemetry_server => match telemetry {
+            Ok(Err(e)) => Err(e).with_context(|| format!("serving /metrics on {}", args.metrics_addr)),
+            _ => (&mut api).await.context("serving the fact API"),
+        },
+    };
+    shutdown.cancel();
+    store.close().await;
+    result.map(|()| exit::OK)
+}
+
+/// Every request needs the store, so the fact store is not ready while it cannot reach it.
+async fn report_health(
+    keys: KeyRing,
+    telemetry: Telemetry,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let readiness = match keys.status().last_error {
+            None => Readiness::Ready,
+            Some(error) => Readiness::NotReady(format!("cannot reach the store: {error}")),
+        };
+        telemetry.health.set(readiness);
+    }
+}

@@ -1,0 +1,136 @@
+//! The official Oso clients, unchanged (Python oso-cloud 2.6.0 and 1.5.1, Node oso-cloud 2.6.0), against
+//! `orgkeeper facts` started as a user would: `orgkeeper apply -f tests/clients/manifests` issues the keys,
+//! then the fact store serves them. The checks themselves are `tests/clients/run.sh` (which the sidecar's
+//! tests point at the sidecar); the clients are installed on first use under ~/.cache/orgkeeper/clients.
+//!
+//! Needs python3 (with venv), node and npm, and PyPI/npm reachable on the first run.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+
+const BIN: &str = env!("CARGO_BIN_EXE_orgkeeper");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The fact store process; stopped when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn key_from(secret_file: &Path) -> String {
+    let yaml = std::fs::read_to_string(secret_file).unwrap();
+    let secret: Secret = serde_norway::from_str(&yaml).unwrap();
+    let data = secret.data.unwrap();
+    String::from_utf8(data["OSO_AUTH"].0.clone()).unwrap()
+}
+
+/// Polls `GET /readyz` until it answers 200.
+fn wait_ready(metrics_port: u16, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "orgkeeper facts exited ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", metrics_port)) {
+            let _ = stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("orgkeeper facts did not become ready within 60 s");
+}
+
+fn official_clients_pass_against(database_url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    let apply = Command::new(BIN)
+        .args(["apply", "-f"])
+        .arg(repo().join("tests/clients/manifests"))
+        .args(["--database-url", database_url, "--secrets-dir"])
+        .arg(&secrets)
+        .output()
+        .unwrap();
+    assert!(
+        apply.status.success(),
+        "orgkeeper apply failed:\n{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+    let writer = key_from(&secrets.join("clients/writer-oso.yaml"));
+    let reader = key_from(&secrets.join("clients/reader-oso.yaml"));
+
+    let (port, metrics_port) = (free_port(), free_port());
+    let log = dir.path().join("facts.log");
+    let child = Command::new(BIN)
+        .args(["facts", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--database-url", database_url])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    wait_ready(metrics_port, &mut running.0, &log);
+
+    let harness = Command::new("bash")
+        .arg(repo().join("tests/clients/run.sh"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .env("OSO_AUTH", &writer)
+        .env("OSO_AUTH_READONLY", &reader)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&harness.stdout);
+    let stderr = String::from_utf8_lossy(&harness.stderr);
+    println!("{stdout}");
+    for secret in [&writer, &reader] {
+        assert!(
+            !stdout.contains(secret.as_str()) && !stderr.contains(secret.as_str()),
+            "a key leaked into the output"
+        );
+    }
+    assert!(
+        harness.status.success(),
+        "the official clients failed:\n{stdout}\n{stderr}\n--- orgkeeper facts log ---\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(stdout.contains("== all official clients passed"));
+    drop(running);
+}
+
+#[test]
+fn official_clients_pass_against_the_fact_store_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    official_clients_pass_against(&format!("sqlite://{}", dir.path().join("store.db").display()));
+}
+
+#[tokio::test]
+async fn official_clients_pass_against_the_fact_store_on_postgres() {
+    let url = support::fresh_postgres_url().await;
+    tokio::task::spawn_blocking(move || official_clients_pass_against(&url))
+        .await
+        .unwrap();
+}

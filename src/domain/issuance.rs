@@ -97,7 +97,7 @@ pub fn review_key_secrets(
                     "Secret {secret_name:?} already holds key {held}, which is not a key of this ApiKey in the store; orgkeeper never rewrites a Secret: delete the Secret and a new key is issued into a new one"
                 ),
             }),
-            (SecretState::Foreign, _) => review.problems.push(conflict(object, secret_name)),
+            (SecretState::Foreign, _) => review.problems.push(secret_conflict(object, secret_name)),
         }
     }
     let Some(stored) = stored else { return review };
@@ -130,7 +130,8 @@ pub fn review_key_secrets(
     review
 }
 
-fn conflict(object: ObjectRef, secret_name: &str) -> Problem {
+/// The problem of a key whose Secret's name is taken by a Secret orgkeeper did not write for it.
+pub fn secret_conflict(object: ObjectRef, secret_name: &str) -> Problem {
     Problem {
         object,
         reason: Reason::SecretConflict,

@@ -88,7 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .apiserver_version()
         .await
         .context("cannot reach the Kubernetes API server")?;
-    let store = Store::connect(&args.database_url).await.context("opening the store")?;
+    let store = connect(&args.database_url).await?;
     tracing::info!(
         kubernetes = %version.git_version,
         store = %redact_url(&args.database_url),
@@ -126,6 +126,25 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Opens the store, retrying for a while: in a cluster the database often starts after the controller, and
+/// replicas starting together race to create a new store's schema (one wins, the others retry).
+async fn connect(url: &str) -> anyhow::Result<Store> {
+    const ATTEMPTS: u32 = 8;
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1.. {
+        match Store::connect(url).await {
+            Ok(store) => return Ok(store),
+            Err(error) if attempt < ATTEMPTS => {
+                tracing::warn!(%error, attempt, retry_in = ?delay, "cannot open the store yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+            }
+            Err(error) => return Err(error).context("opening the store"),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 fn settings(args: &Args) -> anyhow::Result<(Settings, Option<LeaseSettings>)> {

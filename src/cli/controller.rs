@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(long, env = "ORGKEEPER_LEASE_NAMESPACE", value_name = "NS")]
     pub lease_namespace: Option<String>,
     /// How long the Lease is valid without renewal: a standby takes over this long after the leader stops
-    /// renewing (immediately when the leader shuts down gracefully).
+    /// renewing (at its next retry when the leader shuts down gracefully and releases the Lease).
     #[arg(long, env = "ORGKEEPER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
     /// A leader that could not renew the Lease for this long stops (exit code 1); less than --lease-duration.

@@ -34,7 +34,8 @@ pub struct Caches {
     pub environments: Store<Environment>,
     pub users: Store<User>,
     pub api_keys: Store<ApiKey>,
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Metadata only: these Secrets carry no data.
+    pub secrets: Store<Secret>,
     ready: Readiness,
 }
 
@@ -74,7 +75,7 @@ pub struct Feeds {
     pub users: Feed<User>,
     pub api_keys: Feed<ApiKey>,
     secrets: Api<PartialObjectMeta<Secret>>,
-    secret_writer: Writer<PartialObjectMeta<Secret>>,
+    secret_writer: Writer<Secret>,
     ready: Readiness,
 }
 
@@ -211,9 +212,11 @@ where
     }
 }
 
+/// Watches Secrets as metadata only (their data never reaches the controller) and caches them as `Secret`s
+/// without data, so that ownership checks read them like any Secret.
 fn secrets(
     api: Api<PartialObjectMeta<Secret>>,
-    writer: Writer<PartialObjectMeta<Secret>>,
+    mut writer: Writer<Secret>,
     api_keys: Store<ApiKey>,
     changes: UnboundedSender<ObjectRef<ApiKey>>,
     ready: &Readiness,
@@ -224,22 +227,24 @@ fn secrets(
     let watch = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(slim::<PartialObjectMeta<Secret>>)
-        .reflect(writer)
         .for_each(move |event| {
-            match event {
-                Ok(watcher::Event::Delete(secret)) => wake(&api_keys, &secret, &changes, |_| true),
-                Ok(watcher::Event::Apply(secret)) => {
-                    // Secrets the controller writes for a key need no second look; any other Secret of a
-                    // key's name may be a conflict appearing.
-                    wake(&api_keys, &secret, &changes, |key| {
-                        !super::secrets::is_written_for(&secret, key)
-                    })
+            match event.map(metadata_only) {
+                Ok(event) => {
+                    writer.apply_watcher_event(&event);
+                    match &event {
+                        watcher::Event::Delete(secret) => wake(&api_keys, secret, &changes, |_| true),
+                        // Secrets the controller writes for a key need no second look; any other Secret of a
+                        // key's name may be a conflict appearing.
+                        watcher::Event::Apply(secret) => wake(&api_keys, secret, &changes, |key| {
+                            !super::secrets::is_written_for(secret, key)
+                        }),
+                        watcher::Event::InitDone if !listed => {
+                            listed = true;
+                            ready.listed();
+                        }
+                        _ => {}
+                    }
                 }
-                Ok(watcher::Event::InitDone) if !listed => {
-                    listed = true;
-                    ready.listed();
-                }
-                Ok(_) => {}
                 Err(error) => tracing::warn!(kind = "Secret", %error, "watch failed; retrying with backoff"),
             }
             std::future::ready(())
@@ -247,10 +252,24 @@ fn secrets(
     tasks.spawn(watch);
 }
 
+fn metadata_only(event: watcher::Event<PartialObjectMeta<Secret>>) -> watcher::Event<Secret> {
+    let secret = |meta: PartialObjectMeta<Secret>| Secret {
+        metadata: meta.metadata,
+        ..Default::default()
+    };
+    match event {
+        watcher::Event::Apply(meta) => watcher::Event::Apply(secret(meta)),
+        watcher::Event::Delete(meta) => watcher::Event::Delete(secret(meta)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(meta) => watcher::Event::InitApply(secret(meta)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
 /// Sends the ApiKeys whose Secret this is (same namespace and name) and for which `relevant` holds.
 fn wake(
     api_keys: &Store<ApiKey>,
-    secret: &PartialObjectMeta<Secret>,
+    secret: &Secret,
     changes: &UnboundedSender<ObjectRef<ApiKey>>,
     relevant: impl Fn(&ApiKey) -> bool,
 ) {

@@ -17,8 +17,19 @@ use super::failpoint::Failpoint;
 use super::metrics::{Metrics, StoreWrites};
 use super::secrets::RecentSecrets;
 use super::triggers::Triggers;
-use crate::domain::{ObjectRef, OrgKey};
+use crate::domain::{ObjectRef, OrgKey, StoredOrganization};
 use crate::store::Store;
+
+/// A copy of what the store held for an organization at a revision.
+struct Stored {
+    revision: i64,
+    loaded: Instant,
+    organization: Option<StoredOrganization>,
+}
+
+/// The longest a copy of an organization's stored state is reused while the store's revision is unchanged.
+/// Every write through orgkeeper changes the revision; this bound is for changes made behind its back.
+pub const STORED_COPY_LIFETIME: Duration = Duration::from_secs(10);
 
 /// How the controller runs; built from the command line.
 #[derive(Clone, Debug)]
@@ -55,6 +66,7 @@ pub struct Context {
     pub recent_secrets: RecentSecrets,
     pub failpoint: Failpoint,
     locks: Mutex<HashMap<OrgKey, Arc<tokio::sync::Mutex<()>>>>,
+    stored: Mutex<HashMap<OrgKey, Stored>>,
     retries: Mutex<HashMap<ObjectRef, u32>>,
     statuses: Mutex<HashMap<String, (u64, Instant)>>,
 }
@@ -83,6 +95,7 @@ impl Context {
             recent_secrets: RecentSecrets::default(),
             failpoint,
             locks: Mutex::default(),
+            stored: Mutex::default(),
             retries: Mutex::default(),
             statuses: Mutex::default(),
         }
@@ -99,6 +112,28 @@ impl Context {
             .or_default()
             .clone();
         lock.lock_owned().await
+    }
+
+    /// The organization as the store held it at `revision`, if a recent enough copy is at hand. Reconciles
+    /// of the many objects of one organization then read the store once rather than once each.
+    pub fn stored_copy(&self, organization: &OrgKey, revision: i64) -> Option<Option<StoredOrganization>> {
+        let lifetime = STORED_COPY_LIFETIME.min(self.settings.resync_interval / 2);
+        let stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        stored
+            .get(organization)
+            .filter(|s| s.revision == revision && s.loaded.elapsed() < lifetime)
+            .map(|s| s.organization.clone())
+    }
+
+    pub fn keep_stored_copy(&self, organization: &OrgKey, revision: i64, copy: Option<StoredOrganization>) {
+        self.stored.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            organization.clone(),
+            Stored {
+                revision,
+                loaded: Instant::now(),
+                organization: copy,
+            },
+        );
     }
 
     /// The next reconcile of a healthy object: after the resync interval, spread by ±10% so that objects

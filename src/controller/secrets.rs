@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{PartialObjectMeta, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::PostParams;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 
@@ -29,29 +29,22 @@ pub const FIELD_MANAGER: &str = "orgkeeper-controller";
 const CACHE_GRACE: Duration = Duration::from_secs(120);
 
 /// Whether the Secret was written by orgkeeper for this ApiKey (labels and owner reference agree).
-pub fn is_written_for(secret: &PartialObjectMeta<Secret>, key: &ApiKey) -> bool {
-    matches!(classify(&secret.metadata, Some(key)), SecretState::Holds(_))
+pub fn is_written_for(secret: &Secret, key: &ApiKey) -> bool {
+    matches!(classify(secret, Some(key)), SecretState::Holds(_))
 }
 
-/// What a Secret with this metadata holds for `key` (or, when the ApiKey is gone, for its name alone).
-fn classify(meta: &ObjectMeta, key: Option<&ApiKey>) -> SecretState {
+/// What a Secret (its metadata is enough) holds for `key`; with no ApiKey, nothing is ours.
+fn classify(secret: &Secret, key: Option<&ApiKey>) -> SecretState {
     let Some(key) = key else {
         return SecretState::Foreign;
     };
-    let labelled = Secret {
-        metadata: ObjectMeta {
-            labels: meta.labels.clone(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
     let owned = key.uid().is_some_and(|uid| {
-        meta.owner_references
+        secret
+            .owner_references()
             .iter()
-            .flatten()
             .any(|owner| owner.uid == uid && owner.kind == "ApiKey")
     });
-    match key_id_for(&labelled, &key.name_any()) {
+    match key_id_for(secret, &key.name_any()) {
         Some(key_id) if owned => SecretState::Holds(key_id),
         _ => SecretState::Foreign,
     }
@@ -79,7 +72,7 @@ impl RecentSecrets {
         let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(secret) = caches.secrets.get(&ObjectRef::new(name).within(namespace)) {
             created.remove(&id);
-            return classify(&secret.metadata, key);
+            return classify(&secret, key);
         }
         match created.get(&id) {
             Some((key_id, at)) if at.elapsed() < CACHE_GRACE => SecretState::Holds(key_id.clone()),
@@ -100,7 +93,13 @@ pub enum Written {
 pub async fn holds(client: &Client, namespace: &str, name: &str, key: &ApiKey) -> Result<SecretState, kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     Ok(match api.get_metadata_opt(name).await? {
-        Some(secret) => classify(&secret.metadata, Some(key)),
+        Some(meta) => classify(
+            &Secret {
+                metadata: meta.metadata,
+                ..Default::default()
+            },
+            Some(key),
+        ),
         None => SecretState::Absent,
     })
 }
@@ -208,18 +207,15 @@ mod tests {
         let token = ApiKeyToken::generate("env1");
         let secret = written_for(&key, &token);
         assert_eq!(
-            classify(&secret.metadata, Some(&key)),
+            classify(&secret, Some(&key)),
             SecretState::Holds(token.key_id().to_owned())
         );
         // A new ApiKey of the same name (another uid) does not own the old one's Secret.
-        assert_eq!(
-            classify(&secret.metadata, Some(&api_key("uid-2"))),
-            SecretState::Foreign
-        );
+        assert_eq!(classify(&secret, Some(&api_key("uid-2"))), SecretState::Foreign);
         // Labels copied onto a Secret someone else made do not make it ours.
         let mut copied = secret.clone();
         copied.metadata.owner_references = None;
-        assert_eq!(classify(&copied.metadata, Some(&key)), SecretState::Foreign);
-        assert_eq!(classify(&ObjectMeta::default(), Some(&key)), SecretState::Foreign);
+        assert_eq!(classify(&copied, Some(&key)), SecretState::Foreign);
+        assert_eq!(classify(&Secret::default(), Some(&key)), SecretState::Foreign);
     }
 }

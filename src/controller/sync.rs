@@ -5,6 +5,7 @@
 //! (128 keys per environment, duplicates, cascades) exactly as `apply` has it.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use super::Error;
 use super::context::Context;
@@ -30,10 +31,11 @@ impl Synced {
 
 pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> {
     let _turn = ctx.lock(key).await;
-    tracing::debug!(organization = %key, "planning");
+    let started = Instant::now();
     let view = ctx.caches.view(key);
     let (declarations, mut problems) = view.declarations();
     let mut stored = load(ctx, key).await?;
+    let loaded = started.elapsed();
     // Only users not yet in the store need the account registry.
     let accounts = if declarations.users.is_empty() {
         KnownAccounts::default()
@@ -52,7 +54,9 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
             .state(&ctx.caches, namespace, secret, view.api_key(api_key).map(AsRef::as_ref))
     });
     problems.extend(review.problems);
-    if !review.changes.is_empty() || !review.completions.is_empty() {
+    let planned = started.elapsed();
+    let changes = review.changes.len() + review.completions.len();
+    if changes > 0 {
         let executed = issuance::execute(ctx, &view, stored.as_ref(), review.changes, review.completions).await;
         ctx.store_writes.update(&ctx.store, &ctx.metrics);
         let executed = executed?;
@@ -60,10 +64,31 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
         ctx.triggers.after_changes(&view, &executed.changes);
         stored = load(ctx, key).await?;
     }
+    tracing::debug!(
+        organization = %key,
+        loaded_ms = loaded.as_secs_f64() * 1e3,
+        planned_ms = planned.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        changes,
+        "organization reconciled"
+    );
     Ok(Synced { stored, problems })
 }
 
+/// What the store holds for the organization: a copy kept from an earlier reconcile while the store's
+/// revision is unchanged (and the copy is recent), else a fresh read.
 async fn load(ctx: &Context, key: &OrgKey) -> Result<Option<StoredOrganization>, Error> {
+    let revision = ctx.store.revision().await?;
+    if let Some(copy) = ctx.stored_copy(key, revision) {
+        return Ok(copy);
+    }
+    // Read after the revision: the copy is at least as new as the revision it is kept under.
+    let stored = read(ctx, key).await?;
+    ctx.keep_stored_copy(key, revision, stored.clone());
+    Ok(stored)
+}
+
+async fn read(ctx: &Context, key: &OrgKey) -> Result<Option<StoredOrganization>, Error> {
     Ok(ctx
         .store
         .load_organizations(std::slice::from_ref(key))

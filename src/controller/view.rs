@@ -1,6 +1,7 @@
 //! One organization as the caches show it: its Organization resource and every Environment, User and ApiKey
 //! that references it, turned into the domain's declarations exactly as `orgkeeper apply` does with files.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use kube::ResourceExt;
@@ -18,6 +19,8 @@ pub struct OrgView {
     pub environments: Vec<Arc<Environment>>,
     pub users: Vec<Arc<User>>,
     pub api_keys: Vec<Arc<ApiKey>>,
+    /// `api_keys` by name: reconciles look keys up once per key, which must not cost a scan each.
+    keys_by_name: HashMap<String, Arc<ApiKey>>,
 }
 
 pub fn is_deleting<K: ResourceExt>(object: &K) -> bool {
@@ -29,8 +32,13 @@ impl Caches {
         let ours = |namespace: Option<String>, organization: &str| {
             namespace.as_deref() == Some(key.namespace.as_str()) && organization == key.name
         };
+        let api_keys = self
+            .api_keys
+            .state_filter(|k| ours(k.namespace(), &k.spec.organization_ref.name));
         OrgView {
             key: key.clone(),
+            keys_by_name: api_keys.iter().map(|k| (k.name_any(), k.clone())).collect(),
+            api_keys,
             organization: self
                 .organizations
                 .find(|o| o.namespace().as_deref() == Some(key.namespace.as_str()) && o.name_any() == key.name),
@@ -40,9 +48,6 @@ impl Caches {
             users: self
                 .users
                 .state_filter(|u| ours(u.namespace(), &u.spec.organization_ref.name)),
-            api_keys: self
-                .api_keys
-                .state_filter(|k| ours(k.namespace(), &k.spec.organization_ref.name)),
         }
     }
 }
@@ -59,7 +64,7 @@ impl OrgView {
     }
 
     pub fn api_key(&self, name: &str) -> Option<&Arc<ApiKey>> {
-        self.api_keys.iter().find(|k| k.name_any() == name)
+        self.keys_by_name.get(name)
     }
 
     /// What the live (not deleting) resources declare, and the resources that declare nothing usable.

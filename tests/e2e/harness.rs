@@ -382,12 +382,19 @@ impl ControllerProcess {
     pub fn start(namespace: &TestNamespace, store: &TestStore, options: Options) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("controller.log");
         let port = free_port();
         let identity = options
             .identity
             .clone()
             .unwrap_or_else(|| format!("e2e-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        // ORGKEEPER_E2E_LOG_DIR keeps every controller's log (for CI artifacts); otherwise they go with the test.
+        let log = match std::env::var_os("ORGKEEPER_E2E_LOG_DIR") {
+            Some(logs) => {
+                std::fs::create_dir_all(&logs).unwrap();
+                PathBuf::from(logs).join(format!("{}-{identity}-{port}.log", namespace.name))
+            }
+            None => dir.path().join("controller.log"),
+        };
         let kubeconfig = options
             .kubeconfig
             .clone()

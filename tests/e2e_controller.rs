@@ -639,6 +639,10 @@ async fn two_replicas_elect_one_leader_and_a_standby_takes_over() {
         (replicas[leader].metric("orgkeeper_controller_leader") == 1.0).then_some(())
     })
     .await;
+    eventually("the standby to serve metrics", WAIT, || async {
+        replicas[standby].metrics().map(|_| ())
+    })
+    .await;
 
     ns.apply_ok(&documents([
         organization("acme", "Retain"),

@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long, env = "ORGKEEPER_OSO_URL", default_value = "http://127.0.0.1:8080")]
     pub oso_url: String,
     /// How often every object is reconciled with no change to it; a change made to the store behind
-    /// the controller's back is undone within this interval (plus 10% jitter). Units: ms, s, m, h.
+    /// the controller's back is undone within this interval (+10% jitter, +10 s). Units: ms, s, m, h.
     #[arg(long, env = "ORGKEEPER_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,
     /// The longest wait between retries of an object that waits for something (an account to be registered,

@@ -1,6 +1,10 @@
 //! The controller's view of the cluster: one watch and one in-memory cache (reflector) per kind, shared by
-//! every reconciler, and a feed of changed objects for each controller that cares about the kind. Reconciles read these caches instead of the API server, which keeps an idle controller
-//! free of API traffic; each cache is fed by a long-running watch that resumes on its own after errors.
+//! every reconciler, and a feed of changed objects for each controller that cares about the kind.
+//! Reconciles read these caches instead of the API server, which keeps an idle controller free of API
+//! traffic; each cache is fed by a long-running watch that resumes on its own after errors.
+//!
+//! Readiness is tracked here rather than with `Store::wait_until_ready`: that future wakes only one of
+//! several concurrent waiters, and each kube `Controller` already waits on its own store.
 //!
 //! Secrets are cached as metadata only (never their data), to know which exist, who owns them and which
 //! key they hold. Their changes wake the ApiKey that names them: a deleted Secret shows as
@@ -8,7 +12,6 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;

@@ -5,7 +5,8 @@
 //! The cluster comes from `ORGKEEPER_TEST_KUBECONFIG` (start one with `tests/cluster/up.sh`); kubectl from
 //! `ORGKEEPER_TEST_KUBECTL`, else the `bin/kubectl` next to the kubeconfig (as `up.sh` lays it out), else
 //! `PATH`. Set `ORGKEEPER_E2E_DATABASE=postgres` (with `ORGKEEPER_TEST_POSTGRES_URL`) to run the store on
-//! PostgreSQL instead of SQLite.
+//! PostgreSQL instead of SQLite, `ORGKEEPER_E2E_LOG_DIR=DIR` to keep every controller's log (CI artifacts),
+//! and `ORGKEEPER_E2E_KEEP=1` to keep the test namespaces for inspection.
 #![allow(dead_code)]
 
 use std::future::Future;

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod domain;
 pub mod facts;

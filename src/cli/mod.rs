@@ -4,6 +4,7 @@
 
 mod accounts;
 mod apply;
+mod controller;
 mod crds;
 mod demo;
 mod facts;
@@ -59,6 +60,8 @@ pub enum Command {
     Apply(apply::Args),
     /// Register, unregister and list the existing accounts (github:NAME, google:EMAIL) users may reference.
     Accounts(accounts::Args),
+    /// Reconcile the cluster's orgkeeper resources into the store and write each issued key once into a Secret.
+    Controller(Box<controller::Args>),
     /// Print the CustomResourceDefinitions as YAML.
     Crds(crds::Args),
     /// Try orgkeeper on the embedded SQLite store: register the example accounts, apply the examples, plan again.
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
             Command::Plan(args) => plan::run(args).await,
             Command::Apply(args) => apply::run(args).await,
             Command::Accounts(args) => accounts::run(args).await,
+            Command::Controller(args) => controller::run(*args).await,
             Command::Crds(args) => crds::run(args),
             Command::Demo(args) => demo::run(args).await,
             Command::Facts(args) => facts::run(args).await,

@@ -7,15 +7,19 @@
 
 pub mod account;
 pub mod facts;
+pub mod issuance;
 pub mod keys;
 pub mod limits;
 pub mod model;
 pub mod plan;
+pub mod removal;
 pub mod rules;
 
 pub use account::{Account, AccountError, KnownAccounts, Provider};
+pub use issuance::{PendingCompletion, SecretReview, SecretState, review_key_secrets};
 pub use keys::{ApiKeyToken, KeyHash, TokenError};
 pub use limits::{EffectiveLimits, LimitOverrides, PlanTier};
 pub use model::*;
 pub use plan::{Change, Plan, plan};
+pub use removal::plan_organization_removal;
 pub use rules::{Problem, Reason};

@@ -99,6 +99,19 @@ pub enum Change {
         api_key: String,
         key_id: String,
     },
+    /// The Organization resource is gone with deletionPolicy Delete: the organization, its environments
+    /// (with their facts), users and keys are deleted.
+    DeleteOrganization {
+        organization: OrgKey,
+        revoked_keys: Vec<String>,
+    },
+    /// The Organization resource is gone with deletionPolicy Retain: orgkeeper stops managing the
+    /// organization and its environments and keeps their data and users; every key is revoked, because
+    /// credentials must not outlive their declaration. Declaring the organization again adopts it.
+    ReleaseOrganization {
+        organization: OrgKey,
+        revoked_keys: Vec<String>,
+    },
 }
 
 impl Change {
@@ -116,7 +129,9 @@ impl Change {
             | Change::RemoveUser { organization, .. }
             | Change::IssueKey { organization, .. }
             | Change::RevokeKey { organization, .. }
-            | Change::RemoveKey { organization, .. } => organization,
+            | Change::RemoveKey { organization, .. }
+            | Change::DeleteOrganization { organization, .. }
+            | Change::ReleaseOrganization { organization, .. } => organization,
         }
     }
 
@@ -135,7 +150,9 @@ impl Change {
             Change::DeleteEnvironment { .. }
             | Change::ReleaseEnvironment { .. }
             | Change::RemoveUser { .. }
-            | Change::RemoveKey { .. } => '-',
+            | Change::RemoveKey { .. }
+            | Change::DeleteOrganization { .. }
+            | Change::ReleaseOrganization { .. } => '-',
         }
     }
 }
@@ -269,6 +286,22 @@ impl fmt::Display for Change {
                     organization.namespace
                 )
             }
+            Change::DeleteOrganization {
+                organization,
+                revoked_keys,
+            } => write!(
+                f,
+                "{s} organization {organization} (deletionPolicy Delete: delete it with its environments, facts and users; revokes {} keys)",
+                revoked_keys.len()
+            ),
+            Change::ReleaseOrganization {
+                organization,
+                revoked_keys,
+            } => write!(
+                f,
+                "{s} organization {organization} (deletionPolicy Retain: stop managing, keep data and users; revokes {} keys)",
+                revoked_keys.len()
+            ),
         }
     }
 }

@@ -251,6 +251,36 @@ impl StoreTx {
             Change::RemoveKey { key_id, .. } => {
                 self.delete_key(key_id).await?;
             }
+            Change::DeleteOrganization { organization, .. } => {
+                let id = self.organization_id(organization).await?;
+                // Environments (with their facts), users and keys go with it through ON DELETE CASCADE.
+                self.execute(
+                    sqlx::query("DELETE FROM organizations WHERE id = $1").bind(id),
+                    "deleting an organization",
+                )
+                .await?;
+                self.organization_ids.remove(organization);
+            }
+            Change::ReleaseOrganization { organization, .. } => {
+                let id = self.organization_id(organization).await?;
+                let revoke = sqlx::query(
+                    "UPDATE api_keys SET state = 'revoked', revoked_at = $1 WHERE organization_id = $2 AND state <> 'revoked'",
+                )
+                .bind(now)
+                .bind(id.clone());
+                self.execute(revoke, "revoking a released organization's keys").await?;
+                let environments = sqlx::query(
+                    "UPDATE environments SET managed = 0, updated_at = $1 WHERE organization_id = $2 AND managed <> 0",
+                )
+                .bind(now)
+                .bind(id.clone());
+                self.execute(environments, "releasing an organization's environments")
+                    .await?;
+                let release = sqlx::query("UPDATE organizations SET managed = 0, updated_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(id);
+                self.execute(release, "releasing an organization").await?;
+            }
             Change::CreateEnvironment { .. } | Change::AddUser { .. } | Change::IssueKey { .. } => {
                 unreachable!("bulk changes are applied in batches")
             }

@@ -1,0 +1,270 @@
+//! `orgkeeper controller`: reconcile the orgkeeper resources of a cluster into the store, and write each
+//! issued key once into a Secret. Runs in the cluster (in-cluster service account) or from anywhere with a
+//! kubeconfig; see docs/controller.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::ArgAction;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use super::exit;
+use crate::controller::{self, LeaseSettings, Settings};
+use crate::store::{DEFAULT_DATABASE_URL, Store, redact_url};
+use crate::telemetry::{Telemetry, shutdown_signal};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The store: sqlite:PATH (created if missing) or postgres://USER:PASSWORD@HOST/DB. Replicas share it.
+    #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// kubeconfig file. Without it: $KUBECONFIG or ~/.kube/config when present, else the in-cluster
+    /// service account (when running in a pod).
+    #[arg(long, env = "ORGKEEPER_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig context to use (default: the kubeconfig's current context).
+    #[arg(long, env = "ORGKEEPER_KUBE_CONTEXT", value_name = "NAME")]
+    pub kube_context: Option<String>,
+    /// Namespace to watch, or "all" for every namespace (needs cluster-wide permissions).
+    #[arg(long, env = "ORGKEEPER_NAMESPACE", default_value = "all", value_name = "NS|all")]
+    pub namespace: String,
+    /// Address serving /healthz, /readyz and /metrics.
+    #[arg(long, env = "ORGKEEPER_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// The URL clients reach the sidecar at, written as OSO_URL next to each key in its Secret.
+    #[arg(long, env = "ORGKEEPER_OSO_URL", default_value = "http://127.0.0.1:8080")]
+    pub oso_url: String,
+    /// How often every object is reconciled with no change to it; a change made to the store behind
+    /// the controller's back is undone within this interval (+10% jitter, +10 s). Units: ms, s, m, h.
+    #[arg(long, env = "ORGKEEPER_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// The longest wait between retries of an object that waits for something (an account to be registered,
+    /// a key slot) or whose reconcile failed; retries start at 0.5s and double.
+    #[arg(long, env = "ORGKEEPER_MAX_RETRY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub max_retry_interval: Duration,
+    /// Reconciles running at once, per kind (reconciles of one organization always take turns).
+    #[arg(long, env = "ORGKEEPER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Elect a leader through a coordination.k8s.io Lease so that only one replica reconciles. Turn off
+    /// (--leader-election=false) only when exactly one replica can ever run.
+    #[arg(long, env = "ORGKEEPER_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub leader_election: bool,
+    /// Name of the leader-election Lease; replicas with the same Lease take turns.
+    #[arg(long, env = "ORGKEEPER_LEASE_NAME", default_value = "orgkeeper-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else "default").
+    #[arg(long, env = "ORGKEEPER_LEASE_NAMESPACE", value_name = "NS")]
+    pub lease_namespace: Option<String>,
+    /// How long the Lease is valid without renewal: a standby takes over this long after the leader stops
+    /// renewing (at its next retry when the leader shuts down gracefully and releases the Lease).
+    #[arg(long, env = "ORGKEEPER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// A leader that could not renew the Lease for this long stops (exit code 1); less than --lease-duration.
+    #[arg(long, env = "ORGKEEPER_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub lease_renew_deadline: Duration,
+    /// How often the leader renews the Lease and standbys try to take it; less than --lease-renew-deadline.
+    #[arg(long, env = "ORGKEEPER_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub lease_retry_period: Duration,
+    /// This replica's identity in the Lease and in events (default: $POD_NAME or the host name, plus a
+    /// random suffix).
+    #[arg(long, env = "ORGKEEPER_IDENTITY")]
+    pub identity: Option<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let (settings, lease) = settings(&args)?;
+    let shutdown = shutdown_signal();
+    let telemetry = Telemetry::new("orgkeeper");
+    let mut server = tokio::spawn({
+        let (telemetry, shutdown) = (telemetry.clone(), shutdown.clone());
+        let addr = args.metrics_addr;
+        async move { telemetry.serve(addr, shutdown).await }
+    });
+    let client = kube_client(&args).await?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("cannot reach the Kubernetes API server")?;
+    let store = connect(&args.database_url).await?;
+    tracing::info!(
+        kubernetes = %version.git_version,
+        store = %redact_url(&args.database_url),
+        namespace = %args.namespace,
+        identity = %settings.identity,
+        leader_election = args.leader_election,
+        "starting the controller"
+    );
+    let controller = controller::run(client, store, settings, lease, telemetry, shutdown.clone());
+    tokio::pin!(controller);
+    let (result, served) = tokio::select! {
+        result = &mut controller => (result, false),
+        served = &mut server => match served {
+            // Stopped by the shutdown signal: let the controller finish and release its lease.
+            Ok(Ok(())) => (controller.await, true),
+            Ok(Err(e)) => {
+                shutdown.cancel();
+                return Err(e).with_context(|| format!("serving metrics on {}", args.metrics_addr));
+            }
+            Err(e) => {
+                shutdown.cancel();
+                bail!("the metrics server failed: {e}");
+            }
+        },
+    };
+    shutdown.cancel();
+    if !served {
+        let _ = server.await;
+    }
+    match result {
+        Ok(()) => Ok(exit::OK),
+        Err(controller::Error::LostLeadership) => {
+            eprintln!("error: {}", controller::Error::LostLeadership);
+            Ok(exit::ERROR)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the store, retrying for a while: in a cluster the database often starts after the controller, and
+/// replicas starting together race to create a new store's schema (one wins, the others retry).
+async fn connect(url: &str) -> anyhow::Result<Store> {
+    const ATTEMPTS: u32 = 8;
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1.. {
+        match Store::connect(url).await {
+            Ok(store) => return Ok(store),
+            Err(error) if attempt < ATTEMPTS => {
+                tracing::warn!(%error, attempt, retry_in = ?delay, "cannot open the store yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+            }
+            Err(error) => return Err(error).context("opening the store"),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn settings(args: &Args) -> anyhow::Result<(Settings, Option<LeaseSettings>)> {
+    let namespace = match args.namespace.as_str() {
+        "all" | "" => None,
+        ns => Some(ns.to_owned()),
+    };
+    let lease = if args.leader_election {
+        if args.lease_renew_deadline >= args.lease_duration {
+            bail!(
+                "--lease-renew-deadline must be shorter than --lease-duration, so a leader stops before others may start"
+            );
+        }
+        if args.lease_retry_period >= args.lease_renew_deadline {
+            bail!("--lease-retry-period must be shorter than --lease-renew-deadline");
+        }
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "default".to_owned());
+        Some(LeaseSettings {
+            name: args.lease_name.clone(),
+            namespace,
+            duration: args.lease_duration,
+            renew_deadline: args.lease_renew_deadline,
+            retry_period: args.lease_retry_period,
+        })
+    } else {
+        None
+    };
+    let settings = Settings {
+        namespace,
+        oso_url: args.oso_url.clone(),
+        resync_interval: args.resync_interval,
+        max_retry_interval: args.max_retry_interval,
+        concurrency: args.concurrency,
+        identity: args.identity.clone().unwrap_or_else(controller::default_identity),
+    };
+    Ok((settings, lease))
+}
+
+async fn kube_client(args: &Args) -> anyhow::Result<Client> {
+    let options = KubeConfigOptions {
+        context: args.kube_context.clone(),
+        ..Default::default()
+    };
+    let config = match (&args.kubeconfig, &args.kube_context) {
+        (Some(path), _) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        (None, Some(_)) => Config::from_kubeconfig(&options)
+            .await
+            .context("loading the kubeconfig")?,
+        (None, None) => Config::infer().await.context(
+            "no Kubernetes configuration: pass --kubeconfig, set KUBECONFIG, or run in a pod with a service account",
+        )?,
+    };
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` (or a plain number of seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: use e.g. 500ms, 30s, 5m or 1h"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s, m or h")),
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?}: a duration must be more than zero"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn lease_timings_must_nest() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["orgkeeper"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().args
+        };
+        let (scoped, lease) = settings(&parse(&["--namespace", "team"])).unwrap();
+        assert_eq!(scoped.namespace.as_deref(), Some("team"));
+        assert_eq!(lease.unwrap().duration, Duration::from_secs(15));
+        assert!(settings(&parse(&["--lease-renew-deadline", "20s"])).is_err());
+        let (everywhere, lease) = settings(&parse(&["--leader-election=false"])).unwrap();
+        assert!(lease.is_none() && everywhere.namespace.is_none());
+    }
+}

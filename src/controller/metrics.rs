@@ -1,0 +1,134 @@
+//! The controller's Prometheus metrics, served on `/metrics` by [`crate::telemetry`] with the `orgkeeper_`
+//! prefix: reconciles, errors and durations per kind, status writes, keys issued and revoked, store
+//! writes, and whether this replica leads.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use crate::domain::Kind;
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+
+type KindLabel = [(&'static str, &'static str); 1];
+
+fn label(kind: Kind) -> KindLabel {
+    [("kind", kind.as_str())]
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    reconciles: Family<KindLabel, Counter>,
+    errors: Family<KindLabel, Counter>,
+    durations: Family<KindLabel, Histogram>,
+    status_writes: Family<KindLabel, Counter>,
+    keys_issued: Counter,
+    keys_revoked: Counter,
+    store_writes: Counter,
+    leader: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them with the telemetry registry.
+    pub fn register(telemetry: &Telemetry) -> Self {
+        let metrics = Metrics {
+            reconciles: Family::default(),
+            errors: Family::default(),
+            durations: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
+            status_writes: Family::default(),
+            keys_issued: Counter::default(),
+            keys_revoked: Counter::default(),
+            store_writes: Counter::default(),
+            leader: Gauge::default(),
+        };
+        let mut registry = telemetry.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = registry.sub_registry_with_prefix("controller");
+        registry.register(
+            "reconciles",
+            "Reconciles run, by kind (resyncs included)",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed and will be retried, by kind",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time a reconcile took, by kind",
+            metrics.durations.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status updates written to the API server, by kind",
+            metrics.status_writes.clone(),
+        );
+        registry.register(
+            "keys_issued",
+            "API keys issued (live, with their Secret)",
+            metrics.keys_issued.clone(),
+        );
+        registry.register("keys_revoked", "API keys revoked", metrics.keys_revoked.clone());
+        registry.register(
+            "store_writes",
+            "Write statements issued to the backing store",
+            metrics.store_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease (or runs without leader election)",
+            metrics.leader.clone(),
+        );
+        metrics
+    }
+
+    /// Records one finished reconcile.
+    pub fn reconciled(&self, kind: Kind, started: Instant, ok: bool) {
+        self.reconciles.get_or_create(&label(kind)).inc();
+        if !ok {
+            self.errors.get_or_create(&label(kind)).inc();
+        }
+        self.durations
+            .get_or_create(&label(kind))
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn status_written(&self, kind: Kind) {
+        self.status_writes.get_or_create(&label(kind)).inc();
+    }
+
+    pub fn keys_issued(&self, n: usize) {
+        self.keys_issued.inc_by(n as u64);
+    }
+
+    pub fn keys_revoked(&self, n: usize) {
+        self.keys_revoked.inc_by(n as u64);
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+}
+
+/// Follows the store's write counter into the `store_writes` metric.
+pub struct StoreWrites {
+    seen: AtomicU64,
+}
+
+impl StoreWrites {
+    pub fn new(store: &Store) -> Self {
+        StoreWrites {
+            seen: AtomicU64::new(store.writes()),
+        }
+    }
+
+    pub fn update(&self, store: &Store, metrics: &Metrics) {
+        let now = store.writes();
+        let before = self.seen.swap(now, Ordering::Relaxed);
+        metrics.store_writes.inc_by(now.saturating_sub(before));
+    }
+}

@@ -1,0 +1,239 @@
+//! The Kubernetes controller: reconciles Organizations, Environments, Users and ApiKeys into the store
+//! with the same domain rules and store code as `orgkeeper apply`, and writes each issued key once into a
+//! Secret.
+//!
+//! One kube-rs `Controller` runs per kind, all fed by shared caches (`caches`). Whatever object a
+//! reconcile is for, it reconciles that object's whole organization (`sync`), under a per-organization lock,
+//! then writes the object's own status (`status`) or releases its finalizer (`reconcile`). Issuance is
+//! crash-safe (`issuance`, `secrets`); `triggers` decides what wakes a reconcile; `leader` makes sure only
+//! one replica reconciles; `metrics` counts what happens.
+
+mod api_key;
+mod caches;
+mod context;
+mod environment;
+mod failpoint;
+mod issuance;
+mod leader;
+mod metrics;
+mod organization;
+mod reconcile;
+mod secrets;
+mod status;
+mod sync;
+mod triggers;
+mod user;
+mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use kube::Client;
+use kube::runtime::Controller;
+use kube::runtime::controller::Config as ControllerConfig;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store as Cache;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use context::Settings;
+pub use failpoint::{ENV as FAILPOINT_ENV, Step as FailpointStep};
+pub use leader::{LeaseSettings, default_identity};
+pub use reconcile::FINALIZER;
+pub use secrets::FIELD_MANAGER;
+pub use status::STATUS_MANAGER;
+
+use crate::crd::{ApiKey, Environment, Organization, User};
+use crate::store::{Store, StoreError};
+use crate::telemetry::{Readiness, Telemetry};
+use caches::Feed;
+use context::Context;
+use failpoint::Failpoint;
+use leader::Elector;
+use metrics::Metrics;
+use reconcile::{error_policy, reconcile};
+use triggers::{dependents_of_organization, keys_of_environment, spec_changes};
+
+/// The name the controller reports events under.
+pub const REPORTER: &str = "orgkeeper-controller";
+
+/// Organizations and Environments only gather counts from their dependents: wait this long after a
+/// burst of changes before recounting.
+const COUNTS_DEBOUNCE: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the object changed while it was being updated")]
+    Conflict,
+    #[error("{0}")]
+    Vanished(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("lost the leader lease: stopped reconciling so that another replica can take over")]
+    LostLeadership,
+}
+
+/// Runs the controller until `shutdown` is cancelled (Ok) or leadership is lost (Err).
+pub async fn run(
+    client: Client,
+    store: Store,
+    settings: Settings,
+    lease: Option<LeaseSettings>,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let failpoint = Failpoint::from_env().map_err(Error::Config)?;
+    if failpoint.is_armed() {
+        tracing::warn!(
+            "{} is set: the process aborts at that step (testing only)",
+            failpoint::ENV
+        );
+    }
+    let metrics = Metrics::register(&telemetry);
+    telemetry.health.set(Readiness::Ready);
+    let mut elector = None;
+    if let Some(lease) = lease {
+        let mut candidate = Elector::new(client.clone(), lease, settings.identity.clone());
+        if !candidate.acquire(&shutdown).await {
+            return Ok(());
+        }
+        elector = Some(candidate);
+    }
+    metrics.set_leader(true);
+    let lost = CancellationToken::new();
+    let renewing = elector.map(|e| tokio::spawn(e.hold(shutdown.clone(), lost.clone())));
+    let result = tokio::select! {
+        result = run_controllers(client, store, settings, metrics.clone(), failpoint, shutdown.clone()) => result,
+        // Stop at once: in-flight reconciles are dropped, which is safe (transactions roll back, a key whose
+        // Secret was written stays pending until the next leader completes it).
+        _ = lost.cancelled() => Err(Error::LostLeadership),
+    };
+    metrics.set_leader(false);
+    telemetry.health.set(Readiness::NotReady("shutting down".into()));
+    if let Some(renewing) = renewing
+        && let Ok(elector) = renewing.await
+        && !lost.is_cancelled()
+    {
+        elector.release().await;
+    }
+    result
+}
+
+async fn run_controllers(
+    client: Client,
+    store: Store,
+    settings: Settings,
+    metrics: Metrics,
+    failpoint: Failpoint,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let mut watches = JoinSet::new();
+    let (triggers, streams) = triggers::channels();
+    let (caches, mut feeds) = caches::caches(&client, settings.namespace.as_deref());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: REPORTER.into(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    let config = ControllerConfig::default().concurrency(settings.concurrency);
+    tracing::info!(
+        namespace = settings.namespace.as_deref().unwrap_or("all"),
+        resync = ?settings.resync_interval,
+        "controller started"
+    );
+    let secret_changes = triggers.api_keys();
+    let ctx = Arc::new(Context::new(
+        client,
+        store,
+        caches.clone(),
+        settings,
+        metrics,
+        recorder,
+        triggers,
+        failpoint,
+    ));
+    let stop = || shutdown.clone().cancelled_owned();
+
+    let organizations = Controller::for_shared_stream(
+        changes(&mut feeds.organizations, &caches.organizations),
+        caches.organizations.clone(),
+    )
+    .reconcile_on(streams.organizations)
+    .with_config(config.clone().debounce(COUNTS_DEBOUNCE))
+    .graceful_shutdown_on(stop())
+    .run(reconcile::<Organization>, error_policy::<Organization>, ctx.clone())
+    .for_each(report);
+
+    let environments = Controller::for_shared_stream(
+        changes(&mut feeds.environments, &caches.environments),
+        caches.environments.clone(),
+    )
+    .watches_shared_stream(
+        changes(&mut feeds.organizations, &caches.organizations),
+        dependents_of_organization(caches.environments.clone(), |e: &Environment| {
+            &e.spec.organization_ref.name
+        }),
+    )
+    .reconcile_on(streams.environments)
+    .with_config(config.clone().debounce(COUNTS_DEBOUNCE))
+    .graceful_shutdown_on(stop())
+    .run(reconcile::<Environment>, error_policy::<Environment>, ctx.clone())
+    .for_each(report);
+
+    let users = Controller::for_shared_stream(changes(&mut feeds.users, &caches.users), caches.users.clone())
+        .watches_shared_stream(
+            changes(&mut feeds.organizations, &caches.organizations),
+            dependents_of_organization(caches.users.clone(), |u: &User| &u.spec.organization_ref.name),
+        )
+        .reconcile_on(streams.users)
+        .with_config(config.clone())
+        .graceful_shutdown_on(stop())
+        .run(reconcile::<User>, error_policy::<User>, ctx.clone())
+        .for_each(report);
+
+    let api_keys =
+        Controller::for_shared_stream(changes(&mut feeds.api_keys, &caches.api_keys), caches.api_keys.clone())
+            .watches_shared_stream(
+                changes(&mut feeds.organizations, &caches.organizations),
+                dependents_of_organization(caches.api_keys.clone(), |k: &ApiKey| &k.spec.organization_ref.name),
+            )
+            .watches_shared_stream(
+                changes(&mut feeds.environments, &caches.environments),
+                keys_of_environment(caches.api_keys.clone()),
+            )
+            .reconcile_on(streams.api_keys)
+            .with_config(config)
+            .graceful_shutdown_on(stop())
+            .run(reconcile::<ApiKey>, error_policy::<ApiKey>, ctx.clone())
+            .for_each(report);
+
+    // Subscriptions are complete: start watching.
+    feeds.start(&caches, secret_changes, &mut watches);
+    futures::join!(organizations, environments, users, api_keys);
+    watches.shutdown().await;
+    ctx.store.close().await;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// The objects of a kind whose spec changed (or that are new, or being deleted).
+fn changes<K>(feed: &mut Feed<K>, cache: &Cache<K>) -> impl Stream<Item = Arc<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    feed.subscribe().filter(spec_changes(cache.clone()))
+}
+
+/// Logs what the controllers themselves report (reconcile errors are logged where they happen).
+async fn report<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "controller");
+    }
+}

@@ -1,0 +1,102 @@
+//! Organizations: the status shows the organization's store id and how many environments and users it has.
+
+use kube::ResourceExt;
+
+use super::reconcile::Managed;
+use super::status::Outcome;
+use super::sync::Synced;
+use crate::crd::{Condition, Organization, OrganizationStatus};
+use crate::domain::{Kind, StoredOrganization};
+
+impl Managed for Organization {
+    const KIND: Kind = Kind::Organization;
+    type Status = OrganizationStatus;
+
+    fn organization_name(&self) -> String {
+        self.name_any()
+    }
+
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    fn conditions(status: &Self::Status) -> &[Condition] {
+        &status.conditions
+    }
+
+    fn finish(status: &mut Self::Status, generation: Option<i64>, conditions: Vec<Condition>) {
+        status.observed_generation = generation;
+        status.conditions = conditions;
+    }
+
+    fn observe(&self, synced: &Synced) -> (Self::Status, Outcome) {
+        observe(
+            &self.domain_ref(),
+            synced.problem_for(&self.domain_ref()),
+            synced.stored.as_ref(),
+        )
+    }
+}
+
+fn observe(
+    me: &crate::domain::ObjectRef,
+    problem: Option<&crate::domain::Problem>,
+    stored: Option<&StoredOrganization>,
+) -> (OrganizationStatus, Outcome) {
+    let status = OrganizationStatus {
+        organization_id: stored.map(|o| o.id.clone()),
+        environments: stored.map(|o| o.environments.len() as i32),
+        users: stored.map(|o| o.users.len() as i32),
+        ..Default::default()
+    };
+    let outcome = match (problem, stored) {
+        (Some(problem), _) => Outcome::from_problem(problem),
+        (None, Some(org)) if org.managed => Outcome::Ready {
+            reason: "Reconciled",
+            message: format!(
+                "organization {} is in the store on plan {} with {} environment(s) and {} user(s)",
+                me.name,
+                org.settings.plan,
+                org.environments.len(),
+                org.users.len()
+            ),
+        },
+        _ => Outcome::Progressing {
+            reason: "Reconciling",
+            message: "the organization is being written to the store".into(),
+        },
+    };
+    (status, outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::*;
+
+    #[test]
+    fn a_stored_organization_is_ready_with_its_counts() {
+        let me = ObjectRef::new(Kind::Organization, "team", "acme");
+        let org = StoredOrganization {
+            id: "org1".into(),
+            key: OrgKey::new("team", "acme"),
+            settings: OrganizationSettings {
+                display_name: "Acme".into(),
+                plan: PlanTier::Growth,
+                limits: LimitOverrides::default(),
+                deletion_policy: DeletionPolicy::Retain,
+            },
+            managed: true,
+            environments: vec![],
+            users: vec![],
+            api_keys: vec![],
+        };
+        let (status, outcome) = observe(&me, None, Some(&org));
+        assert_eq!(status.organization_id.as_deref(), Some("org1"));
+        assert_eq!(status.environments, Some(0));
+        assert!(outcome.is_ready());
+        assert!(outcome.message().contains("plan Growth"), "{}", outcome.message());
+        let (_, outcome) = observe(&me, None, None);
+        assert_eq!(outcome.reason(), "Reconciling");
+    }
+}

@@ -1,0 +1,287 @@
+//! The rules that make key issuance write-once and crash-safe, whatever holds the keys (Kubernetes Secrets
+//! for the controller). Issuance runs in three steps: record the key `Pending` (hash only) and commit, write
+//! its Secret (create, never update), then mark it `Live`. A crash between steps leaves a pending key,
+//! which never authenticates; this module decides, from what the Secret holds, whether a pending key is
+//! completed or discarded, which keys must not be issued because their Secret's name is taken, and which
+//! live keys have lost their Secret.
+
+use std::collections::BTreeSet;
+
+use super::model::{KeyState, Kind, ObjectRef, OrgKey, StoredOrganization};
+use super::plan::Change;
+use super::rules::{Problem, Reason};
+
+/// What the Secret a key is meant for holds, as seen by the adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretState {
+    /// No Secret of that name.
+    Absent,
+    /// A Secret orgkeeper wrote for this very ApiKey, holding the key with this id.
+    Holds(String),
+    /// A Secret of that name that orgkeeper did not write for this ApiKey.
+    Foreign,
+}
+
+/// A pending key whose Secret already holds it: the crash came after the Secret was written and before
+/// the key was marked live, so marking it live completes the issuance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingCompletion {
+    pub organization: OrgKey,
+    pub api_key: String,
+    pub key_id: String,
+}
+
+/// The plan's changes after checking every Secret involved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretReview {
+    /// The changes to carry out: the plan's, minus issuance held back by a Secret in the way and minus
+    /// pending keys that only need completing.
+    pub changes: Vec<Change>,
+    pub completions: Vec<PendingCompletion>,
+    /// `SecretConflict` and `SecretMissing`, each on its ApiKey.
+    pub problems: Vec<Problem>,
+}
+
+/// Checks the keys a plan issues and the live keys it keeps against their Secrets.
+///
+/// - An issuance goes ahead only when its Secret is absent; a pending key whose Secret holds it is
+///   completed instead; a Secret that holds another key or is not orgkeeper's is never touched and the
+///   key is not issued (`SecretConflict`).
+/// - A live key whose Secret is gone is reported (`SecretMissing`) and not re-issued: clients may hold
+///   the old key, and a silent re-issue would break them without a trace. The way out is rotation.
+///
+/// `secret_of(namespace, secret_name, api_key)` tells what the named Secret holds for that ApiKey.
+pub fn review_key_secrets(
+    changes: Vec<Change>,
+    stored: Option<&StoredOrganization>,
+    secret_of: impl Fn(&str, &str, &str) -> SecretState,
+) -> SecretReview {
+    let mut review = SecretReview::default();
+    let mut leaving = BTreeSet::new();
+    for change in changes {
+        match &change {
+            Change::RevokeKey { key_id, .. } | Change::RemoveKey { key_id, .. } => {
+                leaving.insert(key_id.clone());
+            }
+            Change::DeleteEnvironment { revoked_keys, .. }
+            | Change::ReleaseEnvironment { revoked_keys, .. }
+            | Change::DeleteOrganization { revoked_keys, .. }
+            | Change::ReleaseOrganization { revoked_keys, .. } => leaving.extend(revoked_keys.iter().cloned()),
+            _ => {}
+        }
+        let Change::IssueKey {
+            organization,
+            api_key,
+            secret_name,
+            resume,
+            ..
+        } = &change
+        else {
+            review.changes.push(change);
+            continue;
+        };
+        let object = ObjectRef::new(Kind::ApiKey, &organization.namespace, api_key);
+        match (secret_of(&organization.namespace, secret_name, api_key), resume) {
+            (SecretState::Absent, _) => review.changes.push(change),
+            (SecretState::Holds(held), Some(pending)) if &held == pending => {
+                review.completions.push(PendingCompletion {
+                    organization: organization.clone(),
+                    api_key: api_key.clone(),
+                    key_id: held,
+                });
+            }
+            (SecretState::Holds(held), _) => review.problems.push(Problem {
+                object,
+                reason: Reason::SecretConflict,
+                message: format!(
+                    "Secret {secret_name:?} already holds key {held}, which is not a key of this ApiKey in the store; orgkeeper never rewrites a Secret: delete the Secret and a new key is issued into a new one"
+                ),
+            }),
+            (SecretState::Foreign, _) => review.problems.push(secret_conflict(object, secret_name)),
+        }
+    }
+    let Some(stored) = stored else { return review };
+    for key in stored
+        .api_keys
+        .iter()
+        .filter(|k| k.state == KeyState::Live && !leaving.contains(&k.key_id))
+    {
+        let object = ObjectRef::new(Kind::ApiKey, &stored.key.namespace, &key.resource_name);
+        match secret_of(&stored.key.namespace, &key.secret_name, &key.resource_name) {
+            SecretState::Holds(held) if held == key.key_id => {}
+            SecretState::Absent => review.problems.push(Problem {
+                object,
+                reason: Reason::SecretMissing,
+                message: format!(
+                    "key {} is live but its Secret {:?} is gone, and a key is never re-issued silently; rotate: create a new ApiKey, move clients to its Secret, then delete this ApiKey (or set revoked: true)",
+                    key.key_id, key.secret_name
+                ),
+            }),
+            SecretState::Holds(_) | SecretState::Foreign => review.problems.push(Problem {
+                object,
+                reason: Reason::SecretConflict,
+                message: format!(
+                    "Secret {:?} no longer holds this ApiKey's live key {} (it was replaced outside orgkeeper) and is never touched; rotate: create a new ApiKey, move clients to its Secret, then delete this ApiKey",
+                    key.secret_name, key.key_id
+                ),
+            }),
+        }
+    }
+    review
+}
+
+/// The problem of a key whose Secret's name is taken by a Secret orgkeeper did not write for it.
+pub fn secret_conflict(object: ObjectRef, secret_name: &str) -> Problem {
+    Problem {
+        object,
+        reason: Reason::SecretConflict,
+        message: format!(
+            "a Secret named {secret_name:?} already exists and was not written by orgkeeper for this ApiKey; it is never touched: delete or rename that Secret, or set spec.secret.name to another name"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::*;
+
+    fn org() -> OrgKey {
+        OrgKey::new("team", "acme")
+    }
+
+    fn issue(api_key: &str, resume: Option<&str>) -> Change {
+        Change::IssueKey {
+            organization: org(),
+            environment: "production".into(),
+            api_key: api_key.into(),
+            access: Access::ReadWrite,
+            secret_name: format!("{api_key}-secret"),
+            resume: resume.map(Into::into),
+        }
+    }
+
+    fn stored_with(keys: &[(&str, &str, KeyState)]) -> StoredOrganization {
+        StoredOrganization {
+            id: "o1".into(),
+            key: org(),
+            settings: OrganizationSettings {
+                display_name: "Acme".into(),
+                plan: PlanTier::Developer,
+                limits: LimitOverrides::default(),
+                deletion_policy: DeletionPolicy::Retain,
+            },
+            managed: true,
+            environments: vec![],
+            users: vec![],
+            api_keys: keys
+                .iter()
+                .map(|(name, id, state)| StoredApiKey {
+                    key_id: (*id).into(),
+                    environment: "production".into(),
+                    resource_name: (*name).into(),
+                    secret_name: format!("{name}-secret"),
+                    access: Access::ReadWrite,
+                    state: *state,
+                    fingerprint: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn reasons(review: &SecretReview) -> Vec<(&str, Reason)> {
+        review
+            .problems
+            .iter()
+            .map(|p| (p.object.name.as_str(), p.reason))
+            .collect()
+    }
+
+    #[test]
+    fn a_key_is_issued_only_into_an_absent_secret() {
+        let review = review_key_secrets(vec![issue("a", None), issue("b", None)], None, |_, name, _| {
+            if name == "b-secret" {
+                SecretState::Foreign
+            } else {
+                SecretState::Absent
+            }
+        });
+        assert_eq!(review.changes, vec![issue("a", None)]);
+        assert_eq!(reasons(&review), vec![("b", Reason::SecretConflict)]);
+        assert!(review.problems[0].message.contains("never touched"));
+    }
+
+    #[test]
+    fn a_pending_key_whose_secret_holds_it_is_completed_not_reissued() {
+        let stored = stored_with(&[("a", "k1", KeyState::Pending)]);
+        let review = review_key_secrets(vec![issue("a", Some("k1"))], Some(&stored), |_, _, _| {
+            SecretState::Holds("k1".into())
+        });
+        assert!(review.changes.is_empty());
+        assert_eq!(
+            review.completions,
+            vec![PendingCompletion {
+                organization: org(),
+                api_key: "a".into(),
+                key_id: "k1".into()
+            }]
+        );
+        assert!(review.problems.is_empty());
+    }
+
+    #[test]
+    fn a_pending_key_without_its_secret_is_discarded_and_issued_afresh() {
+        let stored = stored_with(&[("a", "k1", KeyState::Pending)]);
+        let review = review_key_secrets(vec![issue("a", Some("k1"))], Some(&stored), |_, _, _| {
+            SecretState::Absent
+        });
+        assert_eq!(review.changes, vec![issue("a", Some("k1"))]);
+        assert!(review.completions.is_empty());
+    }
+
+    #[test]
+    fn a_secret_holding_another_key_is_never_rewritten() {
+        let stored = stored_with(&[("a", "k1", KeyState::Pending)]);
+        let review = review_key_secrets(vec![issue("a", Some("k1"))], Some(&stored), |_, _, _| {
+            SecretState::Holds("old".into())
+        });
+        assert!(review.changes.is_empty() && review.completions.is_empty());
+        assert_eq!(reasons(&review), vec![("a", Reason::SecretConflict)]);
+        assert!(review.problems[0].message.contains("delete the Secret"));
+    }
+
+    #[test]
+    fn a_live_key_whose_secret_is_gone_is_reported_and_not_reissued() {
+        let stored = stored_with(&[
+            ("a", "k1", KeyState::Live),
+            ("b", "k2", KeyState::Live),
+            ("c", "k3", KeyState::Revoked),
+            ("d", "k4", KeyState::Live),
+        ]);
+        let review = review_key_secrets(vec![], Some(&stored), |_, name, _| match name {
+            "a-secret" => SecretState::Holds("k1".into()),
+            "d-secret" => SecretState::Foreign,
+            _ => SecretState::Absent,
+        });
+        assert!(review.changes.is_empty());
+        assert_eq!(
+            reasons(&review),
+            vec![("b", Reason::SecretMissing), ("d", Reason::SecretConflict)]
+        );
+        assert!(review.problems[0].message.contains("rotate"));
+    }
+
+    #[test]
+    fn keys_being_revoked_need_no_secret() {
+        let stored = stored_with(&[("a", "k1", KeyState::Live)]);
+        let revoke = Change::RevokeKey {
+            organization: org(),
+            environment: "production".into(),
+            api_key: "a".into(),
+            key_id: "k1".into(),
+        };
+        let review = review_key_secrets(vec![revoke.clone()], Some(&stored), |_, _, _| SecretState::Absent);
+        assert_eq!(review.changes, vec![revoke]);
+        assert!(review.problems.is_empty());
+    }
+}

@@ -8,5 +8,6 @@ pub mod cli;
 pub mod crd;
 pub mod domain;
 pub mod manifests;
+pub mod sidecar;
 pub mod store;
 pub mod telemetry;

@@ -9,6 +9,7 @@ mod demo;
 mod output;
 mod plan;
 mod secrets_dir;
+mod sidecar;
 
 use std::process::ExitCode;
 
@@ -62,6 +63,8 @@ pub enum Command {
     Crds(crds::Args),
     /// Try orgkeeper on the embedded SQLite store: register the example accounts, apply the examples, plan again.
     Demo(demo::Args),
+    /// Authenticate API keys, enforce per-environment limits and forward to the fact API (Oso wire-compatible).
+    Sidecar(sidecar::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
             Command::Accounts(args) => accounts::run(args).await,
             Command::Crds(args) => crds::run(args),
             Command::Demo(args) => demo::run(args).await,
+            Command::Sidecar(args) => sidecar::run(args).await,
         }
     });
     match result {

@@ -160,12 +160,14 @@ pub fn count_facts(kind: WriteKind, body: &[u8]) -> Result<u64, BodyError> {
     };
     match kind {
         WriteKind::Batch => serde_json::from_slice::<Batch>(body).map(|b| b.0).map_err(error),
-        WriteKind::Fact => serde_json::from_slice::<FactShape>(body).map(|_| 1).map_err(error),
+        WriteKind::Fact => serde_json::from_slice::<MapOnly<FactShape>>(body)
+            .map(|_| 1)
+            .map_err(error),
         WriteKind::BulkLoad | WriteKind::BulkDelete => {
             serde_json::from_slice::<Facts>(body).map(|f| f.0).map_err(error)
         }
-        WriteKind::Bulk => serde_json::from_slice::<Bulk>(body)
-            .map(|b| b.delete.map_or(0, |f| f.0) + b.tell.map_or(0, |f| f.0))
+        WriteKind::Bulk => serde_json::from_slice::<MapOnly<Bulk>>(body)
+            .map(|MapOnly(b)| b.delete.map_or(0, |f| f.0) + b.tell.map_or(0, |f| f.0))
             .map_err(error),
         WriteKind::ClearData => {
             if !body.iter().all(u8::is_ascii_whitespace) {
@@ -177,16 +179,44 @@ pub fn count_facts(kind: WriteKind, body: &[u8]) -> Result<u64, BodyError> {
     }
 }
 
+/// Deserializes `T` from a JSON object only: serde's derived structs also accept an array of the field
+/// values in order, a shape no client sends and an upstream would read differently.
+struct MapOnly<T>(T);
+
+/// What a `MapOnly` type is, for error messages.
+trait Expecting {
+    const WHAT: &'static str;
+}
+
+impl<'de, T: Deserialize<'de> + Expecting> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Expecting> Visitor<'de> for Only<T> {
+            type Value = MapOnly<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(T::WHAT)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<MapOnly<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(MapOnly)
+            }
+        }
+        deserializer.deserialize_map(Only(std::marker::PhantomData))
+    }
+}
+
 /// A fact as the clients send it: `{"predicate": "...", "args": [...]}`. Only the shape is checked (the
 /// upstream validates values); other keys are left for the upstream to judge.
 #[derive(Deserialize)]
-#[serde(expecting = "a fact: {\"predicate\": string, \"args\": [{\"type\": ..., \"id\": ...}, ...]}")]
 struct FactShape<'a> {
     #[serde(borrow)]
     #[allow(dead_code)]
     predicate: std::borrow::Cow<'a, str>,
     #[allow(dead_code)]
     args: Vec<IgnoredAny>,
+}
+
+impl Expecting for FactShape<'_> {
+    const WHAT: &'static str = "a fact: {\"predicate\": string, \"args\": [{\"type\": ..., \"id\": ...}, ...]}";
 }
 
 /// A JSON array of facts, counted as it is read.
@@ -202,7 +232,7 @@ impl<'de> Deserialize<'de> for Facts {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Facts, A::Error> {
                 let mut n = 0;
-                while seq.next_element::<FactShape>()?.is_some() {
+                while seq.next_element::<MapOnly<FactShape>>()?.is_some() {
                     n += 1;
                 }
                 Ok(Facts(n))
@@ -215,13 +245,14 @@ impl<'de> Deserialize<'de> for Facts {
 /// One changeset of a batch. Duplicate keys are refused by serde, so a body cannot count one array and
 /// have the upstream apply another.
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a changeset: {\"inserts\": [fact...]} or {\"deletes\": [fact...]}"
-)]
+#[serde(deny_unknown_fields)]
 struct Changeset {
     inserts: Option<Facts>,
     deletes: Option<Facts>,
+}
+
+impl Expecting for Changeset {
+    const WHAT: &'static str = "a changeset: {\"inserts\": [fact...]} or {\"deletes\": [fact...]}";
 }
 
 /// A batch: an array of changesets, each with inserts or deletes.
@@ -237,7 +268,7 @@ impl<'de> Deserialize<'de> for Batch {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Batch, A::Error> {
                 let mut n = 0;
-                while let Some(changeset) = seq.next_element::<Changeset>()? {
+                while let Some(MapOnly(changeset)) = seq.next_element::<MapOnly<Changeset>>()? {
                     if changeset.inserts.is_none() && changeset.deletes.is_none() {
                         return Err(de::Error::custom("a changeset needs \"inserts\" or \"deletes\""));
                     }
@@ -252,10 +283,14 @@ impl<'de> Deserialize<'de> for Batch {
 
 /// The legacy bulk body: `{"delete": [fact...], "tell": [fact...]}`.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "{\"delete\": [fact...], \"tell\": [fact...]}")]
+#[serde(deny_unknown_fields)]
 struct Bulk {
     delete: Option<Facts>,
     tell: Option<Facts>,
+}
+
+impl Expecting for Bulk {
+    const WHAT: &'static str = "{\"delete\": [fact...], \"tell\": [fact...]}";
 }
 
 #[cfg(test)]
@@ -356,6 +391,9 @@ mod tests {
             (WriteKind::Bulk, "{\"tell\": [], \"other\": 1}"),
             (WriteKind::ClearData, "{"),
             (WriteKind::Policy, "not json"),
+            (WriteKind::Fact, "[\"has_role\", []]"),
+            (WriteKind::Batch, "[[[{\"predicate\": \"p\", \"args\": []}]]]"),
+            (WriteKind::Bulk, "[[], []]"),
         ] {
             let error = count_facts(kind, body.as_bytes()).unwrap_err();
             assert_eq!(error.endpoint, kind.endpoint());

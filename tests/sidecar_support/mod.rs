@@ -436,6 +436,23 @@ impl Http {
         }
     }
 
+    /// A GET that returns None when nothing answers (a process still starting).
+    pub async fn try_get(&self, path: &str) -> Option<Reply> {
+        let request = hyper::Request::get(format!("{}{path}", self.base))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        let (parts, body) = response.into_parts();
+        Some(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.ok()?.to_bytes(),
+        })
+    }
+
     pub async fn get(&self, path: &str, key: Option<&str>) -> Reply {
         self.send(Method::GET, path, key, "").await
     }

@@ -36,6 +36,9 @@ pub struct Args {
     /// Time for the upstream's response headers to arrive (504 after it).
     #[arg(long, env = "ORGKEEPER_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// Threads serving connections, each with its own upstream connection pool (0: one per CPU).
+    #[arg(long, env = "ORGKEEPER_WORKERS", default_value_t = 0)]
+    pub workers: usize,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
@@ -49,6 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             header_read_timeout: args.header_read_timeout,
             body_timeout: args.body_timeout,
             upstream_timeout: args.upstream_timeout,
+            workers: args.workers,
         },
     };
     sidecar::run(options, shutdown_signal())

@@ -197,7 +197,11 @@ fn limited_message(refused: &Refused) -> String {
 
 /// A JSON `{"message": ...}` response.
 pub fn json_response(status: StatusCode, message: &str) -> Response<ResponseBody> {
-    let body = serde_json::to_vec(&serde_json::json!({ "message": message })).unwrap_or_default();
+    let mut body = Vec::with_capacity(message.len() + 16);
+    body.extend_from_slice(b"{\"message\":");
+    // Writing a string to a Vec cannot fail; it escapes what JSON requires.
+    let _ = serde_json::to_writer(&mut body, message);
+    body.push(b'}');
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
     response
@@ -242,6 +246,20 @@ mod tests {
         );
         assert_eq!(response.headers()["ratelimit"], "\"fact-writes\";r=3;t=59");
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[tokio::test]
+    async fn messages_are_escaped_into_valid_json() {
+        use http_body_util::BodyExt;
+        let message = "the body of /api/batch is not valid: expected `\"` at line 1\n\u{1}";
+        let body = json_response(StatusCode::BAD_REQUEST, message)
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed, serde_json::json!({ "message": message }));
     }
 
     #[test]

@@ -86,10 +86,22 @@ impl Caller {
 }
 
 impl Handler {
+    /// The same handler with a connection pool of its own, for one worker thread.
+    pub fn for_worker(&self) -> Handler {
+        Handler {
+            ring: self.ring.clone(),
+            limiter: self.limiter.clone(),
+            upstream: self.upstream.with_own_pool(),
+            metrics: self.metrics.clone(),
+            body_timeout: self.body_timeout,
+        }
+    }
+
     pub async fn handle(&self, request: Request<Incoming>, connection: &ConnectionState) -> Response<ResponseBody> {
         let started = Instant::now();
         let in_flight = self.metrics.enter();
-        let response = match self.process(request, in_flight).await {
+        // Boxed: the state machine is large, and hyper moves the service future it gets.
+        let response = match Box::pin(self.process(request, in_flight)).await {
             Ok(response) => response,
             Err(refusal) => {
                 refusal.counters.reject(refusal.rejection.reason());

@@ -10,7 +10,9 @@
 //! quota unit registered by the draft; clients that do not know it can ignore that policy. Unlimited budgets
 //! are left out.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{LazyLock, RwLock};
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
@@ -26,8 +28,26 @@ pub fn whole_seconds(wait: Duration) -> u64 {
     wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64
 }
 
+/// `RateLimit-Policy` values by limits: most environments share a few sets of limits (the plans'), and the
+/// value is on every answer, so it is formatted once per set.
+static POLICIES: LazyLock<RwLock<HashMap<EffectiveLimits, Option<HeaderValue>>>> = LazyLock::new(RwLock::default);
+const MAX_CACHED_POLICIES: usize = 4096;
+
 /// The `RateLimit-Policy` value for an environment's limits, or `None` when nothing is limited.
 pub fn policy(limits: &EffectiveLimits) -> Option<HeaderValue> {
+    if let Some(value) = POLICIES.read().unwrap_or_else(|e| e.into_inner()).get(limits) {
+        return value.clone();
+    }
+    let value = format_policy(limits);
+    let mut cache = POLICIES.write().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= MAX_CACHED_POLICIES {
+        cache.clear();
+    }
+    cache.insert(*limits, value.clone());
+    value
+}
+
+fn format_policy(limits: &EffectiveLimits) -> Option<HeaderValue> {
     let mut value = String::new();
     let mut item = |text: std::fmt::Arguments| {
         if !value.is_empty() {
@@ -53,25 +73,63 @@ pub fn policy(limits: &EffectiveLimits) -> Option<HeaderValue> {
     (!value.is_empty()).then(|| HeaderValue::from_str(&value).expect("ASCII"))
 }
 
-/// The `RateLimit` value for the budgets' current state, or `None` when there are none.
+/// The `RateLimit` value for the budgets' current state, or `None` when there are none. (It changes on every
+/// answer, so it is written without the formatting machinery.)
 pub fn state(quotas: &[Quota]) -> Option<HeaderValue> {
-    let mut value = String::new();
+    let mut value = Vec::with_capacity(64);
     for quota in quotas {
         if !value.is_empty() {
-            value.push_str(", ");
+            value.extend_from_slice(b", ");
         }
-        let _ = write!(value, "\"{}\";r={}", quota.policy.name(), quota.remaining);
+        value.push(b'"');
+        value.extend_from_slice(quota.policy.name().as_bytes());
+        value.extend_from_slice(b"\";r=");
+        push_number(&mut value, quota.remaining);
         if let Some(full_in) = quota.full_in {
-            let _ = write!(value, ";t={}", full_in.as_nanos().div_ceil(1_000_000_000));
+            value.extend_from_slice(b";t=");
+            push_number(&mut value, full_in.as_nanos().div_ceil(1_000_000_000) as u64);
         }
     }
-    (!value.is_empty()).then(|| HeaderValue::from_str(&value).expect("ASCII"))
+    (!value.is_empty()).then(|| HeaderValue::from_bytes(&value).expect("ASCII"))
+}
+
+/// Appends `n` in decimal.
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::PlanTier;
+
+    #[test]
+    fn cached_policies_follow_the_limits() {
+        let mut limits = PlanTier::Developer.default_limits();
+        assert_eq!(policy(&limits), format_policy(&limits));
+        limits.requests_per_minute = Some(7);
+        assert!(
+            policy(&limits)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("\"requests\";q=7;")
+        );
+        limits.requests_per_minute = None;
+        limits.fact_writes_per_minute = None;
+        limits.max_concurrent_requests = None;
+        assert_eq!(policy(&limits), None);
+    }
 
     #[test]
     fn the_developer_plan_advertises_its_three_policies() {
@@ -102,6 +160,13 @@ mod tests {
         ];
         assert_eq!(state(&quotas).unwrap(), r#""requests";r=0;t=2, "concurrency";r=3"#);
         assert!(state(&[]).is_none());
+        let big = Quota {
+            policy: Policy::FactWrites,
+            limit: u64::MAX,
+            remaining: u64::MAX,
+            full_in: Some(Duration::ZERO),
+        };
+        assert_eq!(state(&[big]).unwrap(), r#""fact-writes";r=18446744073709551615;t=0"#);
     }
 
     #[test]

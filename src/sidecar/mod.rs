@@ -54,6 +54,8 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// Time for the upstream's response headers to arrive.
     pub upstream_timeout: Duration,
+    /// Threads serving connections (each with its own upstream connection pool); 0: one per CPU.
+    pub workers: usize,
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             upstream_timeout: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }
@@ -82,6 +85,7 @@ pub enum SidecarError {
 pub struct Sidecar {
     handler: Arc<Handler>,
     connection: ConnectionLimits,
+    workers: usize,
     health: Health,
     /// Why the store could not be opened at start-up, while that is the case.
     connect_error: Arc<Mutex<Option<String>>>,
@@ -107,6 +111,10 @@ impl Sidecar {
             connection: ConnectionLimits {
                 header_read_timeout: settings.header_read_timeout,
             },
+            workers: match settings.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             health: telemetry.health.clone(),
             connect_error: Arc::default(),
         })
@@ -114,7 +122,15 @@ impl Sidecar {
 
     /// Serves clients on `listener` until `shutdown`, then lets requests in flight finish.
     pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-        server::serve(listener, self.handler.clone(), self.connection, shutdown).await
+        let handler = &self.handler;
+        server::serve(
+            listener,
+            || Arc::new(handler.for_worker()),
+            self.connection,
+            self.workers,
+            shutdown,
+        )
+        .await
     }
 
     /// Mirrors the key ring into readiness and metrics every `interval`, and forgets the limiter state of

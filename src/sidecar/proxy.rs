@@ -63,17 +63,8 @@ impl Upstream {
         if uri.query().is_some() {
             return Err(invalid("a query string is not allowed"));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         Ok(Upstream {
-            client,
+            client: pool(),
             scheme: Scheme::HTTP,
             authority,
             prefix: uri.path().trim_end_matches('/').to_owned(),
@@ -83,6 +74,15 @@ impl Upstream {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The same upstream with a connection pool of its own (one per worker thread, so that a pooled
+    /// connection is always driven by the thread that uses it).
+    pub fn with_own_pool(&self) -> Upstream {
+        Upstream {
+            client: pool(),
+            ..self.clone()
+        }
     }
 
     fn target(&self, original: &Uri) -> Uri {
@@ -126,6 +126,19 @@ impl Upstream {
     }
 }
 
+/// A keep-alive HTTP/1.1 connection pool.
+fn pool() -> Client<HttpConnector, RequestBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
 /// The error and its causes, e.g. "client error (Connect): tcp connect error: Connection refused".
 fn describe(error: &hyper_util::client::legacy::Error) -> String {
     let mut text = error.to_string();
@@ -148,7 +161,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// Removes the headers that describe one connection rather than the message.
+/// Removes the headers that describe one connection rather than the message. (A message has a handful of
+/// headers, so scanning them beats looking up each hop-by-hop name.)
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -157,7 +171,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name) || named.contains(name))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
 }

@@ -92,20 +92,37 @@ pub struct ConnectionLimits {
 }
 
 /// Serves connections from `listener` until `shutdown`, then lets requests in flight finish.
+///
+/// Connections are served by `workers` threads, each running its own single-threaded runtime with its own
+/// handler (and so its own upstream connection pool), like nginx's worker processes: a request, its
+/// upstream call and its answer stay on one thread, without cross-thread wake-ups. Keys, limits and
+/// metrics are shared. This loop only accepts and hands connections out in turn.
 pub async fn serve(
     listener: TcpListener,
-    handler: Arc<Handler>,
+    handler: impl Fn() -> Arc<Handler>,
     limits: ConnectionLimits,
+    workers: usize,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
-    let builder = Arc::new(builder);
-    // Every connection task holds a sender; when all are dropped, `recv` returns None.
-    let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+    let mut inboxes = Vec::new();
+    let mut finished = Vec::new();
+    for index in 0..workers.max(1) {
+        let (inbox, connections) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
+        let (handler, shutdown) = (handler(), shutdown.clone());
+        std::thread::Builder::new()
+            .name(format!("sidecar-worker-{index}"))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(worker(connections, handler, limits, shutdown)),
+                    Err(e) => tracing::error!(error = %e, "cannot start a sidecar worker"),
+                }
+                let _ = done.send(());
+            })?;
+        inboxes.push(inbox);
+        finished.push(finished_rx);
+    }
+    let mut next = 0;
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -120,6 +137,57 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let stream = stream.into_std()?;
+        // A worker that has stopped (it cannot start its runtime) hands its turn to the next one.
+        let mut stream = Some(stream);
+        for _ in 0..inboxes.len() {
+            next = (next + 1) % inboxes.len();
+            match inboxes[next].send(stream.take().expect("not sent yet")) {
+                Ok(()) => break,
+                Err(returned) => stream = Some(returned.0),
+            }
+        }
+        if stream.is_some() {
+            return Err(io::Error::other("no sidecar worker is running"));
+        }
+    }
+    drop(inboxes);
+    for worker in finished {
+        let _ = worker.await;
+    }
+    Ok(())
+}
+
+/// One worker: serves the connections it is handed until shutdown, then drains them.
+async fn worker(
+    mut connections: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    handler: Arc<Handler>,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    // Every connection task holds a sender; when all are dropped, `recv` returns None.
+    let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            stream = connections.recv() => match stream {
+                Some(stream) => stream,
+                None => break,
+            },
+        };
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve a connection");
+                continue;
+            }
+        };
         let (handler, builder, shutdown, alive) = (handler.clone(), builder.clone(), shutdown.clone(), alive.clone());
         tokio::spawn(async move {
             serve_connection(stream, handler, &builder, limits, shutdown).await;
@@ -128,7 +196,6 @@ pub async fn serve(
     }
     drop(alive);
     let _ = tokio::time::timeout(DRAIN, all_done.recv()).await;
-    Ok(())
 }
 
 async fn serve_connection(

@@ -216,6 +216,10 @@ async fn a_body_that_never_finishes_gets_408() {
                 .unwrap()
                 .contains("body did not arrive within 1 s")
         );
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{path}: {answer}"
+        );
     }
 }
 

@@ -273,7 +273,9 @@ impl Handler {
                     },
                 }
             };
-            caller.refuse(rejection, false)
+            // A read body that timed out or broke was not read to its end.
+            let body_unread = matches!(rejection, Rejection::BodyTimeout { .. } | Rejection::BodyAborted);
+            caller.refuse(rejection, body_unread)
         })?;
         let (mut head, inner) = response.into_parts();
         quotas.extend(permit.quota);

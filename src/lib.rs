@@ -10,5 +10,6 @@ pub mod crd;
 pub mod domain;
 pub mod facts;
 pub mod manifests;
+pub mod sidecar;
 pub mod store;
 pub mod telemetry;

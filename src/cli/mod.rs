@@ -11,6 +11,7 @@ mod facts;
 mod output;
 mod plan;
 mod secrets_dir;
+mod sidecar;
 
 use std::process::ExitCode;
 
@@ -68,6 +69,8 @@ pub enum Command {
     Demo(demo::Args),
     /// Serve the fact API (the built-in upstream): facts per environment in the store, official-client compatible.
     Facts(facts::Args),
+    /// Authenticate API keys, enforce per-environment limits and forward to the fact API (Oso wire-compatible).
+    Sidecar(sidecar::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -89,6 +92,7 @@ pub fn main() -> ExitCode {
             Command::Crds(args) => crds::run(args),
             Command::Demo(args) => demo::run(args).await,
             Command::Facts(args) => facts::run(args).await,
+            Command::Sidecar(args) => sidecar::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,100 @@
+//! `orgkeeper sidecar`: the rate-limiting proxy in front of the fact API.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::exit;
+use crate::sidecar::{self, RunOptions, Settings};
+use crate::store::DEFAULT_DATABASE_URL;
+use crate::telemetry::shutdown_signal;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address clients (the official Oso clients, with OSO_URL) connect to.
+    #[arg(long, env = "ORGKEEPER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// The fact API requests are forwarded to: http://HOST:PORT[/PREFIX] (orgkeeper facts listens on 8081).
+    #[arg(long, env = "ORGKEEPER_UPSTREAM", default_value = "http://127.0.0.1:8081")]
+    pub upstream: String,
+    /// The store holding keys and limits: sqlite:PATH or postgres://USER:PASSWORD@HOST/DB.
+    #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Address of /healthz, /readyz and Prometheus /metrics.
+    #[arg(long, env = "ORGKEEPER_METRICS_ADDR", default_value = "0.0.0.0:9091")]
+    pub metrics_addr: SocketAddr,
+    /// How often the store's revision is polled for key and limit changes (e.g. 1s, 500ms).
+    #[arg(long, env = "ORGKEEPER_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub refresh_interval: Duration,
+    /// Time for a request's headers to arrive (408 after it); idle keep-alive connections close after it too.
+    #[arg(long, env = "ORGKEEPER_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time for a request's body to arrive once its headers have (408 after it).
+    #[arg(long, env = "ORGKEEPER_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// Time for the upstream's response headers to arrive (504 after it).
+    #[arg(long, env = "ORGKEEPER_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Threads serving connections, each with its own upstream connection pool (0: one per CPU).
+    #[arg(long, env = "ORGKEEPER_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let options = RunOptions {
+        listen: args.listen,
+        metrics_addr: args.metrics_addr,
+        database_url: args.database_url,
+        refresh_interval: args.refresh_interval,
+        settings: Settings {
+            upstream: args.upstream,
+            header_read_timeout: args.header_read_timeout,
+            body_timeout: args.body_timeout,
+            upstream_timeout: args.upstream_timeout,
+            workers: args.workers,
+        },
+    };
+    sidecar::run(options, shutdown_signal())
+        .await
+        .context("running the sidecar")?;
+    Ok(exit::OK)
+}
+
+/// `250ms`, `30s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use ms, s or m")),
+    };
+    if !(seconds > 0.0 && seconds < 86_400.0) {
+        return Err(format!("{text:?} must be more than 0 and less than a day"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "0", "-1s", "5h", "1e9"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

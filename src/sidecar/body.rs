@@ -1,0 +1,183 @@
+//! Request and response bodies: a write's body read whole but bounded in size and time, a read's body
+//! streamed to the upstream under a deadline, and the upstream's response streamed back while the request
+//! keeps its concurrency slot.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+
+use http_body_util::BodyExt;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the sidecar answers with: its own JSON, or the upstream's body streamed through.
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    /// `hold` (the concurrency slot, the in-flight gauge) is released when the body ends or is dropped.
+    Upstream {
+        inner: Incoming,
+        hold: Option<Box<dyn Send + Sync>>,
+    },
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream { inner, hold } => {
+                let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
+                if frame.is_none() {
+                    hold.take();
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(bytes) => bytes.is_none(),
+            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// How a streamed request body ended badly, so the handler can answer 408 or 400 rather than 502.
+#[derive(Clone, Default)]
+pub struct StreamFault(Arc<AtomicU8>);
+
+impl StreamFault {
+    const TIMED_OUT: u8 = 1;
+    const ABORTED: u8 = 2;
+
+    pub fn timed_out(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::TIMED_OUT
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::ABORTED
+    }
+
+    fn set(&self, fault: u8) {
+        self.0.store(fault, Ordering::Release);
+    }
+}
+
+/// The body sent to the upstream.
+pub enum RequestBody {
+    Full(Option<Bytes>),
+    /// A client's body streamed through; it fails if it has not ended by the deadline.
+    Streaming {
+        inner: Incoming,
+        deadline: Pin<Box<Sleep>>,
+        fault: StreamFault,
+    },
+}
+
+impl RequestBody {
+    pub fn streaming(inner: Incoming, deadline: Instant, fault: StreamFault) -> Self {
+        if inner.is_end_stream() {
+            return RequestBody::Full(None);
+        }
+        RequestBody::Streaming {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            fault,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyTimedOut;
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Streaming { inner, deadline, fault } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => {
+                    fault.set(StreamFault::ABORTED);
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                Poll::Ready(other) => Poll::Ready(other.map(|frame| frame.map_err(Into::into))),
+                Poll::Pending => {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        fault.set(StreamFault::TIMED_OUT);
+                        return Poll::Ready(Some(Err(BodyTimedOut.into())));
+                    }
+                    Poll::Pending
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Full(bytes) => bytes.is_none(),
+            RequestBody::Streaming { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            RequestBody::Full(None) => SizeHint::with_exact(0),
+            RequestBody::Streaming { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// Why a write body could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// More than the limit arrived; reading stopped there.
+    TooLarge,
+    TimedOut,
+    /// The client stopped sending, or sent a broken chunked encoding.
+    Aborted,
+}
+
+/// Reads a body whole, stopping as soon as it exceeds `max` bytes or `deadline` passes.
+pub async fn read_bounded(mut body: Incoming, max: Option<u64>, deadline: Instant) -> Result<Bytes, ReadError> {
+    let max = max.unwrap_or(u64::MAX);
+    let capacity = body.size_hint().lower().min(max).min(1 << 20) as usize;
+    let mut buffer = Vec::with_capacity(capacity);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(ReadError::TimedOut),
+            Ok(None) => return Ok(Bytes::from(buffer)),
+            Ok(Some(Err(_))) => return Err(ReadError::Aborted),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if (buffer.len() + data.len()) as u64 > max {
+                return Err(ReadError::TooLarge);
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+}

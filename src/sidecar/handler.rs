@@ -1,0 +1,334 @@
+//! One request through the sidecar, cheapest refusals first:
+//!
+//! 1. authenticate the key (401; 503 before keys are loaded);
+//! 2. classify: a write with a read-only key is 403; a compressed write 415; a declared body over
+//!    `maxWriteBodyBytes` 413 before a byte of it is read;
+//! 3. take a concurrency slot (429);
+//! 4. reads: take one request from the budget (429) and stream the request to the upstream;
+//!    writes: check the request budget has room (429, body unread), read the body bounded in size (413) and
+//!    time (408), count its facts (400 when malformed), check `maxBatchFacts` (413), take one request and
+//!    the facts from both budgets at once (429), and forward it;
+//! 5. stream the upstream's response back with the `RateLimit` headers; 502/504 when the upstream fails.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response};
+
+use super::body::{ReadError, RequestBody, ResponseBody, StreamFault, read_bounded};
+use super::classify::{Route, WriteKind, classify, count_facts};
+use super::errors::{Limited, Rejection};
+use super::headers;
+use super::limits::{Limiter, Permit, Policy, Quota, Refused};
+use super::metrics::{EnvironmentCounters, InFlight, SidecarMetrics};
+use super::proxy::{ForwardError, Upstream};
+use crate::auth::{AuthError, KeyRing, Principal};
+use crate::domain::{Access, EffectiveLimits};
+
+/// What a connection needs to know about how its last request ended.
+#[derive(Default)]
+pub struct ConnectionState {
+    /// A request was refused before its body was read: linger so the client can read the answer.
+    pub left_body_unread: AtomicBool,
+}
+
+pub struct Handler {
+    pub(super) ring: KeyRing,
+    pub(super) limiter: Arc<dyn Limiter>,
+    pub(super) upstream: Upstream,
+    pub(super) metrics: SidecarMetrics,
+    pub(super) body_timeout: Duration,
+}
+
+/// A refusal, with whom to count it against and whether the body was left unread.
+struct Refusal {
+    rejection: Rejection,
+    counters: Arc<EnvironmentCounters>,
+    body_unread: bool,
+}
+
+/// The request once authenticated.
+struct Caller {
+    principal: Principal,
+    limits: EffectiveLimits,
+    counters: Arc<EnvironmentCounters>,
+}
+
+impl Caller {
+    fn refuse(&self, rejection: Rejection, body_unread: bool) -> Refusal {
+        Refusal {
+            rejection,
+            counters: self.counters.clone(),
+            body_unread,
+        }
+    }
+
+    fn limited(&self, refused: Refused, body_unread: bool) -> Refusal {
+        let rejection = match (refused.policy, refused.retry_after) {
+            (Policy::FactWrites, None) => Rejection::BeyondWholeBudget {
+                facts: refused.needed,
+                budget: refused.limit,
+            },
+            _ => Rejection::Limited(Box::new(Limited {
+                refused,
+                limits: self.limits,
+            })),
+        };
+        self.refuse(rejection, body_unread)
+    }
+
+    fn environment(&self) -> &str {
+        self.principal.environment_id()
+    }
+}
+
+impl Handler {
+    /// The same handler with a connection pool of its own, for one worker thread.
+    pub fn for_worker(&self) -> Handler {
+        Handler {
+            ring: self.ring.clone(),
+            limiter: self.limiter.clone(),
+            upstream: self.upstream.with_own_pool(),
+            metrics: self.metrics.clone(),
+            body_timeout: self.body_timeout,
+        }
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>, connection: &ConnectionState) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let in_flight = self.metrics.enter();
+        // Boxed: the state machine is large, and hyper moves the service future it gets.
+        let response = match Box::pin(self.process(request, in_flight)).await {
+            Ok(response) => response,
+            Err(refusal) => {
+                refusal.counters.reject(refusal.rejection.reason());
+                let mut response = refusal.rejection.into_response();
+                if refusal.body_unread {
+                    connection.left_body_unread.store(true, Ordering::Release);
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            }
+        };
+        self.metrics.observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn process(
+        &self,
+        request: Request<Incoming>,
+        in_flight: InFlight,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        let deadline = tokio::time::Instant::now() + self.body_timeout;
+        let (parts, body) = request.into_parts();
+        let has_body = !body.is_end_stream();
+        let caller = self.authenticate(&parts.headers).map_err(|rejection| Refusal {
+            rejection,
+            counters: self.metrics.unknown(),
+            body_unread: has_body,
+        })?;
+        let route = classify(&parts.method, parts.uri.path());
+        if let Route::Write(kind) = route {
+            check_write_headers(&caller, kind, &parts.headers, &body).map_err(|r| caller.refuse(r, has_body))?;
+        }
+        let permit = self
+            .limiter
+            .enter(caller.environment(), &caller.limits)
+            .await
+            .map_err(|refused| caller.limited(refused, has_body))?;
+        let (quotas, body) = match route {
+            Route::Read => {
+                let quotas = self
+                    .limiter
+                    .admit(caller.environment(), &caller.limits, 0)
+                    .await
+                    .map_err(|refused| caller.limited(refused, has_body))?;
+                caller.counters.reads.inc();
+                (quotas, Outgoing::Stream(body))
+            }
+            Route::Write(kind) => {
+                let (quotas, bytes) = self.admit_write(&caller, kind, body, deadline).await?;
+                (quotas, Outgoing::Full(bytes))
+            }
+        };
+        self.forward(&caller, parts, body, deadline, quotas, permit, in_flight)
+            .await
+    }
+
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Rejection> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(Rejection::AmbiguousAuthorization);
+        }
+        let text = match first {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| Rejection::Unauthenticated(AuthError::NotBearer))?,
+            ),
+        };
+        let principal = self.ring.authenticate(text).map_err(|e| {
+            if e == AuthError::Invalid && !self.ring.status().loaded {
+                Rejection::NotReady
+            } else {
+                Rejection::Unauthenticated(e)
+            }
+        })?;
+        let counters = self
+            .metrics
+            .environment(principal.environment_id(), &principal.environment.label);
+        Ok(Caller {
+            limits: *principal.limits(),
+            principal,
+            counters,
+        })
+    }
+
+    /// Reads and counts a write, then takes its request and facts from the budgets.
+    async fn admit_write(
+        &self,
+        caller: &Caller,
+        kind: WriteKind,
+        body: Incoming,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Vec<Quota>, Bytes), Refusal> {
+        let limits = &caller.limits;
+        let has_body = !body.is_end_stream();
+        self.limiter
+            .peek(caller.environment(), limits)
+            .await
+            .map_err(|refused| caller.limited(refused, has_body))?;
+        let bytes = read_bounded(body, limits.max_write_body_bytes, deadline)
+            .await
+            .map_err(|e| {
+                let rejection = match e {
+                    ReadError::TooLarge => Rejection::BodyTooLarge {
+                        limit: limits.max_write_body_bytes.unwrap_or_default(),
+                    },
+                    ReadError::TimedOut => Rejection::BodyTimeout {
+                        after: self.body_timeout,
+                    },
+                    ReadError::Aborted => Rejection::BodyAborted,
+                };
+                caller.refuse(rejection, true)
+            })?;
+        let facts = count_facts(kind, &bytes).map_err(|e| caller.refuse(Rejection::MalformedBody(e), false))?;
+        if let Some(limit) = limits.max_batch_facts.filter(|limit| facts > *limit) {
+            return Err(caller.refuse(Rejection::BatchTooLarge { facts, limit }, false));
+        }
+        let quotas = self
+            .limiter
+            .admit(caller.environment(), limits, facts)
+            .await
+            .map_err(|refused| caller.limited(refused, false))?;
+        caller.counters.writes.inc();
+        caller.counters.facts.inc_by(facts);
+        Ok((quotas, bytes))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        caller: &Caller,
+        mut parts: hyper::http::request::Parts,
+        body: Outgoing,
+        deadline: tokio::time::Instant,
+        mut quotas: Vec<Quota>,
+        permit: Permit,
+        in_flight: InFlight,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        let fault = StreamFault::default();
+        let body = match body {
+            Outgoing::Full(bytes) => {
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                RequestBody::Full(Some(bytes))
+            }
+            Outgoing::Stream(incoming) => RequestBody::streaming(incoming, deadline, fault.clone()),
+        };
+        let response = self.upstream.forward(parts, body).await.map_err(|e| {
+            let rejection = if fault.timed_out() {
+                Rejection::BodyTimeout {
+                    after: self.body_timeout,
+                }
+            } else if fault.aborted() {
+                Rejection::BodyAborted
+            } else {
+                match e {
+                    ForwardError::Unreachable(detail) => {
+                        tracing::warn!(error = %detail, "cannot forward a request to the upstream");
+                        Rejection::UpstreamUnreachable(detail)
+                    }
+                    ForwardError::TimedOut => Rejection::UpstreamTimeout {
+                        after: self.upstream.timeout(),
+                    },
+                }
+            };
+            // A read body that timed out or broke was not read to its end.
+            let body_unread = matches!(rejection, Rejection::BodyTimeout { .. } | Rejection::BodyAborted);
+            caller.refuse(rejection, body_unread)
+        })?;
+        let (mut head, inner) = response.into_parts();
+        quotas.extend(permit.quota);
+        if let Some(policy) = headers::policy(&caller.limits) {
+            head.headers
+                .insert(HeaderName::from_static(headers::RATELIMIT_POLICY), policy);
+        }
+        if let Some(state) = headers::state(&quotas) {
+            head.headers.insert(HeaderName::from_static(headers::RATELIMIT), state);
+        }
+        let hold: Box<dyn Send + Sync> = Box::new((permit, in_flight));
+        Ok(Response::from_parts(
+            head,
+            ResponseBody::Upstream {
+                inner,
+                hold: Some(hold),
+            },
+        ))
+    }
+}
+
+/// What goes to the upstream: a write's body, read and counted, or a read's body, streamed.
+enum Outgoing {
+    Full(Bytes),
+    Stream(Incoming),
+}
+
+/// Refusals a write earns from its headers alone, before any of its body is read.
+fn check_write_headers(
+    caller: &Caller,
+    kind: WriteKind,
+    headers: &HeaderMap,
+    body: &Incoming,
+) -> Result<(), Rejection> {
+    if caller.principal.access == Access::ReadOnly {
+        return Err(Rejection::ReadOnlyKey {
+            endpoint: kind.endpoint(),
+        });
+    }
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(Rejection::CompressedWrite);
+    }
+    // For a Content-Length body the size hint is exact; for a chunked one it is 0 and the read counts.
+    if let Some(limit) = caller
+        .limits
+        .max_write_body_bytes
+        .filter(|limit| body.size_hint().lower() > *limit)
+    {
+        return Err(Rejection::BodyTooLarge { limit });
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` headers, following
+//! draft-ietf-httpapi-ratelimit-headers-10 (structured-field lists of named policies):
+//!
+//! ```text
+//! RateLimit-Policy: "requests";q=60000;w=60, "fact-writes";q=1000;qu="facts";w=60, "concurrency";q=4;qu="concurrent-requests"
+//! RateLimit: "requests";r=59998;t=1, "fact-writes";r=997;t=1, "concurrency";r=3
+//! ```
+//!
+//! `r` is what is left now and `t` the seconds until the budget is whole again (rounded up). "facts" is not a
+//! quota unit registered by the draft; clients that do not know it can ignore that policy. Unlimited budgets
+//! are left out.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{LazyLock, RwLock};
+use std::time::Duration;
+
+use hyper::header::HeaderValue;
+
+use super::limits::{Policy, Quota};
+use crate::domain::EffectiveLimits;
+
+pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
+pub const RATELIMIT: &str = "ratelimit";
+
+/// Whole seconds, rounded up, at least 1: a request sent after that many seconds is past the wait.
+pub fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64
+}
+
+/// `RateLimit-Policy` values by limits: most environments share a few sets of limits (the plans'), and the
+/// value is on every answer, so it is formatted once per set.
+static POLICIES: LazyLock<RwLock<HashMap<EffectiveLimits, Option<HeaderValue>>>> = LazyLock::new(RwLock::default);
+const MAX_CACHED_POLICIES: usize = 4096;
+
+/// The `RateLimit-Policy` value for an environment's limits, or `None` when nothing is limited.
+pub fn policy(limits: &EffectiveLimits) -> Option<HeaderValue> {
+    if let Some(value) = POLICIES.read().unwrap_or_else(|e| e.into_inner()).get(limits) {
+        return value.clone();
+    }
+    let value = format_policy(limits);
+    let mut cache = POLICIES.write().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= MAX_CACHED_POLICIES {
+        cache.clear();
+    }
+    cache.insert(*limits, value.clone());
+    value
+}
+
+fn format_policy(limits: &EffectiveLimits) -> Option<HeaderValue> {
+    let mut value = String::new();
+    let mut item = |text: std::fmt::Arguments| {
+        if !value.is_empty() {
+            value.push_str(", ");
+        }
+        let _ = value.write_fmt(text);
+    };
+    if let Some(q) = limits.requests_per_minute {
+        item(format_args!("\"{}\";q={q};w=60", Policy::Requests.name()));
+    }
+    if let Some(q) = limits.fact_writes_per_minute {
+        item(format_args!(
+            "\"{}\";q={q};qu=\"facts\";w=60",
+            Policy::FactWrites.name()
+        ));
+    }
+    if let Some(q) = limits.max_concurrent_requests {
+        item(format_args!(
+            "\"{}\";q={q};qu=\"concurrent-requests\"",
+            Policy::Concurrency.name()
+        ));
+    }
+    (!value.is_empty()).then(|| HeaderValue::from_str(&value).expect("ASCII"))
+}
+
+/// The `RateLimit` value for the budgets' current state, or `None` when there are none. (It changes on every
+/// answer, so it is written without the formatting machinery.)
+pub fn state(quotas: &[Quota]) -> Option<HeaderValue> {
+    let mut value = Vec::with_capacity(64);
+    for quota in quotas {
+        if !value.is_empty() {
+            value.extend_from_slice(b", ");
+        }
+        value.push(b'"');
+        value.extend_from_slice(quota.policy.name().as_bytes());
+        value.extend_from_slice(b"\";r=");
+        push_number(&mut value, quota.remaining);
+        if let Some(full_in) = quota.full_in {
+            value.extend_from_slice(b";t=");
+            push_number(&mut value, full_in.as_nanos().div_ceil(1_000_000_000) as u64);
+        }
+    }
+    (!value.is_empty()).then(|| HeaderValue::from_bytes(&value).expect("ASCII"))
+}
+
+/// Appends `n` in decimal.
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PlanTier;
+
+    #[test]
+    fn cached_policies_follow_the_limits() {
+        let mut limits = PlanTier::Developer.default_limits();
+        assert_eq!(policy(&limits), format_policy(&limits));
+        limits.requests_per_minute = Some(7);
+        assert!(
+            policy(&limits)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("\"requests\";q=7;")
+        );
+        limits.requests_per_minute = None;
+        limits.fact_writes_per_minute = None;
+        limits.max_concurrent_requests = None;
+        assert_eq!(policy(&limits), None);
+    }
+
+    #[test]
+    fn the_developer_plan_advertises_its_three_policies() {
+        let value = policy(&PlanTier::Developer.default_limits()).unwrap();
+        assert_eq!(
+            value,
+            r#""requests";q=60000;w=60, "fact-writes";q=1000;qu="facts";w=60, "concurrency";q=4;qu="concurrent-requests""#
+        );
+        let growth = policy(&PlanTier::Growth.default_limits()).unwrap();
+        assert_eq!(growth, r#""fact-writes";q=30000;qu="facts";w=60"#);
+    }
+
+    #[test]
+    fn state_reports_remaining_and_seconds_until_whole() {
+        let quotas = [
+            Quota {
+                policy: Policy::Requests,
+                limit: 10,
+                remaining: 0,
+                full_in: Some(Duration::from_millis(1500)),
+            },
+            Quota {
+                policy: Policy::Concurrency,
+                limit: 4,
+                remaining: 3,
+                full_in: None,
+            },
+        ];
+        assert_eq!(state(&quotas).unwrap(), r#""requests";r=0;t=2, "concurrency";r=3"#);
+        assert!(state(&[]).is_none());
+        let big = Quota {
+            policy: Policy::FactWrites,
+            limit: u64::MAX,
+            remaining: u64::MAX,
+            full_in: Some(Duration::ZERO),
+        };
+        assert_eq!(state(&[big]).unwrap(), r#""fact-writes";r=18446744073709551615;t=0"#);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(whole_seconds(Duration::from_nanos(1)), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(whole_seconds(Duration::from_millis(2001)), 3);
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+    }
+}

@@ -1,0 +1,278 @@
+//! The sidecar's Prometheus metrics: requests forwarded and rejected (by reason) per environment, fact writes
+//! admitted per environment, latency, requests in flight, and the state of the key copy (keys,
+//! environments, store revision, whether the last refresh reached the store, seconds since it did).
+//!
+//! Per-environment counters are looked up once per environment and cached, so the hot path touches only
+//! atomics. Environments are labelled `namespace/organization/environment`; requests without a valid key
+//! are counted under `environment="unknown"`.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use crate::auth::RingStatus;
+use crate::telemetry::Telemetry;
+
+/// Why a request was not forwarded (or failed upstream), as the `reason` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    NotReady,
+    Unauthenticated,
+    Forbidden,
+    BodyTooLarge,
+    BatchTooLarge,
+    RateLimitedRequests,
+    RateLimitedFacts,
+    ConcurrencyLimited,
+    UnsupportedEncoding,
+    BadRequest,
+    Timeout,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+}
+
+impl Reason {
+    const ALL: [Reason; 13] = [
+        Reason::NotReady,
+        Reason::Unauthenticated,
+        Reason::Forbidden,
+        Reason::BodyTooLarge,
+        Reason::BatchTooLarge,
+        Reason::RateLimitedRequests,
+        Reason::RateLimitedFacts,
+        Reason::ConcurrencyLimited,
+        Reason::UnsupportedEncoding,
+        Reason::BadRequest,
+        Reason::Timeout,
+        Reason::UpstreamUnreachable,
+        Reason::UpstreamTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotReady => "not_ready",
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::Forbidden => "forbidden",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::BatchTooLarge => "batch_too_large",
+            Reason::RateLimitedRequests => "rate_limited_requests",
+            Reason::RateLimitedFacts => "rate_limited_facts",
+            Reason::ConcurrencyLimited => "concurrency_limited",
+            Reason::UnsupportedEncoding => "unsupported_encoding",
+            Reason::BadRequest => "bad_request",
+            Reason::Timeout => "timeout",
+            Reason::UpstreamUnreachable => "upstream_unreachable",
+            Reason::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    fn index(self) -> usize {
+        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    environment: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    environment: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvironmentLabels {
+    environment: String,
+}
+
+/// The label for requests that have no environment (no valid key).
+pub const UNKNOWN_ENVIRONMENT: &str = "unknown";
+
+#[derive(Clone)]
+pub struct SidecarMetrics {
+    requests: Family<RequestLabels, Counter>,
+    rejections: Family<RejectionLabels, Counter>,
+    fact_writes: Family<EnvironmentLabels, Counter>,
+    duration: Histogram,
+    in_flight: Gauge,
+    keys: Gauge,
+    environments: Gauge,
+    revision: Gauge,
+    store_up: Gauge,
+    since_refresh: Gauge<f64, AtomicU64>,
+    cache: Arc<RwLock<HashMap<String, Arc<EnvironmentCounters>>>>,
+}
+
+/// One environment's counters, cached.
+pub struct EnvironmentCounters {
+    pub reads: Counter,
+    pub writes: Counter,
+    pub facts: Counter,
+    label: String,
+    rejections: [OnceLock<Counter>; Reason::ALL.len()],
+    family: Family<RejectionLabels, Counter>,
+}
+
+impl EnvironmentCounters {
+    pub fn reject(&self, reason: Reason) {
+        self.rejections[reason.index()]
+            .get_or_init(|| {
+                self.family.get_or_create_owned(&RejectionLabels {
+                    environment: self.label.clone(),
+                    reason: reason.as_str(),
+                })
+            })
+            .inc();
+    }
+}
+
+/// Decrements the in-flight gauge when the request is over (its response body finished or dropped).
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl SidecarMetrics {
+    pub fn register(telemetry: &Telemetry) -> Self {
+        let metrics = SidecarMetrics {
+            requests: Family::default(),
+            rejections: Family::default(),
+            fact_writes: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
+            in_flight: Gauge::default(),
+            keys: Gauge::default(),
+            environments: Gauge::default(),
+            revision: Gauge::default(),
+            store_up: Gauge::default(),
+            since_refresh: Gauge::default(),
+            cache: Arc::default(),
+        };
+        let mut registry = telemetry.registry.lock().unwrap_or_else(|e| e.into_inner());
+        registry.register(
+            "sidecar_requests",
+            "Requests forwarded to the upstream, by environment and class (read or write)",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "sidecar_rejections",
+            "Requests answered by the sidecar itself with an error, by environment and reason",
+            metrics.rejections.clone(),
+        );
+        registry.register(
+            "sidecar_fact_writes",
+            "Facts inserted or deleted by admitted writes, by environment",
+            metrics.fact_writes.clone(),
+        );
+        registry.register(
+            "sidecar_request_duration_seconds",
+            "Time from a request's headers to the response's headers",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "sidecar_in_flight_requests",
+            "Requests being served now",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "sidecar_keys",
+            "Live API keys known to the sidecar",
+            metrics.keys.clone(),
+        );
+        registry.register(
+            "sidecar_environments",
+            "Environments known to the sidecar",
+            metrics.environments.clone(),
+        );
+        registry.register(
+            "sidecar_store_revision",
+            "The store revision the keys and limits were loaded at",
+            metrics.revision.clone(),
+        );
+        registry.register(
+            "sidecar_store_up",
+            "1 when the last refresh reached the store, 0 when the sidecar serves its last known copy",
+            metrics.store_up.clone(),
+        );
+        registry.register(
+            "sidecar_seconds_since_store_refresh",
+            "Seconds since keys and limits were last read from the store successfully",
+            metrics.since_refresh.clone(),
+        );
+        metrics
+    }
+
+    /// The counters of an environment (created on first use).
+    pub fn environment(&self, environment_id: &str, label: &str) -> Arc<EnvironmentCounters> {
+        if let Some(counters) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(environment_id) {
+            return counters.clone();
+        }
+        let counters = Arc::new(EnvironmentCounters {
+            reads: self.requests.get_or_create_owned(&RequestLabels {
+                environment: label.to_owned(),
+                class: "read",
+            }),
+            writes: self.requests.get_or_create_owned(&RequestLabels {
+                environment: label.to_owned(),
+                class: "write",
+            }),
+            facts: self.fact_writes.get_or_create_owned(&EnvironmentLabels {
+                environment: label.to_owned(),
+            }),
+            label: label.to_owned(),
+            rejections: Default::default(),
+            family: self.rejections.clone(),
+        });
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(environment_id.to_owned())
+            .or_insert(counters)
+            .clone()
+    }
+
+    /// Counters for requests without an environment.
+    pub fn unknown(&self) -> Arc<EnvironmentCounters> {
+        self.environment("", UNKNOWN_ENVIRONMENT)
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        self.duration.observe(seconds);
+    }
+
+    pub fn enter(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Mirrors the key ring's state.
+    pub fn ring(&self, status: &RingStatus, since_refresh: Option<f64>) {
+        self.keys.set(status.keys as i64);
+        self.environments.set(status.environments as i64);
+        self.revision.set(status.revision);
+        self.store_up
+            .set(i64::from(status.loaded && status.last_error.is_none()));
+        if let Some(seconds) = since_refresh {
+            self.since_refresh.set(seconds);
+        }
+    }
+
+    /// Forgets the cached counters of environments that no longer exist (their series stay exported).
+    pub fn retain(&self, keep: &dyn Fn(&str) -> bool) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| id.is_empty() || keep(id));
+    }
+}

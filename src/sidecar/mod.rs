@@ -1,0 +1,271 @@
+//! The rate-limiting sidecar: an HTTP proxy in front of the fact API (Oso Cloud wire-compatible) that
+//! authenticates API keys, enforces each environment's limits and forwards what it admits.
+//!
+//! - `classify`: which requests are writes and how many facts they carry;
+//! - `limits`: the [`Limiter`] seam and the in-process GCRA limiter (limits are per sidecar process);
+//! - `handler`: one request through authentication, limits and forwarding;
+//! - `proxy`: the pooled keep-alive client to the upstream; `body`: bounded and streamed bodies;
+//! - `errors`: every status the sidecar answers itself; `headers`: `Retry-After` and `RateLimit*`;
+//! - `metrics`: Prometheus metrics; `server`: connections, timeouts, graceful shutdown.
+//!
+//! Keys and limits come from a [`KeyRing`], refreshed by polling the store's revision every second
+//! ([`KeyRing::keep_fresh`]). Polling was chosen over PostgreSQL LISTEN/NOTIFY because it works the same on
+//! SQLite and PostgreSQL, needs no dedicated connection, and one cheap `SELECT revision` per second is
+//! nothing; a change reaches the sidecar within about a second (well within the 5 s promised). When the
+//! store cannot be reached, the ring keeps its last copy: known keys keep working, unknown keys are
+//! refused, and readiness says `degraded`.
+
+mod body;
+pub mod classify;
+mod errors;
+mod handler;
+pub mod headers;
+pub mod limits;
+mod metrics;
+pub mod proxy;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use limits::{Clock, Limiter, LocalLimiter, ManualClock, SystemClock};
+pub use metrics::Reason;
+
+use crate::auth::KeyRing;
+use crate::store::Store;
+use crate::telemetry::{Health, Readiness, Telemetry};
+use handler::Handler;
+use metrics::SidecarMetrics;
+use proxy::{Upstream, UpstreamUrlError};
+use server::ConnectionLimits;
+
+/// How the sidecar talks to clients and to its upstream.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `http://host:port[/prefix]` of the fact API.
+    pub upstream: String,
+    /// Time for a request's headers to arrive; also how long an idle keep-alive connection stays open.
+    pub header_read_timeout: Duration,
+    /// Time for a request's body to arrive, counted from the end of its headers.
+    pub body_timeout: Duration,
+    /// Time for the upstream's response headers to arrive.
+    pub upstream_timeout: Duration,
+    /// Threads serving connections (each with its own upstream connection pool); 0: one per CPU.
+    pub workers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            upstream: "http://127.0.0.1:8081".into(),
+            header_read_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            upstream_timeout: Duration::from_secs(30),
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamUrlError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the sidecar stopped serving: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// A sidecar ready to serve: its request handler and what it reports.
+#[derive(Clone)]
+pub struct Sidecar {
+    handler: Arc<Handler>,
+    connection: ConnectionLimits,
+    workers: usize,
+    health: Health,
+    /// Why the store could not be opened at start-up, while that is the case.
+    connect_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Sidecar {
+    /// A sidecar authenticating with `ring`, limiting with `limiter`, reporting to `telemetry`.
+    pub fn new(
+        settings: &Settings,
+        ring: KeyRing,
+        limiter: Arc<dyn Limiter>,
+        telemetry: &Telemetry,
+    ) -> Result<Self, SidecarError> {
+        let handler = Handler {
+            ring,
+            limiter,
+            upstream: Upstream::new(&settings.upstream, settings.upstream_timeout)?,
+            metrics: SidecarMetrics::register(telemetry),
+            body_timeout: settings.body_timeout,
+        };
+        Ok(Sidecar {
+            handler: Arc::new(handler),
+            connection: ConnectionLimits {
+                header_read_timeout: settings.header_read_timeout,
+            },
+            workers: match settings.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
+            health: telemetry.health.clone(),
+            connect_error: Arc::default(),
+        })
+    }
+
+    /// Serves clients on `listener` until `shutdown`, then lets requests in flight finish.
+    pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        let handler = &self.handler;
+        server::serve(
+            listener,
+            || Arc::new(handler.for_worker()),
+            self.connection,
+            self.workers,
+            shutdown,
+        )
+        .await
+    }
+
+    /// Mirrors the key ring into readiness and metrics every `interval`, and forgets the limiter state of
+    /// deleted environments, until `shutdown`.
+    pub async fn watch(self, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        let mut revision = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let current = self.report();
+            if revision != Some(current) {
+                revision = Some(current);
+                let ring = &self.handler.ring;
+                let exists = |id: &str| ring.environment(id).is_some();
+                self.handler.limiter.retain(&exists);
+                self.handler.metrics.retain(&exists);
+            }
+        }
+    }
+
+    /// Sets readiness and the ring metrics from the key ring's state; returns the store revision.
+    pub fn report(&self) -> i64 {
+        let ring = &self.handler.ring;
+        let status = ring.status();
+        let since = ring.since_last_success();
+        self.handler.metrics.ring(&status, since.map(|d| d.as_secs_f64()));
+        let readiness = match (&status.last_error, status.loaded) {
+            (_, false) => {
+                let connect = self.connect_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let why = connect.or(status.last_error.clone());
+                Readiness::Starting(match why {
+                    Some(e) => format!("cannot load API keys from the store yet: {e}"),
+                    None => "loading API keys from the store".into(),
+                })
+            }
+            (None, true) => Readiness::Ready,
+            (Some(e), true) => Readiness::Degraded(format!(
+                "the store is unreachable ({e}); serving the {} keys and limits read {} s ago",
+                status.keys,
+                since.map_or(0, |d| d.as_secs())
+            )),
+        };
+        self.health.set(readiness);
+        status.revision
+    }
+}
+
+/// Where `orgkeeper sidecar` listens and where its keys come from.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub listen: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub database_url: String,
+    /// How often the store revision is polled.
+    pub refresh_interval: Duration,
+    pub settings: Settings,
+}
+
+/// Runs the sidecar until `shutdown`: serves at once (503 until keys are loaded), connects to the store
+/// (retrying until it can), keeps keys and limits fresh, and reports health and metrics.
+pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(), SidecarError> {
+    let telemetry = Telemetry::new("orgkeeper");
+    let ring = KeyRing::default();
+    let sidecar = Sidecar::new(
+        &options.settings,
+        ring.clone(),
+        Arc::new(LocalLimiter::default()),
+        &telemetry,
+    )?;
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| SidecarError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+    let metrics_listener = TcpListener::bind(options.metrics_addr)
+        .await
+        .map_err(|source| SidecarError::Bind {
+            addr: options.metrics_addr,
+            source,
+        })?;
+    tracing::info!(
+        listen = %options.listen,
+        metrics = %options.metrics_addr,
+        upstream = %options.settings.upstream,
+        "sidecar serving"
+    );
+    let router = telemetry.router();
+    let metrics_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(metrics_listener, router)
+            .with_graceful_shutdown(metrics_shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    tokio::spawn(sidecar.clone().watch(Duration::from_secs(1), shutdown.clone()));
+    tokio::spawn(connect_and_refresh(
+        options.database_url.clone(),
+        ring,
+        options.refresh_interval,
+        sidecar.connect_error.clone(),
+        shutdown.clone(),
+    ));
+    sidecar.serve(listener, shutdown).await?;
+    Ok(())
+}
+
+/// Opens the store, retrying with backoff while it is unreachable, then keeps the ring fresh.
+async fn connect_and_refresh(
+    url: String,
+    ring: KeyRing,
+    interval: Duration,
+    connect_error: Arc<Mutex<Option<String>>>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(250);
+    let store = loop {
+        match Store::connect(&url).await {
+            Ok(store) => break store,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the store");
+                *connect_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    };
+    *connect_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    ring.keep_fresh(store, interval, shutdown).await;
+}

@@ -27,7 +27,8 @@ fn examples(namespace: &str) -> String {
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap() != "namespace.yaml")
+        // The namespace is the test's own; kustomization.yaml is for `kubectl apply -k`, not a resource.
+        .filter(|p| !["namespace.yaml", "kustomization.yaml"].contains(&p.file_name().unwrap().to_str().unwrap()))
         .collect();
     files.sort();
     let yaml: Vec<String> = files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();

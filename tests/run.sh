@@ -23,7 +23,10 @@ cluster_pid=
 cleanup() {
   [[ -n "$cluster_pid" ]] && kill "$cluster_pid" 2>/dev/null
   tests/postgres/down.sh || true
-  ((with_cluster)) && tests/cluster/down.sh >/dev/null 2>&1 || true
+  if ((with_cluster)); then
+    tests/cluster/down.sh >/dev/null 2>&1 || true
+    ORGKEEPER_CLUSTER_DIR="$state/cluster-chart" tests/cluster/down.sh >/dev/null 2>&1 || true
+  fi
   rm -rf "$state"
 }
 trap cleanup EXIT
@@ -64,8 +67,10 @@ step "cargo test"
 cargo test --locked
 
 if ((with_cluster)); then
-  step "chart suite"
-  KUBECONFIG="$ORGKEEPER_TEST_KUBECONFIG" tests/chart/run.sh
+  step "chart suite (on a cluster of its own: the end-to-end tests leave cluster-wide RBAC behind)"
+  tests/cluster/down.sh >/dev/null
+  chart_kubeconfig=$(ORGKEEPER_CLUSTER_DIR="$state/cluster-chart" tests/cluster/up.sh | tail -n 1)
+  KUBECONFIG="$chart_kubeconfig" tests/chart/run.sh
 fi
 
 step "done"

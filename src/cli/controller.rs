@@ -55,7 +55,8 @@ pub struct Args {
     /// Name of the leader-election Lease; replicas with the same Lease take turns.
     #[arg(long, env = "ORGKEEPER_LEASE_NAME", default_value = "orgkeeper-controller")]
     pub lease_name: String,
-    /// Namespace of the Lease (default: $POD_NAMESPACE, else "default").
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else the kubeconfig context's namespace, which in a pod
+    /// is the pod's own, else "default").
     #[arg(long, env = "ORGKEEPER_LEASE_NAMESPACE", value_name = "NS")]
     pub lease_namespace: Option<String>,
     /// How long the Lease is valid without renewal: a standby takes over this long after the leader stops
@@ -84,6 +85,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         async move { telemetry.serve(addr, shutdown).await }
     });
     let client = kube_client(&args).await?;
+    let lease = lease.map(|mut lease| {
+        if lease.namespace.is_empty() {
+            lease.namespace = client.default_namespace().to_owned();
+        }
+        lease
+    });
     let version = client
         .apiserver_version()
         .await
@@ -165,7 +172,8 @@ fn settings(args: &Args) -> anyhow::Result<(Settings, Option<LeaseSettings>)> {
             .lease_namespace
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| "default".to_owned());
+            // Filled in from the Kubernetes client's default namespace once the client exists.
+            .unwrap_or_default();
         Some(LeaseSettings {
             name: args.lease_name.clone(),
             namespace,

@@ -158,7 +158,7 @@ expected_rules() {
       for v in get patch update; do echo "$r.orgkeeper.dev/status $v"; done
       echo "$r.orgkeeper.dev/finalizers update"
     done
-    for v in get create delete; do echo "secrets $v"; done
+    for v in get list watch create; do echo "secrets $v"; done
     for v in create patch; do echo "events $v"; echo "events.events.k8s.io $v"; done
   fi
   if [[ "$1" == *leases ]]; then
@@ -215,9 +215,8 @@ check_rbac_all_namespaces() {
   must create events.events.k8s.io "$sa" -n acme
   must update leases.coordination.k8s.io "$sa" -n "$RELEASE_NS"
   # and nothing more
-  must_not list secrets "$sa" --all-namespaces
-  must_not list secrets "$sa" -n acme
-  must_not watch secrets "$sa" -n acme
+  must watch secrets "$sa" -n acme
+  must_not delete secrets "$sa" -n acme
   must_not update secrets "$sa" -n acme
   must_not patch secrets "$sa" -n acme
   must_not create organizations.orgkeeper.dev "$sa" -n acme
@@ -253,7 +252,8 @@ check_rbac_watched_namespaces() {
   must_not list apikeys.orgkeeper.dev "$sa" -n "$OTHER_NS"
   must_not get secrets "$sa" -n "$OTHER_NS"
   must_not create secrets "$sa" -n acme
-  must_not list secrets "$sa" -n "$WATCHED_NS"
+  must list secrets "$sa" -n "$WATCHED_NS"
+  must_not list secrets "$sa" -n "$OTHER_NS"
   must_not list organizations.orgkeeper.dev "$sa" -n "$NS_RELEASE_NS"
   if [[ -n "$(k get clusterrolebinding -l "app.kubernetes.io/instance=$NS_RELEASE" -o name)" ]]; then
     echo "watched-namespace mode created a ClusterRoleBinding"

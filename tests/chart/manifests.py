@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks on the chart's rendered manifests that a schema validator cannot make.
 
-usage: manifests.py RENDERED.yaml --release-namespace NS [--watch-namespaces a,b] [--secrets-list-watch]
+usage: manifests.py RENDERED.yaml --release-namespace NS [--watch-namespaces a,b]
 
 - YAML: no duplicate keys (YAML parsers silently keep the last one, so a template bug would go unnoticed).
 - Pods: every container of every Deployment runs hardened (non-root, read-only root filesystem, no privilege
@@ -22,14 +22,13 @@ import yaml
 RESOURCES = ["organizations", "environments", "users", "apikeys"]
 
 
-def controller_rules(secrets_list_watch):
+def controller_rules():
     rules = set()
     for r in RESOURCES:
         rules |= {("orgkeeper.dev", r, v) for v in ("get", "list", "watch", "patch", "update")}
         rules |= {("orgkeeper.dev", f"{r}/status", v) for v in ("get", "patch", "update")}
         rules.add(("orgkeeper.dev", f"{r}/finalizers", "update"))
-    secret_verbs = ["get", "create", "delete"] + (["list", "watch"] if secrets_list_watch else [])
-    rules |= {("", "secrets", v) for v in secret_verbs}
+    rules |= {("", "secrets", v) for v in ("get", "list", "watch", "create")}
     rules |= {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
     return rules
 
@@ -96,7 +95,6 @@ def main():
     parser.add_argument("rendered")
     parser.add_argument("--release-namespace", required=True)
     parser.add_argument("--watch-namespaces", default="")
-    parser.add_argument("--secrets-list-watch", action="store_true")
     args = parser.parse_args()
     watched = [n for n in args.watch_namespaces.split(",") if n]
     problems = []
@@ -144,7 +142,7 @@ def main():
             continue
         granted.setdefault(ns, set()).update(roles[key])
 
-    needed = controller_rules(args.secrets_list_watch)
+    needed = controller_rules()
     expected = {}
     if watched:
         for ns in watched:

@@ -58,7 +58,7 @@ render_and_validate() {
 
 check_template_default() { render_and_validate default -- ; }
 check_template_full() {
-  render_and_validate full --watch-namespaces acme,globex --secrets-list-watch -- -f "$CHART_DIR/ci/full-values.yaml"
+  render_and_validate full --watch-namespaces acme,globex -- -f "$CHART_DIR/ci/full-values.yaml"
 }
 check_template_data_plane() {
   render_and_validate data-plane -- --set dataPlane.enabled=true --set networkPolicy.enabled=true \

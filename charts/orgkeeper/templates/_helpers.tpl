@@ -133,8 +133,9 @@ namespaces) or in a Role per watched namespace. Why each verb is needed: docs/he
   verbs: ["update"]
 - apiGroups: [""]
   resources: ["secrets"]
-  # create a key's Secret once (never update), get it to check who owns it, delete only Secrets it wrote
-  verbs: ["get", "create", "delete"{{ if .Values.rbac.secretsListWatch }}, "list", "watch"{{ end }}]
+  # create a key's Secret once (never update or delete: garbage collection follows the owner reference);
+  # watch Secrets as metadata only, so a deleted Secret shows as SecretMissing at once
+  verbs: ["get", "list", "watch", "create"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -7,62 +7,15 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
-use k8s_openapi::api::core::v1::Secret;
+use support::process::{Running, free_port, key_from, wait_ready};
 
 const BIN: &str = env!("CARGO_BIN_EXE_orgkeeper");
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The fact store process; stopped when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn key_from(secret_file: &Path) -> String {
-    let yaml = std::fs::read_to_string(secret_file).unwrap();
-    let secret: Secret = serde_norway::from_str(&yaml).unwrap();
-    let data = secret.data.unwrap();
-    String::from_utf8(data["OSO_AUTH"].0.clone()).unwrap()
-}
-
-/// Polls `GET /readyz` until it answers 200.
-fn wait_ready(metrics_port: u16, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "orgkeeper facts exited ({status}):\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", metrics_port)) {
-            let _ = stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n");
-            let mut answer = String::new();
-            let _ = stream.read_to_string(&mut answer);
-            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("orgkeeper facts did not become ready within 60 s");
 }
 
 fn official_clients_pass_against(database_url: &str) {
@@ -94,7 +47,7 @@ fn official_clients_pass_against(database_url: &str) {
         .spawn()
         .unwrap();
     let mut running = Running(child);
-    wait_ready(metrics_port, &mut running.0, &log);
+    wait_ready("orgkeeper facts", metrics_port, &mut running.0, &log);
 
     let harness = Command::new("bash")
         .arg(repo().join("tests/clients/run.sh"))

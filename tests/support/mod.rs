@@ -5,6 +5,8 @@
 //! PostgreSQL half of a test fails with instructions instead of passing silently.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use orgkeeper::store::Store;

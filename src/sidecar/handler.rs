@@ -255,7 +255,7 @@ impl Handler {
             }
             Outgoing::Stream(incoming) => RequestBody::streaming(incoming, deadline, fault.clone()),
         };
-        let response = self.upstream.forward(parts, body).await.map_err(|e| {
+        let (response, lease) = self.upstream.forward(parts, body).await.map_err(|e| {
             let rejection = if fault.timed_out() {
                 Rejection::BodyTimeout {
                     after: self.body_timeout,
@@ -286,7 +286,8 @@ impl Handler {
         if let Some(state) = headers::state(&quotas) {
             head.headers.insert(HeaderName::from_static(headers::RATELIMIT), state);
         }
-        let hold: Box<dyn Send + Sync> = Box::new((permit, in_flight));
+        // Released when the response body ends or is dropped: the slot, the gauge, and the connection.
+        let hold: Box<dyn Send + Sync> = Box::new((permit, in_flight, lease));
         Ok(Response::from_parts(
             head,
             ResponseBody::Upstream {

@@ -210,12 +210,11 @@ EOF
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
-ticks() { # PID...: CPU ticks used so far by these processes (all threads)
-  local total=0 pid task
+ticks() { # PID...: CPU ticks used so far by these processes (a process's stat sums all its threads, even
+  # threads that have exited, which reading each task's stat would miss or race with)
+  local total=0 pid
   for pid in "$@"; do
-    for task in /proc/"$pid"/task/*; do
-      total=$((total + $(awk '{print $14 + $15}' "$task/stat")))
-    done
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
   done
   echo "$total"
 }

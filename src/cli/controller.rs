@@ -19,7 +19,7 @@ use crate::telemetry::{Telemetry, shutdown_signal};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The store: sqlite:PATH (created if missing) or postgres://USER:PASSWORD@HOST/DB. Replicas share it.
-    #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
     /// kubeconfig file. Without it: $KUBECONFIG or ~/.kube/config when present, else the in-cluster
     /// service account (when running in a pod).

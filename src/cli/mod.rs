@@ -122,6 +122,19 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn help_never_shows_a_database_url_from_the_environment() {
+        for sub in super::Cli::command().get_subcommands() {
+            for arg in sub.get_arguments().filter(|a| a.get_id() == "database_url") {
+                assert!(
+                    arg.is_hide_env_values_set(),
+                    "{} --database-url would print its password",
+                    sub.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_command_and_flag_is_documented() {
         super::Cli::command().debug_assert();
         for sub in super::Cli::command().get_subcommands() {

@@ -11,6 +11,7 @@ use clap::ArgAction;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+use super::duration::parse_duration;
 use super::exit;
 use crate::controller::{self, LeaseSettings, Settings};
 use crate::store::{DEFAULT_DATABASE_URL, Store, redact_url};
@@ -218,42 +219,9 @@ async fn kube_client(args: &Args) -> anyhow::Result<Client> {
     Client::try_from(config).context("creating the Kubernetes client")
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h` (or a plain number of seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: use e.g. 500ms, 30s, 5m or 1h"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s, m or h")),
-    };
-    if duration.is_zero() {
-        return Err(format!("{text:?}: a duration must be more than zero"));
-    }
-    Ok(duration)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_the_usual_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5 minutes").is_err());
-        assert!(parse_duration("m").is_err());
-    }
 
     #[test]
     fn lease_timings_must_nest() {

@@ -126,8 +126,8 @@ async fn serve(args: &Args) -> anyhow::Result<u8> {
         database_url: args.database_url.clone(),
         metrics_addr: metrics(args.facts_listen, 92),
         max_body_bytes: crate::facts::DEFAULT_MAX_BODY_BYTES,
-        body_timeout_seconds: crate::facts::DEFAULT_BODY_TIMEOUT.as_secs(),
-        key_refresh_ms: 1000,
+        body_timeout: crate::facts::DEFAULT_BODY_TIMEOUT,
+        refresh_interval: Duration::from_secs(1),
     }));
     let sidecar = tokio::spawn(sidecar::run(sidecar::Args {
         listen: args.sidecar_listen,

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::duration::parse_duration;
 use super::exit;
 use crate::auth::KeyRing;
-use crate::facts::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES, FactsApp, FactsConfig, FactsMetrics, router};
+use crate::facts::{DEFAULT_MAX_BODY_BYTES, FactsApp, FactsConfig, FactsMetrics, router};
 use crate::store::{DEFAULT_DATABASE_URL, Store};
 use crate::telemetry::{Readiness, Telemetry, shutdown_signal};
 
@@ -28,12 +29,13 @@ pub struct Args {
     /// Largest request body accepted, in bytes (larger ones get 413 before they are read).
     #[arg(long, env = "ORGKEEPER_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
-    /// Seconds a client has to send its whole request body (then 408).
-    #[arg(long, env = "ORGKEEPER_BODY_TIMEOUT_SECONDS", default_value_t = DEFAULT_BODY_TIMEOUT.as_secs())]
-    pub body_timeout_seconds: u64,
-    /// How often to check the store for new, revoked or changed keys, in milliseconds.
-    #[arg(long, env = "ORGKEEPER_KEY_REFRESH_MS", default_value_t = 1000)]
-    pub key_refresh_ms: u64,
+    /// Time a client has to send its whole request body once its headers have arrived (then 408).
+    /// Units: ms, s, m.
+    #[arg(long, env = "ORGKEEPER_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// How often the store's revision is polled for new, revoked or changed keys (e.g. 1s, 500ms; at least 50ms).
+    #[arg(long, env = "ORGKEEPER_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub refresh_interval: Duration,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
@@ -52,11 +54,11 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let shutdown = shutdown_signal();
     let config = FactsConfig {
         max_body_bytes: args.max_body_bytes,
-        body_timeout: Duration::from_secs(args.body_timeout_seconds),
+        body_timeout: args.body_timeout,
     };
     let app = FactsApp::new(store.clone(), keys.clone(), config, metrics);
 
-    let refresh = Duration::from_millis(args.key_refresh_ms.max(50));
+    let refresh = args.refresh_interval.max(Duration::from_millis(50));
     tokio::spawn(keys.clone().keep_fresh(store.clone(), refresh, shutdown.clone()));
     tokio::spawn(report_health(
         keys.clone(),

@@ -7,6 +7,7 @@ mod apply;
 mod controller;
 mod crds;
 mod demo;
+mod duration;
 mod facts;
 mod output;
 mod plan;

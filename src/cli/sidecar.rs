@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::duration::parse_duration;
 use super::exit;
 use crate::sidecar::{self, RunOptions, Settings};
 use crate::store::DEFAULT_DATABASE_URL;
@@ -59,42 +60,4 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .await
         .context("running the sidecar")?;
     Ok(exit::OK)
-}
-
-/// `250ms`, `30s`, `2m`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 2m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use ms, s or m")),
-    };
-    if !(seconds > 0.0 && seconds < 86_400.0) {
-        return Err(format!("{text:?} must be more than 0 and less than a day"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_like_people_write_them() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "s", "0", "-1s", "5h", "1e9"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -138,7 +138,7 @@ async fn serve(args: &Args) -> anyhow::Result<u8> {
         header_read_timeout: Duration::from_secs(30),
         body_timeout: Duration::from_secs(30),
         upstream_timeout: Duration::from_secs(30),
-        workers: 0,
+        workers: 1,
     }));
     for addr in [args.facts_listen, args.sidecar_listen] {
         wait_listening(addr)

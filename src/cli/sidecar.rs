@@ -37,8 +37,9 @@ pub struct Args {
     /// Time for the upstream's response headers to arrive (504 after it).
     #[arg(long, env = "ORGKEEPER_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
-    /// Threads serving connections, each with its own upstream connection pool (0: one per CPU).
-    #[arg(long, env = "ORGKEEPER_WORKERS", default_value_t = 0)]
+    /// Threads serving connections, each with its own upstream connection pool (0: one per CPU). One
+    /// serves well over 10,000 requests/s and leaves the rest of the pod's CPU to the application.
+    #[arg(long, env = "ORGKEEPER_WORKERS", default_value_t = 1)]
     pub workers: usize,
 }
 

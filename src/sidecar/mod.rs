@@ -65,7 +65,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             upstream_timeout: Duration::from_secs(30),
-            workers: 0,
+            workers: 1,
         }
     }
 }

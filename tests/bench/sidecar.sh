@@ -6,7 +6,9 @@
 #   1. the upstream direct;
 #   2. through the sidecar, keys valid and limits high enough never to reject, rotating over 9,990 keys
 #      of 999 environments (so every environment has limiter and metrics state);
-#   3. nginx as a reverse proxy with limit_req keyed by the Authorization header, same keys, same upstream;
+#   3. nginx as a reverse proxy with limit_req keyed by the Authorization header, same keys, same upstream,
+#      as configured by default (worker_processes auto: one per CPU) and with one worker like the sidecar's
+#      default;
 #   4. the sidecar's rejection path: one key of an environment allowed 1 request a minute (almost all 429).
 # Then the sidecar's memory (RSS) holding 10,000 keys of 1,000 environments.
 #
@@ -14,7 +16,8 @@
 # auto), else nginx answering a fixed JSON body.
 #
 # Needs: wrk, nginx (apt-get install -y wrk nginx), python3, a release build (built if missing).
-# Knobs: DURATION (default 10s), ROUNDS (3), CONNECTIONS (64), THREADS (2), ORGKEEPER_BIN.
+# Knobs: DURATION (default 10s), ROUNDS (3), CONNECTIONS (64), THREADS (2), SIDECAR_WORKERS (the sidecar's
+# --workers; its default when unset), ORGKEEPER_BIN.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -137,11 +140,11 @@ UP_PORT=$(free_port)
 if [[ $BENCH_UPSTREAM == auto ]]; then
   if "$BIN" facts --help >/dev/null 2>&1; then BENCH_UPSTREAM=facts; else BENCH_UPSTREAM=static; fi
 fi
-nginx_conf() { # NAME BODY: writes and starts an nginx with that http block
+nginx_conf() { # NAME BODY [WORKERS]: writes and starts an nginx with that http block
   local conf="$WORK/nginx-$1.conf"
   mkdir -p "$WORK/logs" "$WORK/tmp-$1"
   cat >"$conf" <<EOF
-worker_processes auto;
+worker_processes ${3:-auto};
 pid $WORK/nginx-$1.pid;
 error_log $WORK/logs/$1-error.log warn;
 events { worker_connections 8192; }
@@ -172,7 +175,7 @@ wait_http "http://127.0.0.1:$UP_PORT/api/healthcheck"
 # --- 3. The sidecar and nginx's limit_req proxy --------------------------------------------------------
 SIDECAR_PORT=$(free_port)
 METRICS_PORT=$(free_port)
-ORGKEEPER_LOG_LEVEL=warn "$BIN" sidecar --listen "127.0.0.1:$SIDECAR_PORT" --upstream "http://127.0.0.1:$UP_PORT" \
+ORGKEEPER_LOG_LEVEL=warn "$BIN" sidecar ${SIDECAR_WORKERS:+--workers "$SIDECAR_WORKERS"} --listen "127.0.0.1:$SIDECAR_PORT" --upstream "http://127.0.0.1:$UP_PORT" \
   --database-url "$DB" --metrics-addr "127.0.0.1:$METRICS_PORT" 2>"$WORK/logs-sidecar.txt" &
 SIDECAR_PID=$!
 PIDS+=("$SIDECAR_PID")
@@ -180,19 +183,25 @@ wait_ready "http://127.0.0.1:$METRICS_PORT"
 rss() { awk -v f="$2" '$1 == f":" {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 RSS_LOADED=$(rss "$SIDECAR_PID" VmRSS)
 
-NGINX_PORT=$(free_port)
-nginx_conf proxy "
+nginx_proxy() { # NAME PORT WORKERS
+  nginx_conf "$1" "
   upstream facts { server 127.0.0.1:$UP_PORT; keepalive 128; }
   limit_req_zone \$http_authorization zone=keys:32m rate=1000000r/s;
   server {
-    listen 127.0.0.1:$NGINX_PORT;
+    listen 127.0.0.1:$2;
     location / {
       limit_req zone=keys burst=1000000 nodelay;
       proxy_pass http://facts;
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
     }
-  }"
+  }" "$3"
+}
+NGINX_PORT=$(free_port)
+nginx_proxy proxy "$NGINX_PORT" auto
+NGINX1_PORT=$(free_port)
+nginx_proxy proxy1 "$NGINX1_PORT" 1
+wait_http "http://127.0.0.1:$NGINX1_PORT/"
 wait_http "http://127.0.0.1:$NGINX_PORT/"
 
 # --- 4. Load ------------------------------------------------------------------------------------------
@@ -220,18 +229,23 @@ ticks() { # PID...: CPU ticks used so far by these processes (a process's stat s
 }
 nginx_workers() { pgrep -P "$(cat "$WORK/nginx-$1.pid")" | tr '\n' ' '; }
 run() { # LABEL PORT KEYS_FILE PIDS...: one measured wrk run; PIDS are the processes whose CPU is counted
+  # (the upstream's is counted too: how a proxy drives the upstream changes what each request costs there)
   local label=$1 port=$2 keys=$3 out="$WORK/wrk.txt"
   shift 3
   log "$label: $DURATION with $CONNECTIONS connections"
   KEYS_FILE=$keys wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/keys.lua" "http://127.0.0.1:$port/" >/dev/null
-  local before after
+  local before after upstream_before upstream_after
+  upstream_before=$(ticks $UPSTREAM_PIDS)
   before=$(ticks "$@")
   KEYS_FILE=$keys wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/keys.lua" \
     "http://127.0.0.1:$port/" >"$out"
   after=$(ticks "$@")
-  python3 - "$label" "$out" "$((after - before))" "$(getconf CLK_TCK)" >>"$RESULTS" <<'PY'
+  upstream_after=$(ticks $UPSTREAM_PIDS)
+  python3 - "$label" "$out" "$((after - before))" "$(getconf CLK_TCK)" "$((upstream_after - upstream_before))" \
+    >>"$RESULTS" <<'PY'
 import re, sys
 label, text, ticks, hz = sys.argv[1], open(sys.argv[2]).read(), int(sys.argv[3]), int(sys.argv[4])
+upstream_ticks = int(sys.argv[5])
 def ms(value):
     number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -242,7 +256,9 @@ total = int(re.search(r"(\d+) requests in", text).group(1))
 non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", text) or [0, 0])[1])
 errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
 cpu_us = 1e6 * ticks / hz / max(total, 1)
-print(f"{label}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{100.0 * non2xx / max(total, 1):.1f}\t{errors}\t{cpu_us:.1f}")
+upstream_us = 1e6 * upstream_ticks / hz / max(total - non2xx, 1)
+print(f"{label}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{100.0 * non2xx / max(total, 1):.1f}\t{errors}\t{cpu_us:.1f}"
+      f"\t{upstream_us:.1f}")
 PY
 }
 # Rounds interleave the four runs, so that load from other processes on the machine hits them alike; the
@@ -253,6 +269,7 @@ for round in $(seq 1 "$ROUNDS"); do
   run "upstream direct" "$UP_PORT" "$WORK/keys-rotating.txt" $UPSTREAM_PIDS
   run "sidecar (forwarding)" "$SIDECAR_PORT" "$WORK/keys-rotating.txt" "$SIDECAR_PID"
   run "nginx limit_req proxy" "$NGINX_PORT" "$WORK/keys-rotating.txt" $(nginx_workers proxy)
+  run "nginx limit_req proxy, 1 worker" "$NGINX1_PORT" "$WORK/keys-rotating.txt" $(nginx_workers proxy1)
   run "sidecar (429 path)" "$SIDECAR_PORT" "$WORK/keys-limited.txt" "$SIDECAR_PID"
 done
 RSS_AFTER=$(rss "$SIDECAR_PID" VmRSS)
@@ -274,17 +291,24 @@ median = {label: [statistics.median(column) for column in zip(*rows)] for label,
 print(f"\nSidecar benchmark: wrk -t{threads} -c{conns} -d{duration}, GET /api/facts, loopback, {cpus} CPUs, "
       f"median of {rounds} interleaved rounds (load average at the end: {load})")
 print(f"Upstream: {upstream}\n")
-print("| run | requests/s (each round) | p50 (ms) | p99 (ms) | non-2xx | socket errors | server CPU per request (us) |")
-print("|---|---:|---:|---:|---:|---:|---:|")
-for label, (rps, p50, p99, non2xx, errors, cpu) in median.items():
+print("| run | requests/s (each round) | p50 (ms) | p99 (ms) | non-2xx | socket errors "
+      "| server CPU per request (us) | upstream CPU per forwarded request (us) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for label, (rps, p50, p99, non2xx, errors, cpu, upstream_cpu) in median.items():
     per_round = ", ".join(f"{int(r[0]):,}" for r in runs[label])
-    print(f"| {label} | {int(rps):,} ({per_round}) | {p50:.2f} | {p99:.2f} | {non2xx:.1f}% | {int(errors)} | {cpu:.1f} |")
+    forwarded = "" if non2xx > 99 else f"{upstream_cpu:.1f}"
+    print(f"| {label} | {int(rps):,} ({per_round}) | {p50:.2f} | {p99:.2f} | {non2xx:.1f}% | {int(errors)} "
+          f"| {cpu:.1f} | {forwarded} |")
 print(f"\nSidecar memory: {loaded} MiB RSS with {keys} keys of {envs} environments loaded; "
       f"{after} MiB after the runs (peak {peak} MiB)\n")
-side, nginx, reject = median["sidecar (forwarding)"], median["nginx limit_req proxy"], median["sidecar (429 path)"]
+side, reject = median["sidecar (forwarding)"], median["sidecar (429 path)"]
+nginx, nginx1 = median["nginx limit_req proxy"], median["nginx limit_req proxy, 1 worker"]
 checks = [
     ("sidecar throughput >= nginx's", side[0] >= nginx[0], f"{int(side[0]):,} vs {int(nginx[0]):,} req/s"),
     ("sidecar p99 <= nginx's", side[2] <= nginx[2], f"{side[2]:.2f} vs {nginx[2]:.2f} ms"),
+    ("sidecar throughput >= nginx's with 1 worker", side[0] >= nginx1[0],
+     f"{int(side[0]):,} vs {int(nginx1[0]):,} req/s"),
+    ("sidecar p99 <= nginx's with 1 worker", side[2] <= nginx1[2], f"{side[2]:.2f} vs {nginx1[2]:.2f} ms"),
     ("429 path >= 3x forwarding", reject[0] >= 3 * side[0], f"{reject[0] / side[0]:.1f}x"),
     ("sidecar RSS < 50 MiB (10,000 keys, 1,000 environments)", float(peak) < 50, f"peak {peak} MiB"),
 ]

@@ -223,7 +223,11 @@ impl Store {
             binds,
         );
         self.count(1);
-        let rows = query.fetch_all(self.pool()).await.context("reading facts")?;
+        let rows = match &self.readers {
+            Some(readers) => readers.fetch_all(query).await,
+            None => query.fetch_all(self.pool()).await,
+        }
+        .context("reading facts")?;
         let post_filter = needs_rust_filter(filter);
         let mut facts = Vec::with_capacity(rows.len());
         for row in &rows {

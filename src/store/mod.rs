@@ -10,6 +10,7 @@ mod apply;
 mod auth;
 mod facts;
 mod migrations;
+mod readers;
 mod snapshot;
 
 use std::sync::Arc;
@@ -61,6 +62,8 @@ impl<T> QueryContext<T> for Result<T, sqlx::Error> {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Lent connections for hot single-statement reads on a SQLite file (`readers.rs`); `None` elsewhere.
+    readers: Option<Arc<readers::Readers>>,
     statements: Arc<AtomicU64>,
     writes: Arc<AtomicU64>,
 }
@@ -112,9 +115,12 @@ impl Store {
             source,
         })?;
         migrations::migrator(backend).run(&pool).await?;
+        // An in-memory database exists only in its one pooled connection, so it has no readers.
+        let readers = (backend == Backend::Sqlite && !memory).then(|| Arc::new(readers::Readers::new(pool.clone(), 4)));
         Ok(Store {
             pool,
             backend,
+            readers,
             statements: Arc::new(AtomicU64::new(0)),
             writes: Arc::new(AtomicU64::new(0)),
         })

@@ -126,12 +126,7 @@ impl Store {
                 }
                 query = query.bind(rest);
             }
-            self.count_write(1);
-            inserted += query
-                .execute(&mut **tx)
-                .await
-                .context("inserting facts")?
-                .rows_affected();
+            inserted += self.execute_write(tx, query, "inserting facts").await?;
         }
         Ok(inserted)
     }
@@ -161,14 +156,20 @@ impl Store {
             for key in chunk {
                 query = query.bind(key.clone());
             }
-            self.count_write(1);
-            deleted += query
-                .execute(&mut **tx)
-                .await
-                .context("deleting facts")?
-                .rows_affected();
+            deleted += self.execute_write(tx, query, "deleting facts").await?;
         }
         Ok(deleted)
+    }
+
+    /// Runs one write statement of a fact batch, counted for the store's statistics; returns the rows it changed.
+    async fn execute_write(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+        context: &'static str,
+    ) -> Result<u64, StoreError> {
+        self.count_write(1);
+        Ok(query.execute(&mut **tx).await.context(context)?.rows_affected())
     }
 
     /// Deletes what a wildcard pattern matches: in SQL when the pattern constrains only indexed columns,
@@ -182,12 +183,7 @@ impl Store {
         let (conditions, binds) = conditions(environment_id, filter);
         if !needs_rust_filter(filter) {
             let query = bind_all(format!("DELETE FROM facts WHERE {conditions}"), binds);
-            self.count_write(1);
-            return Ok(query
-                .execute(&mut **tx)
-                .await
-                .context("deleting facts")?
-                .rows_affected());
+            return self.execute_write(tx, query, "deleting facts").await;
         }
         let select = bind_all(format!("SELECT id, {COLUMNS} FROM facts WHERE {conditions}"), binds);
         self.count(1);
@@ -205,12 +201,7 @@ impl Store {
             for id in chunk {
                 query = query.bind(*id);
             }
-            self.count_write(1);
-            deleted += query
-                .execute(&mut **tx)
-                .await
-                .context("deleting facts")?
-                .rows_affected();
+            deleted += self.execute_write(tx, query, "deleting facts").await?;
         }
         Ok(deleted)
     }

@@ -1,6 +1,7 @@
 //! The whole data plane as a user runs it: `orgkeeper apply` issues keys, `orgkeeper facts` serves the fact
 //! API, `orgkeeper sidecar` sits in front of it, and the official clients, unchanged, talk to the sidecar:
-//! - Python oso-cloud 2.6.0 and 1.5.1 and Node oso-cloud 2.6.0 pass the functional harness (tests/clients/run.sh);
+//! - Python oso-cloud 2.6.0 and 1.5.1 and Node oso-cloud 2.6.0 pass the functional harness (tests/clients/run.sh),
+//!   the sidecar speaking HTTP/2 to the fact store;
 //! - with the Python client: a read-only key's write raises 403, a 21-fact batch on the Developer plan 413,
 //!   going past the write budget 429 with an honest Retry-After, a revoked key 401 within 5 s, and raising a
 //!   limit in an Environment applies live (tests/clients/python/check_limits.py).
@@ -105,6 +106,11 @@ fn data_plane_passes_with_official_clients(database_url: &str) {
         .env("OSO_AUTH_READONLY", &reader);
     let output = run_harness(harness, &[&writer, &reader]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("== all official clients passed"));
+    let log = std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap();
+    assert!(
+        log.contains("found the upstream's protocol") && log.contains("HTTP/2 (h2c)"),
+        "the sidecar speaks HTTP/2 to orgkeeper facts:\n{log}"
+    );
 
     // The limits, with the Python client.
     let key = |name: &str| key_from(&secrets.join(format!("limits/{name}.yaml")));

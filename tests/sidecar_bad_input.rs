@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use orgkeeper::domain::{Access, LimitOverrides};
-use orgkeeper::sidecar::Settings;
+use orgkeeper::sidecar::{Settings, UpstreamProtocol};
 use sidecar_support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -238,47 +238,55 @@ async fn a_body_cut_off_is_400() {
 
 #[tokio::test]
 async fn an_upstream_that_is_down_is_502_with_a_message() {
-    let setup = setup(|_| {}).await;
-    let http = Http::new(&setup.sidecar);
-    assert_eq!(http.get("/api/facts", Some(setup.key())).await.status, StatusCode::OK);
-    setup.upstream.stop();
-    wait_for_refused(setup.upstream.addr).await;
-    for reply in [
-        http.get("/api/facts", Some(setup.key())).await,
-        http.batch(setup.key(), 1).await,
-    ] {
-        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-        assert!(
-            reply.message().starts_with("the sidecar cannot reach its upstream"),
-            "{}",
-            reply.message()
+    for protocol in [UpstreamProtocol::Auto, UpstreamProtocol::Http1] {
+        let setup = setup(|s| s.upstream_protocol = protocol).await;
+        let http = Http::new(&setup.sidecar);
+        assert_eq!(http.get("/api/facts", Some(setup.key())).await.status, StatusCode::OK);
+        setup.upstream.stop();
+        wait_for_refused(setup.upstream.addr).await;
+        for reply in [
+            http.get("/api/facts", Some(setup.key())).await,
+            http.batch(setup.key(), 1).await,
+        ] {
+            assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{protocol}");
+            assert!(
+                reply.message().starts_with("the sidecar cannot reach its upstream"),
+                "{protocol}: {}",
+                reply.message()
+            );
+        }
+        let text = metrics(&setup.sidecar).await;
+        assert_eq!(
+            metric(
+                &text,
+                r#"orgkeeper_sidecar_rejections_total{environment="team/acme/staging",reason="upstream_unreachable"}"#
+            ),
+            2.0
         );
     }
-    let text = metrics(&setup.sidecar).await;
-    assert_eq!(
-        metric(
-            &text,
-            r#"orgkeeper_sidecar_rejections_total{environment="team/acme/staging",reason="upstream_unreachable"}"#
-        ),
-        2.0
-    );
 }
 
 #[tokio::test]
 async fn an_upstream_that_does_not_answer_is_504() {
-    let setup = setup(|s| s.upstream_timeout = Duration::from_secs(1)).await;
-    let reply = Http::new(&setup.sidecar)
-        .send_with(
-            Method::GET,
-            "/api/facts",
-            Some(setup.key()),
-            "",
-            &[("x-test-hold", "1")],
-        )
+    for protocol in [UpstreamProtocol::Auto, UpstreamProtocol::Http1] {
+        let setup = setup(|s| {
+            s.upstream_timeout = Duration::from_secs(1);
+            s.upstream_protocol = protocol;
+        })
         .await;
-    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(reply.message().contains("did not answer within 1 s"));
-    setup.upstream.release();
+        let reply = Http::new(&setup.sidecar)
+            .send_with(
+                Method::GET,
+                "/api/facts",
+                Some(setup.key()),
+                "",
+                &[("x-test-hold", "1")],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{protocol}");
+        assert!(reply.message().contains("did not answer within 1 s"));
+        setup.upstream.release();
+    }
 }
 
 #[tokio::test]
@@ -290,15 +298,4 @@ async fn authorization_that_is_not_text_is_401() {
     let answer = raw(setup.sidecar.addr, &request, Duration::from_secs(30)).await;
     assert_eq!(raw_status(&answer), 401, "{answer}");
     assert!(raw_json(&answer)["message"].as_str().unwrap().contains("not a Bearer"));
-}
-
-/// Waits until nothing accepts connections at `addr` any more.
-async fn wait_for_refused(addr: std::net::SocketAddr) {
-    for _ in 0..200 {
-        if TcpStream::connect(addr).await.is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the upstream at {addr} still accepts connections");
 }

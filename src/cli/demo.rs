@@ -16,6 +16,7 @@ use super::plan::CommonArgs;
 use super::{apply, exit, facts, plan, sidecar};
 use crate::crd::secret::{LABEL_API_KEY, LABEL_ENVIRONMENT, LABEL_ORGANIZATION};
 use crate::manifests::{self, Resource};
+use crate::sidecar::UpstreamProtocol;
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +139,7 @@ async fn serve(args: &Args) -> anyhow::Result<u8> {
         header_read_timeout: Duration::from_secs(30),
         body_timeout: Duration::from_secs(30),
         upstream_timeout: Duration::from_secs(30),
+        upstream_protocol: UpstreamProtocol::Auto,
         workers: 1,
     }));
     for addr in [args.facts_listen, args.sidecar_listen] {

@@ -1,6 +1,7 @@
 //! `orgkeeper facts`: the built-in upstream. Serves the fact endpoints the official Oso clients use, storing
 //! facts per environment in the backing store, and authenticates every request with the same keys the
-//! sidecar checks (reloaded from the store when they change).
+//! sidecar checks (reloaded from the store when they change). It speaks HTTP/1.1 (the official clients) and
+//! HTTP/2 without TLS (h2c, prior knowledge: the sidecar in front of it, which multiplexes its requests).
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -84,6 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         "fact store listening"
     );
     telemetry.health.set(Readiness::Ready);
+    // Each connection is HTTP/1.1 or h2c, told apart by its first bytes (axum's `http2` feature).
     let api = axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();

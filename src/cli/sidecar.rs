@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use super::duration::parse_duration;
 use super::exit;
-use crate::sidecar::{self, RunOptions, Settings};
+use crate::sidecar::{self, RunOptions, Settings, UpstreamProtocol};
 use crate::store::DEFAULT_DATABASE_URL;
 use crate::telemetry::shutdown_signal;
 
@@ -37,6 +37,12 @@ pub struct Args {
     /// Time for the upstream's response headers to arrive (504 after it).
     #[arg(long, env = "ORGKEEPER_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// HTTP version to the upstream: http2 (h2c, prior knowledge: all requests share two connections per
+    /// worker, the cheapest on loopback), http1 (keep-alive HTTP/1.1), or auto: http2 when the upstream
+    /// speaks it (orgkeeper facts does), found out at the first connection and after the upstream was
+    /// unreachable.
+    #[arg(long, env = "ORGKEEPER_UPSTREAM_PROTOCOL", default_value_t = UpstreamProtocol::Auto)]
+    pub upstream_protocol: UpstreamProtocol,
     /// Threads serving connections, each with its own upstream connection pool (0: one per CPU). One
     /// serves well over 10,000 requests/s and leaves the rest of the pod's CPU to the application.
     #[arg(long, env = "ORGKEEPER_WORKERS", default_value_t = 1)]
@@ -54,6 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             header_read_timeout: args.header_read_timeout,
             body_timeout: args.body_timeout,
             upstream_timeout: args.upstream_timeout,
+            upstream_protocol: args.upstream_protocol,
             workers: args.workers,
         },
     };

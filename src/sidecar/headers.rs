@@ -10,7 +10,7 @@
 //! quota unit registered by the draft; clients that do not know it can ignore that policy. Unlimited budgets
 //! are left out.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fmt::Write as _;
 use std::sync::{LazyLock, RwLock};
 use std::time::Duration;

@@ -12,7 +12,7 @@
 //! without consuming from one of them. The wait it reports is exact: the same request sent after it would be
 //! admitted (unless other requests of the same environment use the budget first).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -268,7 +268,7 @@ impl LocalLimiter {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         LocalLimiter {
             clock,
-            environments: RwLock::new(HashMap::new()),
+            environments: RwLock::new(HashMap::default()),
         }
     }
 

@@ -6,7 +6,7 @@
 //! atomics. Environments are labelled `namespace/organization/environment`; requests without a valid key
 //! are counted under `environment="unknown"`.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, RwLock};
 

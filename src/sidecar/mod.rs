@@ -4,7 +4,8 @@
 //! - `classify`: which requests are writes and how many facts they carry;
 //! - `limits`: the [`Limiter`] seam and the in-process GCRA limiter (limits are per sidecar process);
 //! - `handler`: one request through authentication, limits and forwarding;
-//! - `proxy`: the pooled keep-alive client to the upstream; `body`: bounded and streamed bodies;
+//! - `proxy`: the client to the upstream (HTTP/2 when it speaks it, else pooled keep-alive HTTP/1.1);
+//!   `body`: bounded and streamed bodies;
 //! - `errors`: every status the sidecar answers itself; `headers`: `Retry-After` and `RateLimit*`;
 //! - `metrics`: Prometheus metrics; `server`: connections, timeouts, graceful shutdown.
 //!
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use limits::{Clock, Limiter, LocalLimiter, ManualClock, SystemClock};
 pub use metrics::Reason;
+pub use proxy::UpstreamProtocol;
 
 use crate::auth::KeyRing;
 use crate::store::Store;
@@ -54,6 +56,8 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// Time for the upstream's response headers to arrive.
     pub upstream_timeout: Duration,
+    /// HTTP/2 (h2c) or HTTP/1.1 to the upstream, or whichever it speaks.
+    pub upstream_protocol: UpstreamProtocol,
     /// Threads serving connections (each with its own upstream connection pool); 0: one per CPU.
     pub workers: usize,
 }
@@ -65,6 +69,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             upstream_timeout: Duration::from_secs(30),
+            upstream_protocol: UpstreamProtocol::Auto,
             workers: 1,
         }
     }
@@ -102,7 +107,11 @@ impl Sidecar {
         let handler = Handler {
             ring,
             limiter,
-            upstream: Upstream::new(&settings.upstream, settings.upstream_timeout)?,
+            upstream: Upstream::new(
+                &settings.upstream,
+                settings.upstream_protocol,
+                settings.upstream_timeout,
+            )?,
             metrics: SidecarMetrics::register(telemetry),
             body_timeout: settings.body_timeout,
         };

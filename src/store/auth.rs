@@ -1,7 +1,9 @@
 //! What the data plane needs to authenticate a request: every live key's hash and access, and every
 //! environment's effective limits. Read in two statements, whatever the size of the store.
 
-use std::collections::HashMap;
+// foldhash, not SipHash: the sidecar looks up every request's key and environment here, and the maps are
+// built from the store, so a client cannot choose what goes in them (only what is looked up).
+use foldhash::HashMap;
 
 use sqlx::{Any, Row as _};
 

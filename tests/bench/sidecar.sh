@@ -5,7 +5,8 @@
 # In one run, one after the other with the same load (wrk, same connections and duration):
 #   1. the upstream direct;
 #   2. through the sidecar, keys valid and limits high enough never to reject, rotating over 9,990 keys
-#      of 999 environments (so every environment has limiter and metrics state);
+#      of 999 environments (so every environment has limiter and metrics state); as started by default
+#      (it finds out that orgkeeper facts speaks HTTP/2 and uses it), and forced to HTTP/1.1;
 #   3. nginx as a reverse proxy with limit_req keyed by the Authorization header, same keys, same upstream,
 #      as configured by default (worker_processes auto: one per CPU) and with one worker like the sidecar's
 #      default;
@@ -175,11 +176,19 @@ wait_http "http://127.0.0.1:$UP_PORT/api/healthcheck"
 # --- 3. The sidecar and nginx's limit_req proxy --------------------------------------------------------
 SIDECAR_PORT=$(free_port)
 METRICS_PORT=$(free_port)
-ORGKEEPER_LOG_LEVEL=warn "$BIN" sidecar ${SIDECAR_WORKERS:+--workers "$SIDECAR_WORKERS"} --listen "127.0.0.1:$SIDECAR_PORT" --upstream "http://127.0.0.1:$UP_PORT" \
+ORGKEEPER_LOG_LEVEL=info "$BIN" sidecar ${SIDECAR_WORKERS:+--workers "$SIDECAR_WORKERS"} --listen "127.0.0.1:$SIDECAR_PORT" --upstream "http://127.0.0.1:$UP_PORT" \
   --database-url "$DB" --metrics-addr "127.0.0.1:$METRICS_PORT" 2>"$WORK/logs-sidecar.txt" &
 SIDECAR_PID=$!
 PIDS+=("$SIDECAR_PID")
 wait_ready "http://127.0.0.1:$METRICS_PORT"
+# The same sidecar forced to HTTP/1.1 to the upstream, for comparison (the default finds out that
+# orgkeeper facts speaks HTTP/2 and uses it).
+SIDECAR1_PORT=$(free_port)
+ORGKEEPER_LOG_LEVEL=warn "$BIN" sidecar ${SIDECAR_WORKERS:+--workers "$SIDECAR_WORKERS"} --upstream-protocol http1 \
+  --listen "127.0.0.1:$SIDECAR1_PORT" --upstream "http://127.0.0.1:$UP_PORT" --database-url "$DB" \
+  --metrics-addr "127.0.0.1:$(free_port)" 2>"$WORK/logs-sidecar-http1.txt" &
+SIDECAR1_PID=$!
+PIDS+=("$SIDECAR1_PID")
 rss() { awk -v f="$2" '$1 == f":" {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 RSS_LOADED=$(rss "$SIDECAR_PID" VmRSS)
 
@@ -268,10 +277,12 @@ for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS"
   run "upstream direct" "$UP_PORT" "$WORK/keys-rotating.txt" $UPSTREAM_PIDS
   run "sidecar (forwarding)" "$SIDECAR_PORT" "$WORK/keys-rotating.txt" "$SIDECAR_PID"
+  run "sidecar, HTTP/1.1 to the upstream" "$SIDECAR1_PORT" "$WORK/keys-rotating.txt" "$SIDECAR1_PID"
   run "nginx limit_req proxy" "$NGINX_PORT" "$WORK/keys-rotating.txt" $(nginx_workers proxy)
   run "nginx limit_req proxy, 1 worker" "$NGINX1_PORT" "$WORK/keys-rotating.txt" $(nginx_workers proxy1)
   run "sidecar (429 path)" "$SIDECAR_PORT" "$WORK/keys-limited.txt" "$SIDECAR_PID"
 done
+SIDECAR_PROTOCOL=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/logs-sidecar.txt" | grep -o 'protocol="[^"]*"' | tail -1 | cut -d'"' -f2)
 RSS_AFTER=$(rss "$SIDECAR_PID" VmRSS)
 RSS_PEAK=$(rss "$SIDECAR_PID" VmHWM)
 metric() { python3 -c "import urllib.request,sys; print([l for l in urllib.request.urlopen(sys.argv[1]).read().decode().splitlines() if l.startswith(sys.argv[2] + ' ')][0].split()[1])" "http://127.0.0.1:$METRICS_PORT/metrics" "$1"; }
@@ -279,7 +290,8 @@ ENVIRONMENTS=$(metric orgkeeper_sidecar_environments)
 KEYS=$(metric orgkeeper_sidecar_keys)
 
 # --- 5. Report ----------------------------------------------------------------------------------------
-python3 - "$RESULTS" "$RSS_LOADED" "$RSS_AFTER" "$RSS_PEAK" "$KEYS" "$ENVIRONMENTS" "$UPSTREAM_DESC" \
+python3 - "$RESULTS" "$RSS_LOADED" "$RSS_AFTER" "$RSS_PEAK" "$KEYS" "$ENVIRONMENTS" \
+  "$UPSTREAM_DESC; the sidecar found it speaks ${SIDECAR_PROTOCOL:-?} and uses that" \
   "$DURATION" "$CONNECTIONS" "$THREADS" "$(nproc)" "$ROUNDS" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'EOF'
 import statistics, sys
 results, loaded, after, peak, keys, envs, upstream, duration, conns, threads, cpus, rounds, load = sys.argv[1:]

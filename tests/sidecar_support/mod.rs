@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Version};
 use axum::response::Response;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -158,6 +158,8 @@ pub fn limits() -> LimitOverrides {
 /// A request as the upstream received it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    /// HTTP/2 or HTTP/1.1: how the sidecar spoke to the upstream.
+    pub version: Version,
     pub method: Method,
     /// Path and query, exactly as received.
     pub target: String,
@@ -183,9 +185,24 @@ struct UpstreamState {
     gate: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
+/// Which HTTP versions the recording upstream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaks {
+    /// HTTP/1.1 and HTTP/2 without TLS (prior knowledge), like `orgkeeper facts`.
+    Both,
+    /// HTTP/1.1 only, like most servers.
+    Http1Only,
+}
+
 impl Upstream {
+    /// An upstream speaking HTTP/1.1 and h2c on a free loopback port.
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::start_on("127.0.0.1:0".parse().unwrap(), Speaks::Both).await
+    }
+
+    /// An upstream on `addr` (port 0: a free one).
+    pub async fn start_on(addr: SocketAddr, speaks: Speaks) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let recorded: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let gate = Arc::new(tokio::sync::watch::Sender::new(false));
@@ -196,12 +213,19 @@ impl Upstream {
         };
         let app = axum::Router::new().fallback(move |request: Request| record(state.clone(), request));
         let shutdown = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-                .unwrap()
-        });
+        match speaks {
+            Speaks::Both => {
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown.cancelled_owned())
+                        .await
+                        .unwrap()
+                });
+            }
+            Speaks::Http1Only => {
+                tokio::spawn(serve_http1_only(listener, app, shutdown));
+            }
+        }
         Upstream {
             url: format!("http://{addr}"),
             addr,
@@ -229,6 +253,30 @@ impl Upstream {
     }
 }
 
+/// Serves `app` in HTTP/1.1 only: the HTTP/2 preface is a malformed request to it.
+async fn serve_http1_only(listener: TcpListener, app: axum::Router, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
 async fn record(state: UpstreamState, request: Request) -> Response {
     let UpstreamState { recorded, gate } = state;
     let (parts, body) = request.into_parts();
@@ -242,6 +290,7 @@ async fn record(state: UpstreamState, request: Request) -> Response {
     let (status, delay, big) = (header("x-test-status"), header("x-test-delay-ms"), header("x-test-big"));
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     recorded.lock().unwrap().push(Recorded {
+        version: parts.version,
         method: parts.method.clone(),
         target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: parts.headers.clone(),
@@ -527,4 +576,15 @@ pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or(0.0)
+}
+
+/// Waits until nothing accepts connections at `addr` any more.
+pub async fn wait_for_refused(addr: std::net::SocketAddr) {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the upstream at {addr} still accepts connections");
 }

@@ -1,27 +1,33 @@
-//! Forwarding to the upstream over keep-alive HTTP/1.1 connections.
+//! Forwarding to the upstream.
 //!
 //! A request goes out as it came in: method, path, query, end-to-end headers (including `Host` and
 //! `Authorization`) and body. Only hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and the headers it
 //! names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) and `Expect`
 //! are dropped, as every proxy must, because they describe one connection, not the request.
 //!
-//! Each worker thread keeps its own small pool of upstream connections (hyper's HTTP/1 client connections,
-//! driven by tasks on that worker). A connection is lent to one request and comes back to the pool when that
-//! request's response body has been read to its end or dropped ([`Lease`]). This does what a general client
-//! pool does, minus what a sidecar with one upstream and one thread per pool does not need (keyed lookups,
-//! cross-thread locking, a task per request to watch the connection become ready again), which measured as
-//! most of the forwarding path's CPU.
+//! - `protocol`: HTTP/2 (h2c) when the upstream speaks it, else HTTP/1.1, and how that is found out;
+//! - `http1`: a pool of keep-alive connections per worker thread;
+//! - `http2`: two multiplexed connections per worker thread.
+//!
+//! Connections are driven by tasks on the worker that uses them, so a request, its upstream call and its
+//! answer stay on one thread.
+
+mod http1;
+mod http2;
+mod protocol;
 
 use std::error::Error as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri};
-use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+pub use protocol::UpstreamProtocol;
+use protocol::{Choice, Wire};
 
 use super::body::RequestBody;
 
@@ -44,42 +50,30 @@ pub enum ForwardError {
 
 /// How long connecting to the upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle connections kept per worker; more are closed when their request ends.
-const MAX_IDLE: usize = 512;
-
-type Idle = Arc<Mutex<Vec<SendRequest<RequestBody>>>>;
 
 /// The upstream and this worker's connections to it.
 #[derive(Clone)]
 pub struct Upstream {
-    idle: Idle,
     authority: Authority,
     host: HeaderValue,
     /// A path prefix from the URL (without its trailing slash), prepended to every request's path.
     prefix: String,
     timeout: Duration,
+    /// Shared by the workers: what the upstream speaks.
+    protocol: Arc<Choice>,
+    http1: http1::Pool,
+    http2: http2::Connections,
 }
 
-/// A connection lent to one request; it goes back to the pool when dropped (with the response body).
+/// What a response holds until its body is done: the HTTP/1.1 connection it came on, which then goes back
+/// to the pool (an HTTP/2 stream holds nothing).
 pub struct Lease {
-    idle: Idle,
-    sender: Option<SendRequest<RequestBody>>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(sender) = self.sender.take().filter(|s| !s.is_closed()) {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < MAX_IDLE {
-                idle.push(sender);
-            }
-        }
-    }
+    _connection: Option<http1::Loan>,
 }
 
 impl Upstream {
     /// `url` is `http://host:port[/prefix]`. `timeout` bounds the wait for response headers.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, UpstreamUrlError> {
+    pub fn new(url: &str, protocol: UpstreamProtocol, timeout: Duration) -> Result<Self, UpstreamUrlError> {
         let invalid = |reason| UpstreamUrlError {
             url: url.to_owned(),
             reason,
@@ -96,11 +90,13 @@ impl Upstream {
         }
         let host = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid("the host is not a valid header"))?;
         Ok(Upstream {
-            idle: Idle::default(),
             authority,
             host,
             prefix: uri.path().trim_end_matches('/').to_owned(),
             timeout,
+            protocol: Arc::new(Choice::new(protocol)),
+            http1: http1::Pool::default(),
+            http2: http2::Connections::default(),
         })
     }
 
@@ -108,11 +104,12 @@ impl Upstream {
         self.timeout
     }
 
-    /// The same upstream with a connection pool of its own (one per worker thread, so that a pooled
-    /// connection is always driven by the thread that uses it).
+    /// The same upstream with connections of its own (one set per worker thread, so that a connection is
+    /// always driven by the thread that uses it).
     pub fn with_own_pool(&self) -> Upstream {
         Upstream {
-            idle: Idle::default(),
+            http1: http1::Pool::default(),
+            http2: http2::Connections::default(),
             ..self.clone()
         }
     }
@@ -132,7 +129,7 @@ impl Upstream {
     }
 
     /// Sends the request and waits (at most the upstream timeout) for the response headers; the response
-    /// body then streams, holding the returned [`Lease`] on the connection until it is done.
+    /// body then streams, holding the returned [`Lease`] until it is done.
     pub async fn forward(
         &self,
         parts: hyper::http::request::Parts,
@@ -140,84 +137,83 @@ impl Upstream {
     ) -> Result<(Response<Incoming>, Lease), ForwardError> {
         let mut request = Request::from_parts(parts, body);
         *request.uri_mut() = self.target(request.uri());
-        *request.version_mut() = hyper::Version::HTTP_11;
         strip_hop_by_hop(request.headers_mut());
         request.headers_mut().remove(header::EXPECT);
         if !request.headers().contains_key(header::HOST) {
             request.headers_mut().insert(header::HOST, self.host.clone());
+        }
+        // HTTP/2 then sends the key "never indexed" (RFC 7541 §7.1.3): a secret, different on most requests,
+        // has no place in either side's header compression table. (A request has one: the handler refuses
+        // several.)
+        if let Some(key) = request.headers_mut().get_mut(header::AUTHORIZATION) {
+            key.set_sensitive(true);
         }
         match tokio::time::timeout(self.timeout, self.send(request)).await {
             Err(_) => Err(ForwardError::TimedOut),
             Ok(Err(e)) => Err(e),
             Ok(Ok((mut response, lease))) => {
                 strip_hop_by_hop(response.headers_mut());
+                *response.version_mut() = hyper::Version::HTTP_11;
                 Ok((response, lease))
             }
         }
     }
 
-    /// Sends on an idle connection, or a new one. A request that an idle connection could not take (the
-    /// upstream closed it meanwhile) is sent again on a new connection: it never reached the upstream.
-    async fn send(&self, request: Request<RequestBody>) -> Result<(Response<Incoming>, Lease), ForwardError> {
-        let mut request = request;
-        while let Some(mut sender) = self.take_idle() {
-            if sender.ready().await.is_err() {
-                continue;
+    async fn send(&self, mut request: Request<RequestBody>) -> Result<(Response<Incoming>, Lease), ForwardError> {
+        let authority = self.authority.as_str();
+        let sent = match self.protocol.wire(authority, CONNECT_TIMEOUT).await? {
+            Wire::Http1 => {
+                *request.version_mut() = hyper::Version::HTTP_11;
+                self.http1.send(authority, request).await.map(|(response, loan)| {
+                    (
+                        response,
+                        Lease {
+                            _connection: Some(loan),
+                        },
+                    )
+                })
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, self.lease(sender))),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(ForwardError::Unreachable(describe(&error.into_error()))),
-                },
+            Wire::Http2 => {
+                self.address_for_http2(&mut request);
+                self.http2
+                    .send(authority, request)
+                    .await
+                    .map(|response| (response, Lease { _connection: None }))
             }
-        }
-        let mut sender = self.connect().await?;
-        match sender.send_request(request).await {
-            Ok(response) => Ok((response, self.lease(sender))),
-            Err(e) => Err(ForwardError::Unreachable(describe(&e))),
-        }
-    }
-
-    fn take_idle(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
-    }
-
-    fn lease(&self, sender: SendRequest<RequestBody>) -> Lease {
-        Lease {
-            idle: self.idle.clone(),
-            sender: Some(sender),
-        }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, ForwardError> {
-        let address = self.authority.as_str();
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
-            Err(_) => return Err(ForwardError::Unreachable(format!("connecting to {address} timed out"))),
-            Ok(Err(e)) => return Err(ForwardError::Unreachable(format!("cannot connect to {address}: {e}"))),
-            Ok(Ok(stream)) => stream,
         };
-        let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ForwardError::Unreachable(describe(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection closed");
-            }
-        });
-        sender
-            .ready()
-            .await
-            .map_err(|e| ForwardError::Unreachable(describe(&e)))?;
-        Ok(sender)
+        if matches!(sent, Err(ForwardError::Unreachable(_))) {
+            self.protocol.forget();
+        }
+        sent
+    }
+
+    /// HTTP/2 names the target in `:scheme` and `:authority` (RFC 9113 §8.3.1). The authority is the
+    /// request's `Host`, kept as a header too, so the upstream sees the same host either way.
+    fn address_for_http2(&self, request: &mut Request<RequestBody>) {
+        *request.version_mut() = hyper::Version::HTTP_2;
+        let authority = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+            .unwrap_or_else(|| self.authority.clone());
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    }
+}
+
+/// A TCP connection to the upstream, without Nagle's delay (requests and answers are small).
+async fn connect(authority: &str) -> Result<TcpStream, ForwardError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority)).await {
+        Err(_) => Err(ForwardError::Unreachable(format!(
+            "connecting to {authority} timed out"
+        ))),
+        Ok(Err(e)) => Err(ForwardError::Unreachable(format!("cannot connect to {authority}: {e}"))),
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
     }
 }
 
@@ -270,21 +266,33 @@ mod tests {
 
     #[test]
     fn only_plain_http_upstreams_with_a_host_are_accepted() {
-        assert!(Upstream::new("http://127.0.0.1:8081", Duration::from_secs(1)).is_ok());
-        assert!(Upstream::new("https://cloud.osohq.com", Duration::from_secs(1)).is_err());
-        assert!(Upstream::new("127.0.0.1:8081", Duration::from_secs(1)).is_err());
-        assert!(Upstream::new("http://x/?a=1", Duration::from_secs(1)).is_err());
+        assert!(Upstream::new("http://127.0.0.1:8081", UpstreamProtocol::Auto, Duration::from_secs(1)).is_ok());
+        assert!(
+            Upstream::new(
+                "https://cloud.osohq.com",
+                UpstreamProtocol::Auto,
+                Duration::from_secs(1)
+            )
+            .is_err()
+        );
+        assert!(Upstream::new("127.0.0.1:8081", UpstreamProtocol::Auto, Duration::from_secs(1)).is_err());
+        assert!(Upstream::new("http://x/?a=1", UpstreamProtocol::Auto, Duration::from_secs(1)).is_err());
     }
 
     #[tokio::test]
     async fn paths_and_queries_go_through_unchanged_under_the_prefix() {
-        let upstream = Upstream::new("http://127.0.0.1:9/base/", Duration::from_secs(1)).unwrap();
+        let upstream = Upstream::new(
+            "http://127.0.0.1:9/base/",
+            UpstreamProtocol::Auto,
+            Duration::from_secs(1),
+        )
+        .unwrap();
         let original: Uri = "/api/facts?predicate=has_role&args.0.type=User".parse().unwrap();
         assert_eq!(
             upstream.target(&original).to_string(),
             "/base/api/facts?predicate=has_role&args.0.type=User"
         );
-        let plain = Upstream::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
+        let plain = Upstream::new("http://127.0.0.1:9", UpstreamProtocol::Auto, Duration::from_secs(1)).unwrap();
         assert_eq!(
             plain.target(&original).to_string(),
             "/api/facts?predicate=has_role&args.0.type=User"

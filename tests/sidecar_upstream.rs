@@ -115,7 +115,9 @@ async fn http2_forced_on_an_upstream_that_only_speaks_http1_is_502_with_a_messag
     let reply = Http::new(&sidecar).get("/api/facts", Some(tenancy.key("rw"))).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert!(
-        reply.message().starts_with("the sidecar cannot reach its upstream"),
+        reply.message().starts_with("the sidecar cannot reach its upstream")
+            && reply.message().contains("does not speak HTTP/2 without TLS (h2c)")
+            && reply.message().contains("--upstream-protocol auto or http1"),
         "{}",
         reply.message()
     );

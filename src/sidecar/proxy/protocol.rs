@@ -25,6 +25,7 @@ pub enum UpstreamProtocol {
     #[default]
     Auto,
     Http1,
+    /// HTTP/2 (h2c); checked once like `Auto`, and an upstream that does not speak it gets a 502 saying so.
     Http2,
 }
 
@@ -81,10 +82,8 @@ impl Choice {
 
     /// The protocol for the next request, probing the upstream if that is not known yet.
     pub async fn wire(&self, authority: &str, limit: Duration) -> Result<Wire, ForwardError> {
-        match self.setting {
-            UpstreamProtocol::Http1 => return Ok(Wire::Http1),
-            UpstreamProtocol::Http2 => return Ok(Wire::Http2),
-            UpstreamProtocol::Auto => {}
+        if self.setting == UpstreamProtocol::Http1 {
+            return Ok(Wire::Http1);
         }
         if let Some(wire) = self.found() {
             return Ok(wire);
@@ -93,8 +92,15 @@ impl Choice {
         if let Some(wire) = self.found() {
             return Ok(wire);
         }
+        // Forced HTTP/2 asks too, once: an upstream that does not speak it would otherwise only show as
+        // "broken pipe" on every request.
         let wire = if speaks_h2c(authority, limit).await? {
             Wire::Http2
+        } else if self.setting == UpstreamProtocol::Http2 {
+            return Err(ForwardError::Unreachable(format!(
+                "{authority} does not speak HTTP/2 without TLS (h2c), which --upstream-protocol http2 \
+                 requires; start the sidecar with --upstream-protocol auto or http1"
+            )));
         } else {
             Wire::Http1
         };

@@ -71,6 +71,10 @@ pub struct Store {
 /// The embedded default: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://orgkeeper.db";
 
+/// Connections to a SQLite file in the pool, and again lent to reads (`readers.rs`): each is a thread, and
+/// SQLite serializes writers anyway.
+const SQLITE_CONNECTIONS: u32 = 4;
+
 impl Store {
     /// Connects, creating a SQLite file if needed, and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
@@ -106,7 +110,7 @@ impl Store {
                 // A SQLite connection is a file handle in this process: it cannot go stale the way a network
                 // connection can, so pinging it before every use (sqlx's default) only adds a round trip to
                 // its worker thread, which was a third of the fact store's CPU per read.
-                Backend::Sqlite => options.max_connections(4).test_before_acquire(false),
+                Backend::Sqlite => options.max_connections(SQLITE_CONNECTIONS).test_before_acquire(false),
                 Backend::Postgres => options.max_connections(8),
             }
         };
@@ -116,7 +120,8 @@ impl Store {
         })?;
         migrations::migrator(backend).run(&pool).await?;
         // An in-memory database exists only in its one pooled connection, so it has no readers.
-        let readers = (backend == Backend::Sqlite && !memory).then(|| Arc::new(readers::Readers::new(pool.clone(), 4)));
+        let readers = (backend == Backend::Sqlite && !memory)
+            .then(|| Arc::new(readers::Readers::new(pool.clone(), SQLITE_CONNECTIONS as usize)));
         Ok(Store {
             pool,
             backend,

@@ -13,7 +13,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use super::{ForwardError, connect, describe};
+use super::{ForwardError, connect, drive};
 use crate::sidecar::body::RequestBody;
 
 /// Idle connections kept per worker; more are closed when their request ends.
@@ -61,14 +61,14 @@ impl Pool {
                 Ok(response) => return Ok((response, self.loan(sender))),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => request = unsent,
-                    None => return Err(ForwardError::Unreachable(describe(&error.into_error()))),
+                    None => return Err(error.into_error().into()),
                 },
             }
         }
         let mut sender = self.open(authority).await?;
         match sender.send_request(request).await {
             Ok(response) => Ok((response, self.loan(sender))),
-            Err(e) => Err(ForwardError::Unreachable(describe(&e))),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -91,19 +91,9 @@ impl Pool {
 
     async fn open(&self, authority: &str) -> Result<SendRequest<RequestBody>, ForwardError> {
         let stream = connect(authority).await?;
-        let (mut sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ForwardError::Unreachable(describe(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection closed");
-            }
-        });
-        sender
-            .ready()
-            .await
-            .map_err(|e| ForwardError::Unreachable(describe(&e)))?;
+        let (mut sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+        drive(connection);
+        sender.ready().await?;
         Ok(sender)
     }
 }

@@ -12,7 +12,7 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{ForwardError, connect, describe};
+use super::{ForwardError, connect, drive};
 use crate::sidecar::body::RequestBody;
 
 const CONNECTIONS: usize = 2;
@@ -49,7 +49,7 @@ impl Connections {
                         request = unsent;
                         slot.lock().await.take();
                     }
-                    None => return Err(ForwardError::Unreachable(describe(&error.into_error()))),
+                    None => return Err(error.into_error().into()),
                 },
             }
         }
@@ -71,13 +71,8 @@ async fn open(slot: &Slot, authority: &str) -> Result<SendRequest<RequestBody>, 
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ForwardError::Unreachable(describe(&e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "upstream HTTP/2 connection closed");
-        }
-    });
+        .await?;
+    drive(connection);
     *held = Some(sender.clone());
     Ok(sender)
 }

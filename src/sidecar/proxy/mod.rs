@@ -48,6 +48,13 @@ pub enum ForwardError {
     TimedOut,
 }
 
+impl From<hyper::Error> for ForwardError {
+    /// A connection that failed or broke: the error and its causes say why.
+    fn from(error: hyper::Error) -> Self {
+        ForwardError::Unreachable(describe(&error))
+    }
+}
+
 /// How long connecting to the upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -215,6 +222,15 @@ async fn connect(authority: &str) -> Result<TcpStream, ForwardError> {
             Ok(stream)
         }
     }
+}
+
+/// Drives a client connection on this worker until it closes (why it closed matters only when debugging).
+fn drive(connection: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection closed");
+        }
+    });
 }
 
 /// The error and its causes, e.g. "connection closed before message completed: ...".

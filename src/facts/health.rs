@@ -2,16 +2,18 @@
 //!
 //! Every fact request needs the database. Left alone, each request during an outage would wait out the
 //! pool's acquire timeout before its 503, and so would the health check. Instead one watcher probes the
-//! store every refresh interval (reloading the keys when the store's revision moved), each probe bounded by
-//! that interval; a probe or a request that finds the database unreachable marks it so, and until a probe
-//! succeeds again requests and the health check answer 503 at once, with a message saying why.
+//! store every refresh interval (the key ring's refresh: a revision poll bounded by [`poll_timeout`], and a
+//! reload when the revision moved); a probe or a request that finds the database unreachable marks it so,
+//! and until a probe succeeds again requests and the health check answer 503 at once, saying why.
+//!
+//! [`poll_timeout`]: crate::auth::poll_timeout
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::KeyRing;
+use crate::auth::{KeyRing, RefreshError};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Health, Readiness};
 
@@ -20,9 +22,6 @@ pub const STORE_UNREACHABLE: &str = "the fact store cannot reach its database; r
 
 /// How long a request waits for a database connection by default (`orgkeeper facts --store-timeout`).
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The shortest probe timeout: a shorter refresh interval polls more often but does not give up sooner.
-const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// The last known state of the database connection, shared by the watcher and the handlers.
 #[derive(Clone, Default)]
@@ -89,11 +88,6 @@ impl StoreHealth {
     }
 }
 
-/// How long one probe may take: the refresh interval, but at least [`MIN_PROBE_TIMEOUT`].
-pub fn probe_timeout(interval: Duration) -> Duration {
-    interval.max(MIN_PROBE_TIMEOUT)
-}
-
 /// Probes the store every `interval` until `shutdown`: reloads the keys when they changed, and keeps
 /// `health` (what requests check) and `readiness` (what `/readyz` says) up to date.
 pub async fn watch_store(
@@ -106,27 +100,26 @@ pub async fn watch_store(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeout = probe_timeout(interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match tokio::time::timeout(timeout, keys.refresh(&store)).await {
-            Ok(Ok(reloaded)) => {
+        match keys.refresh(&store).await {
+            Ok(reloaded) => {
                 health.reachable();
                 if reloaded {
                     let status = keys.status();
                     tracing::info!(revision = status.revision, keys = status.keys, "reloaded keys");
                 }
             }
-            Ok(Err(e)) if e.is_unreachable() => health.unreachable(e.to_string()),
+            Err(e @ RefreshError::TimedOut { .. }) => health.unreachable(e.to_string()),
+            Err(RefreshError::Store(e)) if e.is_unreachable() => health.unreachable(e.to_string()),
             // The database answered, so it is reachable; the keys stay as they were.
-            Ok(Err(e)) => {
+            Err(e) => {
                 health.reachable();
                 tracing::warn!(error = %e, "cannot reload keys from the store; serving the last known copy");
             }
-            Err(_) => health.unreachable(format!("no answer within {} ms", timeout.as_millis())),
         }
         readiness.set(health.readiness());
     }
@@ -155,11 +148,5 @@ mod tests {
         assert!(reason.contains("connection refused"), "{reason}");
         health.reachable();
         assert!(health.check().is_ok());
-    }
-
-    #[test]
-    fn a_probe_is_bounded_by_the_interval_but_not_below_a_floor() {
-        assert_eq!(probe_timeout(Duration::from_secs(1)), Duration::from_secs(1));
-        assert_eq!(probe_timeout(Duration::from_millis(50)), MIN_PROBE_TIMEOUT);
     }
 }

@@ -273,10 +273,7 @@ impl Store {
 fn prepare_sqlite_file(url: &str) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
-    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().map_err(|source| StoreError::Connect {
-        url: redact_url(url),
-        source,
-    })?;
+    let options = sqlite_options(url)?;
     let path = options.get_filename();
     // Only where SQLite itself would create it (`normalise_url` adds `mode=rwc` unless told otherwise).
     let created = if !url.contains("mode=rwc") {
@@ -309,6 +306,13 @@ fn prepare_sqlite_file(url: &str) -> Result<(), StoreError> {
             source,
         }),
     }
+}
+
+fn sqlite_options(url: &str) -> Result<sqlx::sqlite::SqliteConnectOptions, StoreError> {
+    url.parse().map_err(|source| StoreError::Connect {
+        url: redact_url(url),
+        source,
+    })
 }
 
 /// Accepts `sqlite:` and `postgres:`/`postgresql:` URLs; SQLite files are created when missing.
@@ -361,6 +365,15 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://app@db/orgkeeper"), "postgres://app@db/orgkeeper");
         assert_eq!(redact_url("sqlite://orgkeeper.db"), "sqlite://orgkeeper.db");
+    }
+
+    #[test]
+    fn the_sqlite_file_is_found_in_either_url_form() {
+        for url in ["sqlite://dir/x.db", "sqlite:dir/x.db", "sqlite:///tmp/dir/x.db"] {
+            let (_, url) = normalise_url(url).unwrap();
+            let path = sqlite_options(&url).unwrap().get_filename().to_owned();
+            assert!(path.ends_with("dir/x.db"), "{url}: {}", path.display());
+        }
     }
 
     #[test]

@@ -128,6 +128,7 @@ async fn serve(args: &Args) -> anyhow::Result<u8> {
         max_body_bytes: crate::facts::DEFAULT_MAX_BODY_BYTES,
         body_timeout: crate::facts::DEFAULT_BODY_TIMEOUT,
         refresh_interval: Duration::from_secs(1),
+        store_timeout: crate::facts::DEFAULT_STORE_TIMEOUT,
     }));
     let sidecar = tokio::spawn(sidecar::run(sidecar::Args {
         listen: args.sidecar_listen,

@@ -1,12 +1,19 @@
 //! `orgkeeper apply`: make the store match a folder of manifests, all or nothing.
+//!
+//! A plan that takes away more than [`DEFAULT_ALLOWED_REVOCATIONS`] live keys is carried out only when
+//! `--allow-revocations N` allows at least that many: a folder missing a file, or a typo, must not cut off
+//! every client at once.
 
 use anyhow::Context;
 
 use super::exit;
 use super::output::{self, OutputFormat};
-use super::plan::{CommonArgs, prepare};
-use super::secrets_dir::remove_all;
-use crate::domain::KeyState;
+use super::prepared::{CommonArgs, prepare};
+use super::secrets_dir::{failpoints, remove_all};
+use crate::domain::{KeyState, live_keys_revoked};
+
+/// How many live keys one apply may revoke or remove without `--allow-revocations`.
+pub const DEFAULT_ALLOWED_REVOCATIONS: usize = 3;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,6 +22,10 @@ pub struct Args {
     /// The URL clients reach the sidecar at, written as OSO_URL next to each key.
     #[arg(long, env = "ORGKEEPER_OSO_URL", default_value = "http://127.0.0.1:8080")]
     pub oso_url: String,
+    /// The most live keys this apply may revoke or remove (revoked: true, a deleted ApiKey, Environment or
+    /// Organization). A plan that revokes more is refused and nothing is changed; `plan` shows the count.
+    #[arg(long, env = "ORGKEEPER_ALLOW_REVOCATIONS", value_name = "N", default_value_t = DEFAULT_ALLOWED_REVOCATIONS)]
+    pub allow_revocations: usize,
     /// Output format.
     #[arg(short, long, env = "ORGKEEPER_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -23,12 +34,22 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let prepared = match prepare(&args.common).await? {
         Ok(p) => p,
-        Err(code) => return Ok(code),
+        Err(errors) => return Ok(output::print_errors(&errors)),
     };
     if !prepared.plan.problems.is_empty() || prepared.plan.is_empty() {
         let code = output::print_plan(&prepared, args.output, false);
         prepared.store.close().await;
         return Ok(if code == exit::CHANGES { exit::OK } else { code });
+    }
+    let revoked = live_keys_revoked(&prepared.plan.changes, prepared.stored.values()).len();
+    if revoked > args.allow_revocations {
+        output::print_plan(&prepared, args.output, false);
+        eprintln!(
+            "error: this plan revokes {revoked} live key(s), more than the {} an apply may revoke without a flag; if that is intended, run again with --allow-revocations {revoked}; nothing was changed",
+            args.allow_revocations
+        );
+        prepared.store.close().await;
+        return Ok(exit::ERROR);
     }
     let mut tx = prepared.store.begin().await?;
     // Keys are recorded live and their files written before the commit: if anything fails before the
@@ -41,11 +62,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .secrets
         .write(
             &outcome.issued,
-            &prepared.inspection.orphans,
+            &prepared.inspection.stale,
             &args.oso_url,
             &prepared.templates(),
         )
         .context("writing issued keys; nothing was changed")?;
+    failpoints::reached(failpoints::BEFORE_COMMIT);
     if let Err(e) = tx.commit().await {
         remove_all(&written);
         return Err(e).context("committing; nothing was changed");

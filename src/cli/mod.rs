@@ -11,6 +11,7 @@ mod duration;
 mod facts;
 mod output;
 mod plan;
+mod prepared;
 mod secrets_dir;
 mod sidecar;
 

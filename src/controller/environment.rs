@@ -82,43 +82,17 @@ mod tests {
 
     #[test]
     fn the_status_shows_effective_limits_and_live_keys() {
-        let key = |id: &str, state| StoredApiKey {
-            key_id: id.into(),
-            environment: "production".into(),
-            resource_name: id.into(),
-            secret_name: id.into(),
-            access: Access::ReadWrite,
-            state,
-            fingerprint: String::new(),
-        };
-        let mut production = EnvironmentSettings::default_for("production").unwrap();
-        production.limits.max_batch_facts = Some(5);
-        let org = StoredOrganization {
-            id: "o".into(),
-            key: OrgKey::new("team", "acme"),
-            settings: OrganizationSettings {
-                display_name: "Acme".into(),
-                plan: PlanTier::Developer,
-                limits: LimitOverrides {
-                    max_concurrent_requests: Some(8),
-                    ..Default::default()
-                },
-                deletion_policy: DeletionPolicy::Retain,
-            },
-            managed: true,
-            environments: vec![StoredEnvironment {
-                id: "env1".into(),
-                name: "production".into(),
-                settings: production,
-                managed: true,
-            }],
-            users: vec![],
-            api_keys: vec![
-                key("a", KeyState::Live),
-                key("b", KeyState::Revoked),
-                key("c", KeyState::Pending),
-            ],
-        };
+        let key = |id: &str, state| fixtures::api_key(id, id, state);
+        let mut production = fixtures::production("env1");
+        production.settings.limits.max_batch_facts = Some(5);
+        let mut org = fixtures::organization();
+        org.settings.limits.max_concurrent_requests = Some(8);
+        org.environments = vec![production];
+        org.api_keys = vec![
+            key("a", KeyState::Live),
+            key("b", KeyState::Revoked),
+            key("c", KeyState::Pending),
+        ];
         let (status, outcome) = observe("production", None, Some(&org));
         assert_eq!(status.environment_id.as_deref(), Some("env1"));
         assert_eq!(status.live_keys, Some(1));

@@ -413,8 +413,9 @@ async fn the_apply_that_loses_a_race_to_create_says_so(postgres: bool) {
     assert_eq!(first.revision().await.unwrap(), 1, "one apply committed");
 }
 
-/// SQLite only: a transaction that read the store before another apply committed cannot write from its
-/// stale snapshot ("database is locked", BUSY_SNAPSHOT); it is told another apply ran, too.
+/// SQLite only: a transaction that has read the store cannot start writing while another apply holds the
+/// write lock; SQLite refuses at once rather than wait ("database is locked", the raw error users saw), and
+/// the loser is told another apply ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_whose_snapshot_went_stale_says_another_apply_ran() {
     let (first, second, _dir) = two_writers(false).await;

@@ -109,11 +109,8 @@ impl Project {
 
     /// Runs orgkeeper with extra environment variables.
     fn run_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        let output = Command::new(env!("CARGO_BIN_EXE_orgkeeper"))
-            .args(args)
-            .env("ORGKEEPER_DATABASE_URL", &self.database_url)
-            .env("ORGKEEPER_SECRETS_DIR", self.secrets())
-            .env("ORGKEEPER_LOG_LEVEL", "warn")
+        let output = self
+            .command(args)
             .envs(envs.iter().copied())
             .current_dir(self.dir.path())
             .output()
@@ -125,6 +122,17 @@ impl Project {
             String::from_utf8_lossy(&output.stderr)
         );
         output
+    }
+
+    /// orgkeeper on this project's store and secrets folder.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orgkeeper"));
+        command
+            .args(args)
+            .env("ORGKEEPER_DATABASE_URL", &self.database_url)
+            .env("ORGKEEPER_SECRETS_DIR", self.secrets())
+            .env("ORGKEEPER_LOG_LEVEL", "warn");
+        command
     }
 
     fn plan(&self) -> Output {
@@ -726,4 +734,43 @@ fn a_secrets_folder_others_can_read_is_warned_about() {
     );
     let mode = fs::metadata(&project.secret_files()[0]).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_loses_the_race_says_another_apply_is_running() {
+    use orgkeeper::domain::{KeyState, KnownAccounts, plan};
+    use orgkeeper::store::Store;
+
+    let project = Project::sqlite();
+    project.write("org.yaml", &[ORG, &key("backend", "production")]);
+    // This test is the other apply: it writes the same organization and holds the store's write lock
+    // while the command plans against the empty store and waits for the lock.
+    let store = Store::connect(&project.database_url).await.unwrap();
+    let declarations = orgkeeper::manifests::load_dir(&project.manifests())
+        .unwrap()
+        .declarations()
+        .unwrap();
+    let winning = plan(&declarations, &Default::default(), &KnownAccounts::default());
+    let mut winner = store.begin().await.unwrap();
+    winner.apply(&winning.changes, KeyState::Live).await.unwrap();
+    let command = project
+        .command(&["apply", "-f", project.manifests().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    winner.commit().await.unwrap();
+    let output = tokio::task::spawn_blocking(move || command.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another apply is running against this store; nothing was changed"),
+        "{err}"
+    );
+    assert!(!err.contains("database is locked") && !err.contains("UNIQUE"), "{err}");
+    assert!(project.secret_files().is_empty(), "the loser's key file is removed");
+    store.close().await;
 }

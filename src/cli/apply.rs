@@ -11,6 +11,7 @@ use super::output::{self, OutputFormat};
 use super::prepared::{CommonArgs, prepare};
 use super::secrets_dir::{failpoints, remove_all};
 use crate::domain::{KeyState, live_keys_revoked};
+use crate::store::StoreError;
 
 /// How many live keys one apply may revoke or remove without `--allow-revocations`.
 pub const DEFAULT_ALLOWED_REVOCATIONS: usize = 3;
@@ -51,13 +52,16 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         prepared.store.close().await;
         return Ok(exit::ERROR);
     }
-    let mut tx = prepared.store.begin().await?;
+    let mut tx = match prepared.store.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return refused(e, "starting the transaction", &[]),
+    };
     // Keys are recorded live and their files written before the commit: if anything fails before the
     // commit, the transaction rolls back and the files are removed, so no key is live without its Secret.
-    let outcome = tx
-        .apply(&prepared.plan.changes, KeyState::Live)
-        .await
-        .context("applying the plan")?;
+    let outcome = match tx.apply(&prepared.plan.changes, KeyState::Live).await {
+        Ok(outcome) => outcome,
+        Err(e) => return refused(e, "applying the plan", &[]),
+    };
     let written = prepared
         .secrets
         .write(
@@ -69,8 +73,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .context("writing issued keys; nothing was changed")?;
     failpoints::reached(failpoints::BEFORE_COMMIT);
     if let Err(e) = tx.commit().await {
-        remove_all(&written);
-        return Err(e).context("committing; nothing was changed");
+        return refused(e, "committing; nothing was changed", &written);
     }
     output::print_plan(&prepared, args.output, true);
     if args.output == OutputFormat::Text && !written.is_empty() {
@@ -88,4 +91,17 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     );
     prepared.store.close().await;
     Ok(exit::OK)
+}
+
+/// A transaction that failed rolled back: the key files written for it go too. Losing the race with a
+/// concurrent apply is an answer, not a crash: said plainly (the store's words stay in the debug log).
+fn refused(error: StoreError, doing: &'static str, written: &[std::path::PathBuf]) -> anyhow::Result<u8> {
+    remove_all(written);
+    match error {
+        StoreError::ConcurrentApply { .. } => {
+            eprintln!("error: {error}; plan again once it has finished");
+            Ok(exit::ERROR)
+        }
+        error => Err(error).context(doing),
+    }
 }

@@ -7,7 +7,8 @@
 //!
 //! Crash safety. A key file is written to a hidden temporary file in the same folder
 //! (`.<secret>.yaml.orgkeeper-tmp`), synced, then linked to its final name (a link never replaces an
-//! existing file), and the folder is synced. So a crash leaves either no file at the final path or a
+//! existing file); once every key is in place, each folder is synced, and only then does the transaction
+//! commit. So a crash leaves either no file at the final path or a
 //! complete one, never an empty or partial one:
 //! - a crash before the link leaves only the temporary file, which the next apply removes;
 //! - the link comes before the transaction that makes the key live commits, so a crash after it leaves a
@@ -27,7 +28,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Secret;
+use serde::Deserialize;
 
 use crate::crd::secret::{
     KeySecretSpec, LABEL_API_KEY, LABEL_KEY_ID, LABEL_MANAGED_BY, LABEL_ORGANIZATION, MANAGED_BY, key_secret,
@@ -237,6 +238,13 @@ impl SecretsDir {
                 }
             }
         }
+        // The links (and removals) are durable once their folders are synced: once per folder, before the
+        // caller commits.
+        let folders: BTreeSet<&Path> = written.iter().chain(stale).filter_map(|p| p.parent()).collect();
+        if let Err(e) = folders.into_iter().try_for_each(sync_dir) {
+            remove_all(&written);
+            return Err(e);
+        }
         Ok(written)
     }
 
@@ -268,13 +276,11 @@ impl SecretsDir {
         let temp = dir.join(format!(".{}.yaml{TEMP_SUFFIX}", key.secret_name));
         // A temporary file of ours left by a crash holds a key that never became live.
         remove_if_present(&temp).with_context(|| format!("removing the leftover {}", temp.display()))?;
-        let written = write_synced(&temp, yaml.as_bytes())
-            .and_then(|()| {
-                // A hard link fails if the name exists: the final file is never replaced, only created whole.
-                fs::hard_link(&temp, &path)
-                    .with_context(|| format!("creating {} (it is never overwritten)", path.display()))
-            })
-            .and_then(|()| sync_dir(dir));
+        let written = write_synced(&temp, yaml.as_bytes()).and_then(|()| {
+            // A hard link fails if the name exists: the final file is never replaced, only created whole.
+            fs::hard_link(&temp, &path)
+                .with_context(|| format!("creating {} (it is never overwritten)", path.display()))
+        });
         let _ = fs::remove_file(&temp);
         written?;
         Ok(path)
@@ -321,6 +327,19 @@ pub fn remove_all(paths: &[PathBuf]) {
     }
 }
 
+/// The part of a key file that says whose key it holds; the key itself is never read back.
+#[derive(Deserialize)]
+struct KeyFileHead {
+    metadata: KeyFileMeta,
+}
+
+#[derive(Deserialize)]
+struct KeyFileMeta {
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
 /// What the file at `path` is; only a regular file (not a link, a FIFO or a device) is ever read.
 fn read_key_file(path: &Path) -> FileState {
     let meta = match fs::symlink_metadata(path) {
@@ -339,10 +358,10 @@ fn read_key_file(path: &Path) -> FileState {
     if read.is_err() {
         return FileState::Foreign;
     }
-    let Ok(secret) = serde_norway::from_str::<Secret>(&text) else {
+    let Ok(secret) = serde_norway::from_str::<KeyFileHead>(&text) else {
         return FileState::Foreign;
     };
-    let labels = secret.metadata.labels.unwrap_or_default();
+    let labels = secret.metadata.labels;
     let label = |name: &str| labels.get(name).cloned();
     match (
         label(LABEL_MANAGED_BY).as_deref() == Some(MANAGED_BY),

@@ -378,4 +378,89 @@ mod tests {
         assert_eq!(review.changes, vec![revoke]);
         assert!(review.problems.is_empty());
     }
+
+    #[test]
+    fn a_secret_of_another_organization_is_never_touched_and_both_are_named() {
+        let stored = stored_with(&[("a", "k1", KeyState::Live)]);
+        let other = SecretState::HoldsAnother {
+            organization: OrgKey::new("team", "globex"),
+            api_key: "a".into(),
+        };
+        let review = review_secrets(
+            vec![issue("b", None)],
+            std::iter::once(&stored),
+            WriteOrder::WriteFirst,
+            |_, _, _| other.clone(),
+        );
+        assert!(review.changes.is_empty() && review.stale.is_empty());
+        assert_eq!(
+            reasons(&review),
+            vec![("b", Reason::SecretConflict), ("a", Reason::SecretConflict)]
+        );
+        for problem in &review.problems {
+            assert!(
+                problem.message.contains("organization team/globex")
+                    && problem.message.contains("organization team/acme"),
+                "{}",
+                problem.message
+            );
+        }
+    }
+
+    #[test]
+    fn written_first_a_stale_secret_of_this_api_key_is_replaced_but_never_a_live_keys() {
+        let stored = stored_with(&[("live", "k1", KeyState::Live)]);
+        let review = review_secrets(
+            vec![issue("a", None), issue("b", None)],
+            std::iter::once(&stored),
+            WriteOrder::WriteFirst,
+            |_, secret, _| match secret {
+                "a-secret" => SecretState::Holds("never-live".into()),
+                "b-secret" => SecretState::Holds("k1".into()),
+                _ => SecretState::Holds("k1".into()),
+            },
+        );
+        assert_eq!(review.changes, vec![issue("a", None)]);
+        assert_eq!(
+            review.stale,
+            vec![StaleSecret {
+                organization: org(),
+                api_key: "a".into(),
+                secret_name: "a-secret".into(),
+                key_id: "never-live".into(),
+            }]
+        );
+        assert_eq!(reasons(&review), vec![("b", Reason::SecretConflict)]);
+        // The controller records keys first, so the same Secret is a conflict there.
+        let recorded_first = review_key_secrets(vec![issue("a", None)], Some(&stored), |_, _, _| {
+            SecretState::Holds("never-live".into())
+        });
+        assert!(recorded_first.stale.is_empty() && recorded_first.changes.is_empty());
+    }
+
+    #[test]
+    fn the_live_keys_a_plan_revokes_are_counted_once_and_pending_ones_not_at_all() {
+        let stored = stored_with(&[
+            ("a", "k1", KeyState::Live),
+            ("b", "k2", KeyState::Pending),
+            ("c", "k3", KeyState::Live),
+        ]);
+        let changes = vec![
+            Change::RevokeKey {
+                organization: org(),
+                environment: "production".into(),
+                api_key: "a".into(),
+                key_id: "k1".into(),
+            },
+            Change::ReleaseOrganization {
+                organization: org(),
+                revoked_keys: vec!["k1".into(), "k2".into()],
+            },
+        ];
+        let revoked: Vec<&str> = live_keys_revoked(&changes, [&stored])
+            .into_iter()
+            .map(|(_, key)| key.key_id.as_str())
+            .collect();
+        assert_eq!(revoked, vec!["k1"]);
+    }
 }

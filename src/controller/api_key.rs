@@ -140,7 +140,10 @@ mod tests {
         let stored = org(KeyState::Revoked);
         let (status, outcome) = observe("backend", "backend-oso", true, None, None, Some(&stored), "t3");
         assert_eq!(outcome.reason(), "Revoked");
-        assert!(!outcome.is_ready() && !outcome.wants_retry());
+        assert!(
+            outcome.is_ready() && !outcome.wants_retry(),
+            "revoked as declared: Ready"
+        );
         assert_eq!(status.revoked_at.as_deref(), Some("t3"));
     }
 

@@ -9,6 +9,7 @@ mod crds;
 mod demo;
 mod duration;
 mod facts;
+mod keys;
 mod output;
 mod plan;
 mod secrets_dir;
@@ -68,6 +69,8 @@ pub enum Command {
     Crds(crds::Args),
     /// Try orgkeeper on the embedded SQLite store: register the example accounts, apply the examples, plan again.
     Demo(demo::Args),
+    /// List the API keys in the store with when each was issued and last used (`keys list --unused-for 30d`).
+    Keys(keys::Args),
     /// Serve the fact API (the built-in upstream): facts per environment in the store, official-client compatible.
     Facts(facts::Args),
     /// Authenticate API keys, enforce per-environment limits and forward to the fact API (Oso wire-compatible).
@@ -93,6 +96,7 @@ pub fn main() -> ExitCode {
             Command::Crds(args) => crds::run(args),
             Command::Demo(args) => demo::run(args).await,
             Command::Facts(args) => facts::run(args).await,
+            Command::Keys(args) => keys::run(args).await,
             Command::Sidecar(args) => sidecar::run(args).await,
         }
     });
@@ -107,15 +111,7 @@ pub fn main() -> ExitCode {
 
 /// Logs go to stderr so that stdout carries only the command's output (plans, YAML, JSON).
 pub fn init_logging(level: &str, format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    crate::telemetry::logs::init(level, format == LogFormat::Json);
 }
 
 #[cfg(test)]

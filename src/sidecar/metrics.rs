@@ -1,6 +1,7 @@
 //! The sidecar's Prometheus metrics: requests forwarded and rejected (by reason) per environment, fact writes
 //! admitted per environment, latency, requests in flight, and the state of the key copy (keys,
-//! environments, store revision, whether the last refresh reached the store, seconds since it did).
+//! environments, store revision, whether the last refresh reached the store, seconds since it did), and
+//! client connections (open, waiting for a request's headers, shed at the caps).
 //!
 //! Per-environment counters are looked up once per environment and cached, so the hot path touches only
 //! atomics. Environments are labelled `namespace/organization/environment`; requests without a valid key
@@ -21,8 +22,9 @@ use crate::telemetry::Telemetry;
 
 /// Why a request was not forwarded (or failed upstream), as the `reason` label says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub enum RefusalReason {
     NotReady,
+    KeysStale,
     Unauthenticated,
     Forbidden,
     BodyTooLarge,
@@ -37,43 +39,45 @@ pub enum Reason {
     UpstreamTimeout,
 }
 
-impl Reason {
-    const ALL: [Reason; 13] = [
-        Reason::NotReady,
-        Reason::Unauthenticated,
-        Reason::Forbidden,
-        Reason::BodyTooLarge,
-        Reason::BatchTooLarge,
-        Reason::RateLimitedRequests,
-        Reason::RateLimitedFacts,
-        Reason::ConcurrencyLimited,
-        Reason::UnsupportedEncoding,
-        Reason::BadRequest,
-        Reason::Timeout,
-        Reason::UpstreamUnreachable,
-        Reason::UpstreamTimeout,
+impl RefusalReason {
+    const ALL: [RefusalReason; 14] = [
+        RefusalReason::NotReady,
+        RefusalReason::KeysStale,
+        RefusalReason::Unauthenticated,
+        RefusalReason::Forbidden,
+        RefusalReason::BodyTooLarge,
+        RefusalReason::BatchTooLarge,
+        RefusalReason::RateLimitedRequests,
+        RefusalReason::RateLimitedFacts,
+        RefusalReason::ConcurrencyLimited,
+        RefusalReason::UnsupportedEncoding,
+        RefusalReason::BadRequest,
+        RefusalReason::Timeout,
+        RefusalReason::UpstreamUnreachable,
+        RefusalReason::UpstreamTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::NotReady => "not_ready",
-            Reason::Unauthenticated => "unauthenticated",
-            Reason::Forbidden => "forbidden",
-            Reason::BodyTooLarge => "body_too_large",
-            Reason::BatchTooLarge => "batch_too_large",
-            Reason::RateLimitedRequests => "rate_limited_requests",
-            Reason::RateLimitedFacts => "rate_limited_facts",
-            Reason::ConcurrencyLimited => "concurrency_limited",
-            Reason::UnsupportedEncoding => "unsupported_encoding",
-            Reason::BadRequest => "bad_request",
-            Reason::Timeout => "timeout",
-            Reason::UpstreamUnreachable => "upstream_unreachable",
-            Reason::UpstreamTimeout => "upstream_timeout",
+            RefusalReason::NotReady => "not_ready",
+            RefusalReason::KeysStale => "keys_stale",
+            RefusalReason::Unauthenticated => "unauthenticated",
+            RefusalReason::Forbidden => "forbidden",
+            RefusalReason::BodyTooLarge => "body_too_large",
+            RefusalReason::BatchTooLarge => "batch_too_large",
+            RefusalReason::RateLimitedRequests => "rate_limited_requests",
+            RefusalReason::RateLimitedFacts => "rate_limited_facts",
+            RefusalReason::ConcurrencyLimited => "concurrency_limited",
+            RefusalReason::UnsupportedEncoding => "unsupported_encoding",
+            RefusalReason::BadRequest => "bad_request",
+            RefusalReason::Timeout => "timeout",
+            RefusalReason::UpstreamUnreachable => "upstream_unreachable",
+            RefusalReason::UpstreamTimeout => "upstream_timeout",
         }
     }
 
     fn index(self) -> usize {
-        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+        RefusalReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 }
 
@@ -84,7 +88,7 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RejectionLabels {
+struct RefusalLabels {
     environment: String,
     reason: &'static str,
 }
@@ -100,7 +104,7 @@ pub const UNKNOWN_ENVIRONMENT: &str = "unknown";
 #[derive(Clone)]
 pub struct SidecarMetrics {
     requests: Family<RequestLabels, Counter>,
-    rejections: Family<RejectionLabels, Counter>,
+    rejections: Family<RefusalLabels, Counter>,
     fact_writes: Family<EnvironmentLabels, Counter>,
     duration: Histogram,
     in_flight: Gauge,
@@ -108,8 +112,41 @@ pub struct SidecarMetrics {
     environments: Gauge,
     revision: Gauge,
     store_up: Gauge,
+    keys_stale: Gauge,
     since_refresh: Gauge<f64, AtomicU64>,
     cache: Arc<RwLock<HashMap<String, Arc<EnvironmentCounters>>>>,
+    pub connections: ConnectionMetrics,
+}
+
+/// Client connections: how many are open and waiting for headers, and how many were shed at the caps.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub waiting: Gauge,
+    /// Closed to make room because they had waited longest for a request's headers.
+    pub closed_waiting_longest: Counter,
+    /// Refused at accept: every open connection was busy with a request.
+    pub refused_at_capacity: Counter,
+    shed: Family<ShedLabels, Counter>,
+}
+
+impl Default for ConnectionMetrics {
+    fn default() -> Self {
+        let shed = Family::<ShedLabels, Counter>::default();
+        let counter = |reason| shed.get_or_create_owned(&ShedLabels { reason });
+        ConnectionMetrics {
+            open: Gauge::default(),
+            waiting: Gauge::default(),
+            closed_waiting_longest: counter("waited_longest"),
+            refused_at_capacity: counter("at_capacity"),
+            shed,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    reason: &'static str,
 }
 
 /// One environment's counters, cached.
@@ -118,15 +155,15 @@ pub struct EnvironmentCounters {
     pub writes: Counter,
     pub facts: Counter,
     label: String,
-    rejections: [OnceLock<Counter>; Reason::ALL.len()],
-    family: Family<RejectionLabels, Counter>,
+    rejections: [OnceLock<Counter>; RefusalReason::ALL.len()],
+    family: Family<RefusalLabels, Counter>,
 }
 
 impl EnvironmentCounters {
-    pub fn reject(&self, reason: Reason) {
+    pub fn reject(&self, reason: RefusalReason) {
         self.rejections[reason.index()]
             .get_or_init(|| {
-                self.family.get_or_create_owned(&RejectionLabels {
+                self.family.get_or_create_owned(&RefusalLabels {
                     environment: self.label.clone(),
                     reason: reason.as_str(),
                 })
@@ -156,8 +193,10 @@ impl SidecarMetrics {
             environments: Gauge::default(),
             revision: Gauge::default(),
             store_up: Gauge::default(),
+            keys_stale: Gauge::default(),
             since_refresh: Gauge::default(),
             cache: Arc::default(),
+            connections: ConnectionMetrics::default(),
         };
         let mut registry = telemetry.registry.lock().unwrap_or_else(|e| e.into_inner());
         registry.register(
@@ -206,9 +245,30 @@ impl SidecarMetrics {
             metrics.store_up.clone(),
         );
         registry.register(
+            "sidecar_keys_stale",
+            "1 while the keys were read from the store longer ago than --max-key-staleness and every request is refused",
+            metrics.keys_stale.clone(),
+        );
+        registry.register(
             "sidecar_seconds_since_store_refresh",
             "Seconds since keys and limits were last read from the store successfully",
             metrics.since_refresh.clone(),
+        );
+        registry.register(
+            "sidecar_connections",
+            "Client connections open",
+            metrics.connections.open.clone(),
+        );
+        registry.register(
+            "sidecar_connections_waiting_for_headers",
+            "Client connections waiting for a request's headers (new, idle keep-alive, or part of a request sent)",
+            metrics.connections.waiting.clone(),
+        );
+        registry.register(
+            "sidecar_connections_shed",
+            "Client connections closed at --max-pending-headers or --max-connections (waited_longest: it had \
+             waited longest for headers; at_capacity: refused at accept, every connection being busy)",
+            metrics.connections.shed.clone(),
         );
         metrics
     }
@@ -257,7 +317,8 @@ impl SidecarMetrics {
     }
 
     /// Mirrors the key ring's state.
-    pub fn ring(&self, status: &RingStatus, since_refresh: Option<f64>) {
+    pub fn ring(&self, status: &RingStatus, since_refresh: Option<f64>, stale: bool) {
+        self.keys_stale.set(i64::from(stale));
         self.keys.set(status.keys as i64);
         self.environments.set(status.environments as i64);
         self.revision.set(status.revision);

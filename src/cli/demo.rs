@@ -93,6 +93,7 @@ async fn reconcile(args: &Args) -> anyhow::Result<u8> {
         manifests: args.manifests.clone(),
         database_url: args.database_url.clone(),
         secrets_dir: args.secrets_dir.clone(),
+        accounts: super::identity::AccountArgs::off(),
     };
     println!("== orgkeeper apply -f {}", args.manifests.display());
     let oso_url = args

@@ -8,6 +8,7 @@ use anyhow::Context;
 use super::output::{self, OutputFormat};
 use super::secrets_dir::{Inspection, SecretsDir, Templates};
 use crate::domain::{self, OrgKey, Plan, StoredOrganization};
+use crate::identity::DeclaredSource;
 use crate::manifests::{self, ManifestSet, Resource};
 use crate::store::{DEFAULT_DATABASE_URL, Store};
 
@@ -37,6 +38,8 @@ pub struct CommonArgs {
         value_name = "DIR"
     )]
     pub secrets_dir: PathBuf,
+    #[command(flatten)]
+    pub accounts: super::identity::AccountArgs,
 }
 
 /// Everything `plan` and `apply` compute before changing anything.
@@ -86,7 +89,14 @@ pub async fn prepare(common: &CommonArgs) -> anyhow::Result<Result<Prepared, u8>
         .context("opening the store")?;
     let keys: Vec<OrgKey> = declarations.organizations.iter().map(|o| o.key()).collect();
     let stored: BTreeMap<OrgKey, StoredOrganization> = store.load_organizations(&keys).await?;
-    let accounts = store.known_accounts().await?;
+    let declared = match crate::identity::declared::load_dir(&common.manifests) {
+        Ok(declared) => declared,
+        Err(errors) => return Ok(Err(output::print_errors(&errors))),
+    };
+    let directory = common.accounts.directory(DeclaredSource::fixed(declared))?;
+    let accounts = directory
+        .resolve(declarations.users.iter().map(|u| &u.account), &store)
+        .await?;
     let mut plan = domain::plan(&declarations, &stored, &accounts);
     let secrets = SecretsDir::new(&common.secrets_dir);
     let declared_keys: BTreeSet<(String, String)> = declarations

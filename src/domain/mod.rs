@@ -15,7 +15,7 @@ pub mod plan;
 pub mod removal;
 pub mod rules;
 
-pub use account::{Account, AccountError, KnownAccounts, Provider};
+pub use account::{Account, AccountError, KnownAccounts, ListError, Provider, Verdict, parse_account_list};
 pub use issuance::{PendingCompletion, SecretReview, SecretState, review_key_secrets};
 pub use keys::{ApiKeyToken, KeyHash, TokenError};
 pub use limits::{EffectiveLimits, LimitOverrides, PlanTier};

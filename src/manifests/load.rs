@@ -152,7 +152,7 @@ pub fn load_dir(dir: &Path) -> Result<ManifestSet, Vec<ManifestError>> {
     if errors.is_empty() { Ok(set) } else { Err(errors) }
 }
 
-fn yaml_files(root: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+pub fn yaml_files(root: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let read_error = |path: &Path, e: std::io::Error| ManifestError::Read {
         path: path.to_owned(),
         message: e.to_string(),
@@ -221,7 +221,7 @@ pub fn parse_str(text: &str, file: &Path, validator: &SchemaValidator) -> (Vec<M
 }
 
 /// The 1-based line each YAML document starts on (the line after a `---`, or 1 for the first).
-fn document_start_lines(text: &str) -> Vec<usize> {
+pub fn document_start_lines(text: &str) -> Vec<usize> {
     let mut starts = Vec::new();
     let mut content_seen = false;
     for (i, line) in text.lines().enumerate() {

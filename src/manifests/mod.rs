@@ -6,5 +6,7 @@
 mod load;
 mod validate;
 
-pub use load::{Location, Manifest, ManifestError, ManifestSet, Resource, load_dir, parse_str};
+pub use load::{
+    Location, Manifest, ManifestError, ManifestSet, Resource, document_start_lines, load_dir, parse_str, yaml_files,
+};
 pub use validate::SchemaValidator;

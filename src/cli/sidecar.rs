@@ -1,13 +1,15 @@
 //! `orgkeeper sidecar`: the rate-limiting proxy in front of the fact API.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use super::duration::parse_duration;
 use super::exit;
-use crate::sidecar::{self, RunOptions, Settings, UpstreamProtocol};
+use crate::auth::KeyRing;
+use crate::sidecar::{self, LocalLimiter, RunOptions, Settings, UpstreamProtocol};
 use crate::store::DEFAULT_DATABASE_URL;
 use crate::telemetry::shutdown_signal;
 
@@ -50,11 +52,17 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let shutdown = shutdown_signal();
+    let ring = KeyRing::default();
+    tokio::spawn(
+        ring.clone()
+            .follow(args.database_url, args.refresh_interval, shutdown.clone()),
+    );
     let options = RunOptions {
         listen: args.listen,
         metrics_addr: args.metrics_addr,
-        database_url: args.database_url,
-        refresh_interval: args.refresh_interval,
+        ring,
+        limiter: Arc::new(LocalLimiter::default()),
         settings: Settings {
             upstream: args.upstream,
             header_read_timeout: args.header_read_timeout,
@@ -64,8 +72,6 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             workers: args.workers,
         },
     };
-    sidecar::run(options, shutdown_signal())
-        .await
-        .context("running the sidecar")?;
+    sidecar::run(options, shutdown).await.context("running the sidecar")?;
     Ok(exit::OK)
 }

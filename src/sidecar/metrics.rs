@@ -21,7 +21,7 @@ use crate::telemetry::Telemetry;
 
 /// Why a request was not forwarded (or failed upstream), as the `reason` label says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub enum RefusalReason {
     NotReady,
     Unauthenticated,
     Forbidden,
@@ -37,43 +37,43 @@ pub enum Reason {
     UpstreamTimeout,
 }
 
-impl Reason {
-    const ALL: [Reason; 13] = [
-        Reason::NotReady,
-        Reason::Unauthenticated,
-        Reason::Forbidden,
-        Reason::BodyTooLarge,
-        Reason::BatchTooLarge,
-        Reason::RateLimitedRequests,
-        Reason::RateLimitedFacts,
-        Reason::ConcurrencyLimited,
-        Reason::UnsupportedEncoding,
-        Reason::BadRequest,
-        Reason::Timeout,
-        Reason::UpstreamUnreachable,
-        Reason::UpstreamTimeout,
+impl RefusalReason {
+    const ALL: [RefusalReason; 13] = [
+        RefusalReason::NotReady,
+        RefusalReason::Unauthenticated,
+        RefusalReason::Forbidden,
+        RefusalReason::BodyTooLarge,
+        RefusalReason::BatchTooLarge,
+        RefusalReason::RateLimitedRequests,
+        RefusalReason::RateLimitedFacts,
+        RefusalReason::ConcurrencyLimited,
+        RefusalReason::UnsupportedEncoding,
+        RefusalReason::BadRequest,
+        RefusalReason::Timeout,
+        RefusalReason::UpstreamUnreachable,
+        RefusalReason::UpstreamTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::NotReady => "not_ready",
-            Reason::Unauthenticated => "unauthenticated",
-            Reason::Forbidden => "forbidden",
-            Reason::BodyTooLarge => "body_too_large",
-            Reason::BatchTooLarge => "batch_too_large",
-            Reason::RateLimitedRequests => "rate_limited_requests",
-            Reason::RateLimitedFacts => "rate_limited_facts",
-            Reason::ConcurrencyLimited => "concurrency_limited",
-            Reason::UnsupportedEncoding => "unsupported_encoding",
-            Reason::BadRequest => "bad_request",
-            Reason::Timeout => "timeout",
-            Reason::UpstreamUnreachable => "upstream_unreachable",
-            Reason::UpstreamTimeout => "upstream_timeout",
+            RefusalReason::NotReady => "not_ready",
+            RefusalReason::Unauthenticated => "unauthenticated",
+            RefusalReason::Forbidden => "forbidden",
+            RefusalReason::BodyTooLarge => "body_too_large",
+            RefusalReason::BatchTooLarge => "batch_too_large",
+            RefusalReason::RateLimitedRequests => "rate_limited_requests",
+            RefusalReason::RateLimitedFacts => "rate_limited_facts",
+            RefusalReason::ConcurrencyLimited => "concurrency_limited",
+            RefusalReason::UnsupportedEncoding => "unsupported_encoding",
+            RefusalReason::BadRequest => "bad_request",
+            RefusalReason::Timeout => "timeout",
+            RefusalReason::UpstreamUnreachable => "upstream_unreachable",
+            RefusalReason::UpstreamTimeout => "upstream_timeout",
         }
     }
 
     fn index(self) -> usize {
-        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+        RefusalReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 }
 
@@ -84,7 +84,7 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RejectionLabels {
+struct RefusalLabels {
     environment: String,
     reason: &'static str,
 }
@@ -100,7 +100,7 @@ pub const UNKNOWN_ENVIRONMENT: &str = "unknown";
 #[derive(Clone)]
 pub struct SidecarMetrics {
     requests: Family<RequestLabels, Counter>,
-    rejections: Family<RejectionLabels, Counter>,
+    rejections: Family<RefusalLabels, Counter>,
     fact_writes: Family<EnvironmentLabels, Counter>,
     duration: Histogram,
     in_flight: Gauge,
@@ -118,15 +118,15 @@ pub struct EnvironmentCounters {
     pub writes: Counter,
     pub facts: Counter,
     label: String,
-    rejections: [OnceLock<Counter>; Reason::ALL.len()],
-    family: Family<RejectionLabels, Counter>,
+    rejections: [OnceLock<Counter>; RefusalReason::ALL.len()],
+    family: Family<RefusalLabels, Counter>,
 }
 
 impl EnvironmentCounters {
-    pub fn reject(&self, reason: Reason) {
+    pub fn reject(&self, reason: RefusalReason) {
         self.rejections[reason.index()]
             .get_or_init(|| {
-                self.family.get_or_create_owned(&RejectionLabels {
+                self.family.get_or_create_owned(&RefusalLabels {
                     environment: self.label.clone(),
                     reason: reason.as_str(),
                 })

@@ -76,7 +76,8 @@ pub struct Args {
     #[arg(long, env = "ORGKEEPER_IDENTITY")]
     pub identity: Option<String>,
     /// Namespace whose ConfigMaps labelled orgkeeper.dev/accounts=true declare accounts (default: $POD_NAMESPACE,
-    /// else the kubeconfig context's namespace). Only this namespace: a declared account skips the provider check.
+    /// else --lease-namespace, else the kubeconfig context's namespace). Only this namespace is read: a declared
+    /// account skips the provider check, so tenants must not be able to write there.
     #[arg(long, env = "ORGKEEPER_DECLARED_ACCOUNTS_NAMESPACE", value_name = "NS")]
     pub declared_accounts_namespace: Option<String>,
     #[command(flatten)]
@@ -203,7 +204,8 @@ fn settings(args: &Args) -> anyhow::Result<(Settings, Option<LeaseSettings>)> {
         declared_accounts_namespace: args
             .declared_accounts_namespace
             .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty())),
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()))
+            .or_else(|| args.lease_namespace.clone()),
     };
     Ok((settings, lease))
 }

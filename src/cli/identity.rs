@@ -17,7 +17,15 @@ use crate::identity::{DeclaredSource, Directory, GithubDirectory, GoogleDirector
 pub struct AccountArgs {
     /// Check github: accounts against GitHub (the user exists; with --github-org, is a member). Without it,
     /// github: accounts come from declared lists and the local registry only.
-    #[arg(long, env = "ORGKEEPER_CHECK_GITHUB")]
+    #[arg(
+        long,
+        env = "ORGKEEPER_CHECK_GITHUB",
+        action = clap::ArgAction::Set,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true"
+    )]
     pub check_github: bool,
     /// GitHub REST API base URL; for GitHub Enterprise Server, https://HOST/api/v3.
     #[arg(long, env = "ORGKEEPER_GITHUB_API_URL", default_value = github::DEFAULT_API_URL, value_name = "URL")]

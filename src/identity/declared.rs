@@ -30,7 +30,7 @@ use crate::manifests::{Location, ManifestError};
 pub const LABEL: &str = "orgkeeper.dev/accounts";
 
 /// How long a plan waits for the first list of declared accounts before going on without them.
-const FIRST_LIST_WAIT: Duration = Duration::from_secs(30);
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
 
 /// The declared accounts at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,6 +82,17 @@ impl DeclaredSource {
         DeclaredSource {
             current: Arc::new(watch::Sender::new(None)),
         }
+    }
+
+    /// Settles on "none declared" when no list came yet.
+    fn set_if_unlisted(&self) {
+        self.current.send_if_modified(|current| {
+            let unlisted = current.is_none();
+            if unlisted {
+                *current = Some(Arc::default());
+            }
+            unlisted
+        });
     }
 
     pub fn set(&self, accounts: DeclaredAccounts) {
@@ -200,7 +211,9 @@ pub async fn watch(client: Client, namespace: String, source: DeclaredSource, sh
         match event {
             None => return,
             Some(Err(error)) => {
-                tracing::warn!(%error, %namespace, "watching declared accounts failed; retrying with backoff")
+                tracing::warn!(%error, %namespace, "watching declared accounts failed; retrying with backoff");
+                // Plans go on without declared accounts rather than wait for a watch that may need RBAC first.
+                source.set_if_unlisted();
             }
             Some(Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {
                 let mut accounts = BTreeSet::new();

@@ -98,6 +98,11 @@ macro_rules! define_limits {
         }
 
         impl EffectiveLimits {
+            /// No limit at all; a base for tests and code that set only the limits they care about
+            /// (`EffectiveLimits { max_batch_facts: Some(5), ..EffectiveLimits::UNLIMITED }`), so that a new
+            /// limit does not touch them.
+            pub const UNLIMITED: EffectiveLimits = EffectiveLimits { $($field: None),* };
+
             /// Plan defaults, then the organization's overrides, then the environment's: the most specific
             /// wins, field by field.
             pub fn resolve(plan: PlanTier, organization: &LimitOverrides, environment: &LimitOverrides) -> Self {
@@ -224,6 +229,18 @@ mod tests {
             json,
             serde_json::json!({"requestsPerMinute": 1, "maxWriteBodyBytes": 5})
         );
+    }
+
+    #[test]
+    fn unlimited_is_what_no_layer_limits() {
+        let unlimited = PlanTier::Growth.default_limits();
+        let everything_lifted = EffectiveLimits {
+            fact_writes_per_minute: None,
+            max_batch_facts: None,
+            max_write_body_bytes: None,
+            ..unlimited
+        };
+        assert_eq!(everything_lifted, EffectiveLimits::UNLIMITED);
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub struct Limited {
 pub enum Refusal {
     /// Keys have not been loaded from the store yet.
     NotReady,
+    /// The store has been unreachable for longer than `--max-key-staleness`: a key may have been revoked
+    /// since the copy was read, so none is honoured.
+    KeysStale {
+        age: Duration,
+        limit: Duration,
+    },
     Unauthenticated(AuthError),
     /// More than one `Authorization` header: the sidecar and the upstream could read different keys.
     AmbiguousAuthorization,
@@ -62,7 +68,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotReady | Refusal::KeysStale { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => StatusCode::UNAUTHORIZED,
             Refusal::ReadOnlyKey { .. } => StatusCode::FORBIDDEN,
             Refusal::BodyTooLarge { .. } | Refusal::BatchTooLarge { .. } | Refusal::BeyondWholeBudget { .. } => {
@@ -80,6 +86,7 @@ impl Refusal {
     pub fn reason(&self) -> RefusalReason {
         match self {
             Refusal::NotReady => RefusalReason::NotReady,
+            Refusal::KeysStale { .. } => RefusalReason::KeysStale,
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => RefusalReason::Unauthenticated,
             Refusal::ReadOnlyKey { .. } => RefusalReason::Forbidden,
             Refusal::BodyTooLarge { .. } => RefusalReason::BodyTooLarge,
@@ -101,6 +108,7 @@ impl Refusal {
     pub fn message(&self) -> String {
         match self {
             Refusal::NotReady => "the sidecar has not loaded API keys from its store yet; retry in a moment".into(),
+            Refusal::KeysStale { age, limit } => stale_message(*age, *limit),
             Refusal::Unauthenticated(e) => e.to_string(),
             Refusal::AmbiguousAuthorization => "send exactly one Authorization header".into(),
             Refusal::ReadOnlyKey { endpoint } => {
@@ -144,7 +152,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Refusal::NotReady => {
+            Refusal::NotReady | Refusal::KeysStale { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Refusal::Limited(limited) => {
@@ -193,6 +201,16 @@ fn limited_message(by: &LimitRefusal) -> String {
             headers::whole_seconds(wait)
         ),
     }
+}
+
+/// Why the sidecar refuses every key while its copy is too old (also its readiness message).
+pub fn stale_message(age: Duration, limit: Duration) -> String {
+    format!(
+        "the sidecar has not reached its store for {} s, longer than its --max-key-staleness ({} s): it refuses \
+         every request rather than honour keys that may have been revoked since; retry when the store is back",
+        age.as_secs(),
+        headers::whole_seconds(limit)
+    )
 }
 
 /// A JSON `{"message": ...}` response.
@@ -266,6 +284,10 @@ mod tests {
     fn every_rejection_is_a_4xx_or_5xx_with_a_message() {
         for refusal in [
             Refusal::NotReady,
+            Refusal::KeysStale {
+                age: Duration::from_secs(400),
+                limit: Duration::from_secs(300),
+            },
             Refusal::Unauthenticated(AuthError::Invalid),
             Refusal::ReadOnlyKey { endpoint: "/api/batch" },
             Refusal::BodyTooLarge { limit: 10 },

@@ -1,6 +1,7 @@
 //! One request through the sidecar, cheapest refusals first:
 //!
-//! 1. authenticate the key (401; 503 before keys are loaded);
+//! 1. authenticate the key (401; 503 before keys are loaded, or once they are older than
+//!    `--max-key-staleness`);
 //! 2. classify: a write with a read-only key is 403; a compressed write 415; a declared body over
 //!    `maxWriteBodyBytes` 413 before a byte of it is read;
 //! 3. take a concurrency slot (429);
@@ -41,6 +42,7 @@ pub struct Handler {
     pub(super) upstream: Upstream,
     pub(super) metrics: SidecarMetrics,
     pub(super) body_timeout: Duration,
+    pub(super) max_key_staleness: Option<Duration>,
 }
 
 /// A request the sidecar refused: why, whom to count it against, and whether its body was left unread.
@@ -94,7 +96,15 @@ impl Handler {
             upstream: self.upstream.with_own_pool(),
             metrics: self.metrics.clone(),
             body_timeout: self.body_timeout,
+            max_key_staleness: self.max_key_staleness,
         }
+    }
+
+    /// The refusal every request gets while the keys are older than `max_key_staleness`.
+    pub fn stale(&self) -> Option<Refusal> {
+        let limit = self.max_key_staleness?;
+        let age = self.ring.since_last_success()?;
+        (age > limit).then_some(Refusal::KeysStale { age, limit })
     }
 
     pub async fn handle(&self, request: Request<Incoming>, connection: &ConnectionState) -> Response<ResponseBody> {
@@ -132,6 +142,9 @@ impl Handler {
             counters: self.metrics.unknown(),
             body_unread: has_body,
         })?;
+        if let Some(stale) = self.stale() {
+            return Err(caller.refuse(stale, has_body));
+        }
         let route = classify(&parts.method, parts.uri.path());
         if let Route::Write(kind) = route {
             check_write_headers(&caller, kind, &parts.headers, &body).map_err(|r| caller.refuse(r, has_body))?;

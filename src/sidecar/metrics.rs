@@ -23,6 +23,7 @@ use crate::telemetry::Telemetry;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RefusalReason {
     NotReady,
+    KeysStale,
     Unauthenticated,
     Forbidden,
     BodyTooLarge,
@@ -38,8 +39,9 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
-    const ALL: [RefusalReason; 13] = [
+    const ALL: [RefusalReason; 14] = [
         RefusalReason::NotReady,
+        RefusalReason::KeysStale,
         RefusalReason::Unauthenticated,
         RefusalReason::Forbidden,
         RefusalReason::BodyTooLarge,
@@ -57,6 +59,7 @@ impl RefusalReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalReason::NotReady => "not_ready",
+            RefusalReason::KeysStale => "keys_stale",
             RefusalReason::Unauthenticated => "unauthenticated",
             RefusalReason::Forbidden => "forbidden",
             RefusalReason::BodyTooLarge => "body_too_large",
@@ -108,6 +111,7 @@ pub struct SidecarMetrics {
     environments: Gauge,
     revision: Gauge,
     store_up: Gauge,
+    keys_stale: Gauge,
     since_refresh: Gauge<f64, AtomicU64>,
     cache: Arc<RwLock<HashMap<String, Arc<EnvironmentCounters>>>>,
 }
@@ -156,6 +160,7 @@ impl SidecarMetrics {
             environments: Gauge::default(),
             revision: Gauge::default(),
             store_up: Gauge::default(),
+            keys_stale: Gauge::default(),
             since_refresh: Gauge::default(),
             cache: Arc::default(),
         };
@@ -204,6 +209,11 @@ impl SidecarMetrics {
             "sidecar_store_up",
             "1 when the last refresh reached the store, 0 when the sidecar serves its last known copy",
             metrics.store_up.clone(),
+        );
+        registry.register(
+            "sidecar_keys_stale",
+            "1 while the keys were read from the store longer ago than --max-key-staleness and every request is refused",
+            metrics.keys_stale.clone(),
         );
         registry.register(
             "sidecar_seconds_since_store_refresh",
@@ -257,7 +267,8 @@ impl SidecarMetrics {
     }
 
     /// Mirrors the key ring's state.
-    pub fn ring(&self, status: &RingStatus, since_refresh: Option<f64>) {
+    pub fn ring(&self, status: &RingStatus, since_refresh: Option<f64>, stale: bool) {
+        self.keys_stale.set(i64::from(stale));
         self.keys.set(status.keys as i64);
         self.environments.set(status.environments as i64);
         self.revision.set(status.revision);

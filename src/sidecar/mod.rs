@@ -61,7 +61,15 @@ pub struct Settings {
     pub upstream_protocol: UpstreamProtocol,
     /// Threads serving connections (each with its own upstream connection pool); 0: one per CPU.
     pub workers: usize,
+    /// Once the keys were last read from the store longer ago than this, every request is refused (503):
+    /// a key revoked during a store outage stops working after at most this long. `None`: never.
+    pub max_key_staleness: Option<Duration>,
 }
+
+/// The default `max_key_staleness`: outages shorter than a minute go unnoticed by clients (the built-in
+/// fact store needs the same store for every request anyway); a revocation is enforced within a minute
+/// even when the store cannot be reached.
+pub const DEFAULT_MAX_KEY_STALENESS: Duration = Duration::from_secs(60);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -72,6 +80,7 @@ impl Default for Settings {
             upstream_timeout: Duration::from_secs(30),
             upstream_protocol: UpstreamProtocol::Auto,
             workers: 1,
+            max_key_staleness: Some(DEFAULT_MAX_KEY_STALENESS),
         }
     }
 }
@@ -113,6 +122,7 @@ impl Sidecar {
             )?,
             metrics: SidecarMetrics::register(telemetry),
             body_timeout: settings.body_timeout,
+            max_key_staleness: settings.max_key_staleness,
         };
         Ok(Sidecar {
             handler: Arc::new(handler),
@@ -166,8 +176,12 @@ impl Sidecar {
         let ring = &self.handler.ring;
         let status = ring.status();
         let since = ring.since_last_success();
-        self.handler.metrics.ring(&status, since.map(|d| d.as_secs_f64()));
+        let stale = self.handler.stale();
+        self.handler
+            .metrics
+            .ring(&status, since.map(|d| d.as_secs_f64()), stale.is_some());
         let readiness = match (&status.last_error, status.loaded) {
+            _ if let Some(refusal) = &stale => Readiness::NotReady(refusal.message()),
             (why, false) => Readiness::Starting(match why {
                 Some(e) => format!("cannot load API keys from the store yet: {e}"),
                 None => "loading API keys from the store".into(),

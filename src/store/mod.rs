@@ -58,6 +58,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database could not be reached at all (down, unreachable, out of connections), as opposed
+    /// to refusing a statement: the answer a caller can retry later.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Connect { .. }
+                | StoreError::Query {
+                    source: sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Io(_)
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::Protocol(_),
+                    ..
+                }
+        )
+    }
+
     /// The error for a failed statement of a write transaction: [`StoreError::ConcurrentApply`] when another
     /// writer got there first, [`StoreError::Query`] otherwise.
     pub(crate) fn from_write(context: &'static str, source: sqlx::Error) -> StoreError {
@@ -115,6 +132,26 @@ pub struct Store {
     writes: Arc<AtomicU64>,
 }
 
+/// How a store's connection pool behaves.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// How long a statement waits for a connection (a free one, or a new one to be opened) before it fails
+    /// with an unreachable store.
+    pub acquire_timeout: Duration,
+}
+
+/// Long enough for a busy PostgreSQL to hand out a connection; what batch commands (plan, apply, the
+/// controller) wait before giving up.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
 /// The embedded default: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://orgkeeper.db";
 
@@ -125,6 +162,11 @@ const SQLITE_CONNECTIONS: u32 = 4;
 impl Store {
     /// Connects, creating a SQLite file if needed, and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with other pool settings (the fact store fails faster than a batch command).
+    pub async fn connect_with(url: &str, settings: &StoreOptions) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let (backend, url) = normalise_url(url)?;
         let memory = backend == Backend::Sqlite && url.contains(":memory:") || url.contains("mode=memory");
@@ -132,7 +174,7 @@ impl Store {
             prepare_sqlite_file(&url)?;
         }
         let options = AnyPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(settings.acquire_timeout)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     if conn.backend_name().eq_ignore_ascii_case("sqlite") {
@@ -231,10 +273,7 @@ impl Store {
 fn prepare_sqlite_file(url: &str) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
-    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().map_err(|source| StoreError::Connect {
-        url: redact_url(url),
-        source,
-    })?;
+    let options = sqlite_options(url)?;
     let path = options.get_filename();
     // Only where SQLite itself would create it (`normalise_url` adds `mode=rwc` unless told otherwise).
     let created = if !url.contains("mode=rwc") {
@@ -267,6 +306,13 @@ fn prepare_sqlite_file(url: &str) -> Result<(), StoreError> {
             source,
         }),
     }
+}
+
+fn sqlite_options(url: &str) -> Result<sqlx::sqlite::SqliteConnectOptions, StoreError> {
+    url.parse().map_err(|source| StoreError::Connect {
+        url: redact_url(url),
+        source,
+    })
 }
 
 /// Accepts `sqlite:` and `postgres:`/`postgresql:` URLs; SQLite files are created when missing.
@@ -319,6 +365,15 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://app@db/orgkeeper"), "postgres://app@db/orgkeeper");
         assert_eq!(redact_url("sqlite://orgkeeper.db"), "sqlite://orgkeeper.db");
+    }
+
+    #[test]
+    fn the_sqlite_file_is_found_in_either_url_form() {
+        for url in ["sqlite://dir/x.db", "sqlite:dir/x.db", "sqlite:///tmp/dir/x.db"] {
+            let (_, url) = normalise_url(url).unwrap();
+            let path = sqlite_options(&url).unwrap().get_filename().to_owned();
+            assert!(path.ends_with("dir/x.db"), "{url}: {}", path.display());
+        }
     }
 
     #[test]

@@ -163,6 +163,8 @@ expected_rules() {
   fi
   if [[ "$1" == *leases ]]; then
     for v in get create update; do echo "leases.coordination.k8s.io $v"; done
+    # declared account lists, read in the release namespace only
+    for v in get list watch; do echo "configmaps $v"; done
   fi
   return 0
 }

@@ -34,6 +34,8 @@ def controller_rules():
 
 
 LEADER_ELECTION_RULES = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+# Declared account lists: ConfigMaps read in the release namespace only.
+DECLARED_ACCOUNTS_RULES = {("", "configmaps", v) for v in ("get", "list", "watch")}
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -149,7 +151,7 @@ def main():
             expected[ns] = set(needed)
     else:
         expected[None] = set(needed)
-    expected.setdefault(args.release_namespace, set()).update(LEADER_ELECTION_RULES)
+    expected.setdefault(args.release_namespace, set()).update(LEADER_ELECTION_RULES | DECLARED_ACCOUNTS_RULES)
     for ns in sorted(set(expected) | set(granted), key=lambda n: n or ""):
         where = "cluster-wide" if ns is None else f"in namespace {ns}"
         got, want = granted.get(ns, set()), expected.get(ns, set())

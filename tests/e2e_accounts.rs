@@ -103,7 +103,10 @@ async fn github_decides_who_exists_and_its_rate_limit_is_waited_out() {
             .with("--check-github", "true")
             .with("--github-api-url", &server.url())
             .with("--github-token-file", token_file.to_str().unwrap())
-            .with("--account-negative-cache-ttl", "1s"),
+            .with("--account-negative-cache-ttl", "1s")
+            .with("--account-cache-ttl", "2s")
+            // A Ready User is looked at again at its resync: that is when a deleted account is noticed.
+            .with("--resync-interval", "5s"),
     );
     ns.apply_ok(&documents([
         organization("acme", "Retain"),
@@ -140,6 +143,26 @@ async fn github_decides_who_exists_and_its_rate_limit_is_waited_out() {
     // The unknown login comes into existence on GitHub.
     server.answer("/users/ghost-login", github_user("ghost-login"));
     wait_reason(&users, "ghost", "Reconciled").await;
+
+    // The account is deleted on GitHub: the User says so, and stays in the organization.
+    server.answer("/users/octocat", fixture("github/not-found"));
+    let gone = wait_reason(&users, "octo", "UnknownAccount").await;
+    assert!(
+        ready_message(&gone).contains("no longer an existing account: GitHub has no user octocat"),
+        "{}",
+        ready_message(&gone)
+    );
+    let stored = store
+        .open()
+        .await
+        .load_organizations(&[orgkeeper::domain::OrgKey::new(&ns.name, "acme")])
+        .await
+        .unwrap();
+    let members = &stored.values().next().unwrap().users;
+    assert!(
+        members.iter().any(|u| u.account.login() == "octocat"),
+        "nothing is removed"
+    );
 
     // The token went to GitHub and nowhere else.
     assert!(

@@ -155,15 +155,14 @@ pub struct Hold {
 }
 
 impl Hold {
-    /// Why and until when look-ups are held, while they are.
+    /// Why and until when look-ups are held, while they are. The text stays the same for the whole hold (no
+    /// countdown), so a User's status is written once, not at every retry.
     pub fn active(&self) -> Option<String> {
         let mut until = self.until.lock().unwrap_or_else(|e| e.into_inner());
         match until.as_ref() {
-            Some((instant, wall, why)) if Instant::now() < *instant => Some(format!(
-                "{why}; next check at {} (in {}s)",
-                timestamp(*wall),
-                instant.saturating_duration_since(Instant::now()).as_secs() + 1
-            )),
+            Some((instant, wall, why)) if Instant::now() < *instant => {
+                Some(format!("{why}; next check at {}", timestamp(*wall)))
+            }
             Some(_) => {
                 *until = None;
                 None

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use identity_support::{FakeProvider, Fixture, Logs, fixture};
 use orgkeeper::domain::{Account, Verdict};
-use orgkeeper::identity::http::{CacheTtl, base_url};
+use orgkeeper::identity::http::{CacheTtl, Credential, base_url};
 use orgkeeper::identity::{GithubDirectory, GithubSettings};
 use secrecy::SecretString;
 
@@ -18,7 +18,7 @@ const TOKEN: &str = "ghp_TESTtokenThatMustNeverLeak0123456789";
 fn github(server: &FakeProvider, organization: Option<&str>, ttl: CacheTtl, timeout: Duration) -> GithubDirectory {
     GithubDirectory::new(GithubSettings {
         api_url: base_url(&format!("{}/api/v3", server.url())).unwrap(),
-        token: Some(SecretString::from(TOKEN)),
+        token: Some(Credential::Fixed(SecretString::from(TOKEN))),
         organization: organization.map(str::to_owned),
         timeout,
         ttl,
@@ -272,4 +272,35 @@ async fn the_token_never_shows_in_verdicts_or_logs() {
     );
     assert!(!everything.contains(TOKEN), "the token leaked: {everything}");
     assert!(!everything.contains("ghp_"), "part of the token leaked");
+}
+
+#[tokio::test]
+async fn a_rotated_token_file_is_used_without_a_restart() {
+    let server = FakeProvider::start().await;
+    server.answer("/users/octocat", user("octocat"));
+    server.answer("/users/monalisa", user("monalisa"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "ghp_first\n").unwrap();
+    let github = GithubDirectory::new(GithubSettings {
+        api_url: base_url(&server.url()).unwrap(),
+        token: Some(Credential::file(file.clone()).unwrap()),
+        organization: None,
+        timeout: Duration::from_secs(5),
+        ttl: LONG,
+    })
+    .unwrap();
+    assert_eq!(github.check("octocat").await, Verdict::Exists);
+    // The kubelet updates a mounted Secret's files in place.
+    std::fs::write(&file, "ghp_second\n").unwrap();
+    assert_eq!(github.check("monalisa").await, Verdict::Exists);
+    let sent: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sent, ["Bearer ghp_first", "Bearer ghp_second"]);
+
+    std::fs::write(&file, "").unwrap();
+    assert!(Credential::file(file).unwrap_err().contains("is empty"));
 }

@@ -1,16 +1,15 @@
 //! The account-directory flags shared by `plan`, `apply` and `controller`: which providers check accounts
 //! and how (see `crate::identity` for the chain and docs/kubectl.md#accounts for the guide).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use secrecy::SecretString;
 
 use super::duration::parse_duration;
 use crate::identity::github::{self, GithubSettings};
 use crate::identity::google::{self, GoogleSettings, ServiceAccountKey};
-use crate::identity::http::CacheTtl;
+use crate::identity::http::{CacheTtl, Credential};
 use crate::identity::{DeclaredSource, Directory, GithubDirectory, GoogleDirectory};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -105,7 +104,11 @@ impl AccountArgs {
             {
                 anyhow::bail!("--github-org {org:?} is not a GitHub organization name");
             }
-            let token = self.github_token_file.as_deref().map(read_secret).transpose()?;
+            let token = (self.github_token_file.clone())
+                .map(Credential::file)
+                .transpose()
+                .map_err(anyhow::Error::msg)
+                .context("--github-token-file")?;
             Some(GithubDirectory::new(GithubSettings {
                 api_url,
                 token,
@@ -133,15 +136,6 @@ impl AccountArgs {
         };
         Ok(Directory::new(declared, github, google))
     }
-}
-
-/// A credential file's content, without surrounding whitespace (a Secret mounted from `kubectl create
-/// secret --from-file` often ends in a newline).
-fn read_secret(path: &Path) -> anyhow::Result<SecretString> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let trimmed = text.trim();
-    anyhow::ensure!(!trimmed.is_empty(), "{} is empty", path.display());
-    Ok(SecretString::from(trimmed.to_owned()))
 }
 
 #[cfg(test)]

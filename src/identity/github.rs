@@ -18,10 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, ETAG, HeaderValue, IF_NONE_MATCH, RETRY_AFTER};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::http::{self, AnswerCache, CacheTtl, Cached, ClientError, Hold};
+use super::http::{self, AnswerCache, CacheTtl, Cached, ClientError, Credential, Hold};
 use crate::domain::Verdict;
 
 /// The public GitHub REST API.
@@ -37,7 +37,7 @@ pub struct GithubSettings {
     pub api_url: reqwest::Url,
     /// A token (classic or fine-grained, read-only): raises the rate limit from 60 to 5,000 requests an
     /// hour and, from an organization member with `read:org`, lets private membership be seen.
-    pub token: Option<SecretString>,
+    pub token: Option<Credential>,
     /// Only members of this organization may join.
     pub organization: Option<String>,
     pub timeout: Duration,
@@ -181,6 +181,9 @@ impl GithubDirectory {
             .header(ACCEPT, "application/vnd.github+json")
             .header("x-github-api-version", API_VERSION);
         if let Some(token) = &self.settings.token {
+            let token = token
+                .read()
+                .map_err(|e| unverified(format!("the GitHub token could not be read: {e}")))?;
             let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
                 .map_err(|_| unverified("the GitHub token is not a valid header value".to_owned()))?;
             value.set_sensitive(true);

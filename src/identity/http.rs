@@ -5,10 +5,12 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::jiff::Timestamp;
+use secrecy::SecretString;
 
 /// Answers kept at most; beyond this the expired ones go, then the oldest half.
 const CACHE_CAPACITY: usize = 50_000;
@@ -232,4 +234,37 @@ pub fn base_url(text: &str) -> Result<reqwest::Url, String> {
         return Err(format!("{text:?}: a base URL has no query or fragment"));
     }
     Ok(url)
+}
+
+/// A credential: given, or read from its file at each use, so a rotated Secret (the kubelet updates a mounted
+/// Secret's files in place) is picked up without a restart.
+#[derive(Debug)] // SecretString prints as [REDACTED]
+pub enum Credential {
+    Fixed(SecretString),
+    File(PathBuf),
+}
+
+impl Credential {
+    /// A credential file, read once now so that a missing or empty file fails at start, not at the first check.
+    pub fn file(path: PathBuf) -> Result<Self, String> {
+        let credential = Credential::File(path);
+        credential.read()?;
+        Ok(credential)
+    }
+
+    /// The current value, without surrounding whitespace (`kubectl create secret --from-file` keeps a final
+    /// newline). Errors name the file, never its content.
+    pub fn read(&self) -> Result<SecretString, String> {
+        match self {
+            Credential::Fixed(value) => Ok(value.clone()),
+            Credential::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let trimmed = text.trim();
+                if trimmed.is_empty() {
+                    return Err(format!("{} is empty", path.display()));
+                }
+                Ok(SecretString::from(trimmed.to_owned()))
+            }
+        }
+    }
 }

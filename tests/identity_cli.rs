@@ -202,3 +202,61 @@ async fn github_decides_github_accounts_and_declared_lists_come_first() {
         text(&offline)
     );
 }
+
+fn google_user(name: &str, email: &str) -> String {
+    format!(
+        "apiVersion: orgkeeper.dev/v1alpha1
+kind: User
+metadata:
+  name: {name}
+  namespace: team
+spec:
+  organizationRef:
+    name: acme
+  google: {email}
+  role: Member
+"
+    )
+}
+
+#[tokio::test]
+async fn google_workspace_decides_google_accounts() {
+    let server = FakeProvider::start().await;
+    server.answer("/token", fixture("google/token"));
+    let users = "/admin/directory/v1/users";
+    server.answer(&format!("{users}/liz@example.com"), fixture("google/user"));
+    server.answer(&format!("{users}/sam@example.com"), fixture("google/user-suspended"));
+    let project = Project::new(&[
+        ORG.into(),
+        google_user("liz", "Liz@Example.com"),
+        google_user("sam", "sam@example.com"),
+    ]);
+    let key_text =
+        std::fs::read_to_string(identity_support::fixtures_dir().join("google/test-service-account.json")).unwrap();
+    let mut key: serde_json::Value = serde_json::from_str(&key_text).unwrap();
+    key["token_uri"] = format!("{}/token", server.url()).into();
+    let key_file = project.dir.path().join("key.json");
+    fs::write(&key_file, key.to_string()).unwrap();
+    let private_key = key["private_key"].as_str().unwrap().lines().nth(1).unwrap().to_owned();
+
+    let output = project
+        .run(&[
+            "plan",
+            "--google-credentials-file",
+            key_file.to_str().unwrap(),
+            "--google-admin-subject",
+            "admin@example.com",
+            "--google-directory-url",
+            &server.url(),
+        ])
+        .await;
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("User team/sam: UnknownAccount"), "{said}");
+    assert!(said.contains("is suspended (ADMIN)"), "{said}");
+    assert!(!said.contains("User team/liz: UnknownAccount"), "{said}");
+    assert_eq!(server.requests_to("/token").len(), 1);
+    for secret in ["ya29.", private_key.as_str()] {
+        assert!(!said.contains(secret), "{secret:?} leaked: {said}");
+    }
+}

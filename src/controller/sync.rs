@@ -75,6 +75,7 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
         changes,
         "organization reconciled"
     );
+    ctx.metrics.organization_keys(key, stored.as_ref());
     Ok(Synced { stored, problems })
 }
 

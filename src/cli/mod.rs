@@ -13,6 +13,7 @@ mod identity;
 mod keys;
 mod output;
 mod plan;
+mod prepared;
 mod secrets_dir;
 mod sidecar;
 

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Account, ListError, parse_account_list};
-use crate::manifests::{Location, ManifestError};
+use crate::manifests::{FileText, LoadLimits, Location, ManifestError};
 
 /// The label that marks a ConfigMap as an account list.
 pub const LABEL: &str = "orgkeeper.dev/accounts";
@@ -136,18 +136,17 @@ fn is_account_list(config_map: &ConfigMap) -> bool {
 
 /// The declared accounts in a folder (or file) of manifests: every labelled ConfigMap. Any line that is
 /// not an account is an error (with its file and line), so a typo never silently drops someone.
-pub fn load_dir(dir: &Path) -> Result<DeclaredAccounts, Vec<ManifestError>> {
-    let files = crate::manifests::yaml_files(dir).map_err(|e| vec![e])?;
+pub fn load_dir(dir: &Path, limits: LoadLimits) -> Result<DeclaredAccounts, Vec<ManifestError>> {
+    // The same files, read under the same bounds, as the manifest loader (which reports what it skips).
+    let (files, _skipped) = crate::manifests::yaml_files(dir).map_err(|e| vec![e])?;
     let mut accounts = BTreeSet::new();
     let mut errors = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(e) => {
-                errors.push(ManifestError::Read {
-                    path: file,
-                    message: e.to_string(),
-                });
+        let text = match crate::manifests::read_bounded(&file, limits.max_file_bytes) {
+            Ok(FileText::Text(text)) => text,
+            Ok(FileText::NotRegular) => continue,
+            Err(error) => {
+                errors.push(error);
                 continue;
             }
         };

@@ -4,9 +4,11 @@
 //! every error names the file, the line, the object and the field.
 
 mod load;
+mod strict;
 mod validate;
 
 pub use load::{
-    Location, Manifest, ManifestError, ManifestSet, Resource, document_start_lines, load_dir, parse_str, yaml_files,
+    FileText, LoadLimits, Location, Manifest, ManifestError, ManifestSet, Resource, SkippedFile, document_start_lines,
+    load_dir, load_dir_with, parse_str, read_bounded, yaml_files,
 };
 pub use validate::SchemaValidator;

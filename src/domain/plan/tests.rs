@@ -2,8 +2,13 @@
 //! changes and problems a user would see.
 
 use super::*;
+use std::collections::BTreeMap;
+
+use crate::domain::account::{Account, KnownAccounts};
 use crate::domain::Verdict;
 use crate::domain::limits::{LimitOverrides, PlanTier};
+use crate::domain::model::*;
+use crate::domain::rules::Reason;
 
 const NS: &str = "team";
 
@@ -74,13 +79,9 @@ fn stored_after(declarations: &Declarations, known: &KnownAccounts) -> BTreeMap<
         match change {
             Change::CreateOrganization { organization, settings } => {
                 org = Some(StoredOrganization {
-                    id: "o1".into(),
                     key: organization,
                     settings,
-                    managed: true,
-                    environments: vec![],
-                    users: vec![],
-                    api_keys: vec![],
+                    ..crate::domain::fixtures::organization()
                 })
             }
             Change::CreateEnvironment {

@@ -11,8 +11,7 @@ use super::Error;
 use super::context::Context;
 use super::{issuance, secrets};
 use crate::domain::{
-    self, Kind, ObjectRef, OrgKey, Problem, Reason, StoredOrganization, plan_organization_removal,
-    review_key_secrets,
+    self, Kind, ObjectRef, OrgKey, Problem, Reason, StoredOrganization, plan_organization_removal, review_key_secrets,
 };
 
 /// An organization after reconciling it.

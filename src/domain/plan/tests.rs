@@ -4,8 +4,8 @@
 use super::*;
 use std::collections::BTreeMap;
 
-use crate::domain::account::{Account, KnownAccounts};
 use crate::domain::Verdict;
+use crate::domain::account::{Account, KnownAccounts};
 use crate::domain::limits::{LimitOverrides, PlanTier};
 use crate::domain::model::*;
 use crate::domain::rules::Reason;

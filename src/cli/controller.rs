@@ -14,6 +14,7 @@ use kube::{Client, Config};
 use super::duration::parse_duration;
 use super::exit;
 use crate::controller::{self, LeaseSettings, Settings};
+use crate::identity::DeclaredSource;
 use crate::store::{DEFAULT_DATABASE_URL, Store, redact_url};
 use crate::telemetry::{Telemetry, shutdown_signal};
 
@@ -74,6 +75,13 @@ pub struct Args {
     /// random suffix).
     #[arg(long, env = "ORGKEEPER_IDENTITY")]
     pub identity: Option<String>,
+    /// Namespace whose ConfigMaps labelled orgkeeper.dev/accounts=true declare accounts (default: $POD_NAMESPACE,
+    /// else --lease-namespace, else the kubeconfig context's namespace). Only this namespace is read: a declared
+    /// account skips the provider check, so tenants must not be able to write there.
+    #[arg(long, env = "ORGKEEPER_DECLARED_ACCOUNTS_NAMESPACE", value_name = "NS")]
+    pub declared_accounts_namespace: Option<String>,
+    #[command(flatten)]
+    pub accounts: super::identity::AccountArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
@@ -192,6 +200,12 @@ fn settings(args: &Args) -> anyhow::Result<(Settings, Option<LeaseSettings>)> {
         max_retry_interval: args.max_retry_interval,
         concurrency: args.concurrency,
         identity: args.identity.clone().unwrap_or_else(controller::default_identity),
+        accounts: args.accounts.directory(DeclaredSource::watched())?,
+        declared_accounts_namespace: args
+            .declared_accounts_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()))
+            .or_else(|| args.lease_namespace.clone()),
     };
     Ok((settings, lease))
 }

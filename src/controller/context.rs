@@ -18,6 +18,7 @@ use super::metrics::{Metrics, StoreWrites};
 use super::secrets::RecentSecrets;
 use super::triggers::Triggers;
 use crate::domain::{ObjectRef, OrgKey, StoredOrganization};
+use crate::identity::Directory;
 use crate::store::Store;
 
 /// A copy of what the store held for an organization at a revision.
@@ -46,6 +47,10 @@ pub struct Settings {
     pub concurrency: u16,
     /// Who this replica is, in the Lease and in events.
     pub identity: String,
+    /// Where accounts are looked up (declared lists, GitHub, Google, the registry).
+    pub accounts: Directory,
+    /// The namespace of the declared account lists (`None`: the client's default namespace).
+    pub declared_accounts_namespace: Option<String>,
 }
 
 /// The first retry comes after this long, and each next one after twice as long, up to the maximum.

@@ -17,7 +17,7 @@ pub mod plan;
 pub mod removal;
 pub mod rules;
 
-pub use account::{Account, AccountError, KnownAccounts, Provider};
+pub use account::{Account, AccountError, KnownAccounts, ListError, Provider, Verdict, parse_account_list};
 pub use issuance::{
     PendingCompletion, SecretReview, SecretState, StaleSecret, WriteOrder, live_keys_revoked, review_key_secrets,
     review_secrets,

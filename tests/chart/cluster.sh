@@ -161,7 +161,7 @@ for rule in role["rules"]:
         for resource in rule["resources"]:
             base, _, sub = resource.partition("/")
             name = (f"{base}.{group}" if group else base) + (f"/{sub}" if sub else "")
-            leases = base == "leases"
+            leases = base in ("leases", "configmaps")  # release namespace only
             if (leases and what.endswith("leases")) or (not leases and what.startswith("reconcile")):
                 for verb in rule["verbs"]:
                     print(name, verb)

@@ -47,6 +47,11 @@ pub struct Args {
     /// a key slot) or whose reconcile failed; retries start at 0.5s and double.
     #[arg(long, env = "ORGKEEPER_MAX_RETRY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub max_retry_interval: Duration,
+    /// How long an object may wait for another resource (its Organization, its Environment, an account, a key
+    /// slot) before the wait is announced with a Warning event; shorter waits are Normal events, because
+    /// `kubectl apply` of a folder creates resources in an order where some wait seconds for others.
+    #[arg(long, env = "ORGKEEPER_WARN_AFTER_WAITING", default_value = "2m", value_parser = parse_duration)]
+    pub warn_after_waiting: Duration,
     /// Reconciles running at once, per kind (reconciles of one organization always take turns).
     #[arg(long, env = "ORGKEEPER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
@@ -198,6 +203,7 @@ fn settings(args: &Args) -> anyhow::Result<(Settings, Option<LeaseSettings>)> {
         oso_url: args.oso_url.clone(),
         resync_interval: args.resync_interval,
         max_retry_interval: args.max_retry_interval,
+        warn_after_waiting: args.warn_after_waiting,
         concurrency: args.concurrency,
         identity: args.identity.clone().unwrap_or_else(controller::default_identity),
         accounts: args.accounts.directory(DeclaredSource::watched())?,

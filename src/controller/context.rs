@@ -43,6 +43,8 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// The longest wait between retries of an object that cannot be carried out yet (or failed).
     pub max_retry_interval: Duration,
+    /// How long waiting for another resource is normal; a longer wait is announced with a Warning event.
+    pub warn_after_waiting: Duration,
     /// Reconciles running at once, per kind.
     pub concurrency: u16,
     /// Who this replica is, in the Lease and in events.

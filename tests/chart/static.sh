@@ -128,6 +128,7 @@ check_schema_refuses_bad_values() {
     "an existing ServiceAccount without a name|serviceAccount|--set serviceAccount.create=false"
     "a bad scrape interval|metrics.serviceMonitor.interval|--set metrics.serviceMonitor.interval=soon"
     "a memory quantity with a typo|controller.resources.limits.memory|--set controller.resources.limits.memory=256MB"
+    "a key staleness that is not a duration|dataPlane.sidecar.maxKeyStaleness|--set dataPlane.sidecar.maxKeyStaleness=never"
   )
   local entry what expected args failures=0
   for entry in "${cases[@]}"; do

@@ -12,6 +12,7 @@ mod facts;
 mod keys;
 mod output;
 mod plan;
+mod prepared;
 mod secrets_dir;
 mod sidecar;
 

@@ -7,6 +7,8 @@
 
 pub mod account;
 pub mod facts;
+#[cfg(test)]
+pub mod fixtures;
 pub mod issuance;
 pub mod keys;
 pub mod limits;
@@ -16,7 +18,10 @@ pub mod removal;
 pub mod rules;
 
 pub use account::{Account, AccountError, KnownAccounts, Provider};
-pub use issuance::{PendingCompletion, SecretReview, SecretState, review_key_secrets};
+pub use issuance::{
+    PendingCompletion, SecretReview, SecretState, StaleSecret, WriteOrder, live_keys_revoked, review_key_secrets,
+    review_secrets,
+};
 pub use keys::{ApiKeyToken, KeyHash, TokenError};
 pub use limits::{EffectiveLimits, LimitOverrides, PlanTier};
 pub use model::*;

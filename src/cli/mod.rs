@@ -61,7 +61,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Show the changes that `apply` would make to the store (exit 0: none, 2: some, 1: error).
     Plan(plan::Args),
-    /// Make the store match a folder of manifests, in one transaction; write issued keys as Secret manifests.
+    /// Make the store match a folder of manifests, in one transaction; write issued keys as Secret manifests
+    /// (a plan that revokes more than 3 live keys needs --allow-revocations N).
     Apply(apply::Args),
     /// Register, unregister and list the existing accounts (github:NAME, google:EMAIL) users may reference.
     Accounts(accounts::Args),

@@ -25,12 +25,15 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
+    let Some(store) = &prepared.store else {
+        anyhow::bail!("apply needs a store to change");
+    };
     if !prepared.plan.problems.is_empty() || prepared.plan.is_empty() {
         let code = output::print_plan(&prepared, args.output, false);
-        prepared.store.close().await;
+        store.close().await;
         return Ok(if code == exit::CHANGES { exit::OK } else { code });
     }
-    let mut tx = prepared.store.begin().await?;
+    let mut tx = store.begin().await?;
     // Keys are recorded live and their files written before the commit: if anything fails before the
     // commit, the transaction rolls back and the files are removed, so no key is live without its Secret.
     let outcome = tx
@@ -61,9 +64,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     tracing::info!(
         changes = outcome.changes,
         keys = written.len(),
-        statements = prepared.store.statements(),
+        statements = store.statements(),
         "applied"
     );
-    prepared.store.close().await;
+    store.close().await;
     Ok(exit::OK)
 }

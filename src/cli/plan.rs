@@ -1,13 +1,14 @@
 //! `orgkeeper plan`: what `apply` would change, without changing anything.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use super::exit;
 use super::output::{self, OutputFormat};
 use super::secrets_dir::{Inspection, SecretsDir, Templates};
-use crate::domain::{self, OrgKey, Plan, StoredOrganization};
+use crate::domain::{self, Account, KnownAccounts, OrgKey, Plan, Refusal, StoredOrganization};
 use crate::manifests::{self, ManifestSet, Resource};
 use crate::store::{DEFAULT_DATABASE_URL, Store};
 
@@ -18,6 +19,26 @@ pub struct Args {
     /// Output format.
     #[arg(short, long, env = "ORGKEEPER_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Also check that this account (github:LOGIN or google:EMAIL, e.g. a pull request's author) may make every
+    /// change, judged by its role before the change; exit 3 when it may not.
+    #[arg(long = "as", env = "ORGKEEPER_AS", value_name = "ACCOUNT")]
+    pub as_account: Option<String>,
+    /// Plan against the manifests in this folder (e.g. the pull request's target branch) instead of the store:
+    /// no database is opened, and accounts are not checked for existence (the controller does that).
+    #[arg(long, env = "ORGKEEPER_BASE", value_name = "DIR")]
+    pub base: Option<PathBuf>,
+}
+
+/// What the plan is computed against: the store, or the manifests of the target branch.
+pub enum StateBefore<'a> {
+    Store,
+    Manifests(&'a Path),
+}
+
+/// The judgement of `plan --as`: every change the account may not make.
+pub struct Review {
+    pub account: Account,
+    pub refusals: Vec<Refusal>,
 }
 
 /// Flags shared by `plan` and `apply`.
@@ -42,8 +63,12 @@ pub struct CommonArgs {
 /// Everything `plan` and `apply` compute before changing anything.
 pub struct Prepared {
     pub manifests: ManifestSet,
-    pub store: Store,
+    /// `None` when planning against `--base` manifests.
+    pub store: Option<Store>,
+    /// The state before the plan, for the store's declared organizations (or the base manifests').
+    pub before: BTreeMap<OrgKey, StoredOrganization>,
     pub plan: Plan,
+    pub review: Option<Review>,
     pub secrets: SecretsDir,
     pub inspection: Inspection,
     pub objects: usize,
@@ -73,34 +98,61 @@ impl Prepared {
 /// Reads and validates the manifests, opens the store, and plans. Errors in the manifests are printed
 /// (all of them) and reported as `Ok(Err(exit code))`.
 pub async fn prepare(common: &CommonArgs) -> anyhow::Result<Result<Prepared, u8>> {
-    let manifests = match manifests::load_dir(&common.manifests) {
-        Ok(set) => set,
-        Err(errors) => return Ok(Err(output::print_errors(&errors))),
+    prepare_against(common, StateBefore::Store).await
+}
+
+/// Reads the manifests in `dir` and what they declare, printing every error (as `Err(exit code)`).
+fn read_declarations(dir: &Path) -> Result<(ManifestSet, domain::Declarations), u8> {
+    let manifests = manifests::load_dir(dir).map_err(|errors| output::print_errors(&errors))?;
+    let declarations = manifests
+        .declarations()
+        .map_err(|errors| output::print_errors(&errors))?;
+    Ok((manifests, declarations))
+}
+
+pub async fn prepare_against(common: &CommonArgs, before: StateBefore<'_>) -> anyhow::Result<Result<Prepared, u8>> {
+    let (manifests, declarations) = match read_declarations(&common.manifests) {
+        Ok(read) => read,
+        Err(code) => return Ok(Err(code)),
     };
-    let declarations = match manifests.declarations() {
-        Ok(d) => d,
-        Err(errors) => return Ok(Err(output::print_errors(&errors))),
-    };
-    let store = Store::connect(&common.database_url)
-        .await
-        .context("opening the store")?;
-    let keys: Vec<OrgKey> = declarations.organizations.iter().map(|o| o.key()).collect();
-    let stored: BTreeMap<OrgKey, StoredOrganization> = store.load_organizations(&keys).await?;
-    let accounts = store.known_accounts().await?;
-    let mut plan = domain::plan(&declarations, &stored, &accounts);
     let secrets = SecretsDir::new(&common.secrets_dir);
     let declared_keys: BTreeSet<(String, String)> = declarations
         .api_keys
         .iter()
         .map(|k| (k.namespace.clone(), k.name.clone()))
         .collect();
-    let inspection = secrets.inspect(&plan, &stored, &declared_keys);
+    let (store, stored, mut plan, inspection) = match before {
+        StateBefore::Store => {
+            let store = Store::connect(&common.database_url)
+                .await
+                .context("opening the store")?;
+            let keys: Vec<OrgKey> = declarations.organizations.iter().map(|o| o.key()).collect();
+            let stored: BTreeMap<OrgKey, StoredOrganization> = store.load_organizations(&keys).await?;
+            let accounts = store.known_accounts().await?;
+            let plan = domain::plan(&declarations, &stored, &accounts);
+            let inspection = secrets.inspect(&plan, &stored, &declared_keys);
+            (Some(store), stored, plan, inspection)
+        }
+        StateBefore::Manifests(base) => {
+            let (_, base_declarations) = match read_declarations(base) {
+                Ok(read) => read,
+                Err(code) => return Ok(Err(code)),
+            };
+            let stored = domain::state_declared_by(&base_declarations);
+            // Whether an account exists is the controller's check; a pull request is judged on authority.
+            let accounts: KnownAccounts = declarations.users.iter().map(|u| u.account.clone()).collect();
+            let plan = domain::plan(&declarations, &stored, &accounts);
+            (None, stored, plan, Inspection::default())
+        }
+    };
     plan.problems.extend(inspection.conflicts.iter().cloned());
     let objects = declarations.object_count();
     Ok(Ok(Prepared {
         manifests,
         store,
+        before: stored,
         plan,
+        review: None,
         secrets,
         inspection,
         objects,
@@ -108,11 +160,28 @@ pub async fn prepare(common: &CommonArgs) -> anyhow::Result<Result<Prepared, u8>
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let prepared = match prepare(&args.common).await? {
+    let account = match args.as_account.as_deref().map(str::parse::<Account>).transpose() {
+        Ok(account) => account,
+        Err(e) => {
+            eprintln!("error: --as: {e}");
+            return Ok(exit::ERROR);
+        }
+    };
+    let before = match &args.base {
+        Some(base) => StateBefore::Manifests(base),
+        None => StateBefore::Store,
+    };
+    let mut prepared = match prepare_against(&args.common, before).await? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
+    if let Some(account) = account {
+        let refusals = domain::review(&prepared.plan.changes, &prepared.before, &account);
+        prepared.review = Some(Review { account, refusals });
+    }
     let code = output::print_plan(&prepared, args.output, false);
-    prepared.store.close().await;
+    if let Some(store) = prepared.store {
+        store.close().await;
+    }
     Ok(code)
 }

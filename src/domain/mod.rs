@@ -6,7 +6,9 @@
 //! which is what keeps `orgkeeper apply` and the controller in agreement.
 
 pub mod account;
+pub mod authority;
 pub mod facts;
+pub mod identity;
 pub mod issuance;
 pub mod keys;
 pub mod limits;
@@ -16,6 +18,8 @@ pub mod removal;
 pub mod rules;
 
 pub use account::{Account, AccountError, KnownAccounts, Provider};
+pub use authority::{Refusal, admin_only_objects, admins, review, state_declared_by};
+pub use identity::{Collision, KubernetesUserNames, TemplateError};
 pub use issuance::{PendingCompletion, SecretReview, SecretState, review_key_secrets};
 pub use keys::{ApiKeyToken, KeyHash, TokenError};
 pub use limits::{EffectiveLimits, LimitOverrides, PlanTier};

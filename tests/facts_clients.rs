@@ -71,7 +71,64 @@ fn official_clients_pass_against(database_url: &str) {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert!(stdout.contains("== all official clients passed"));
+    // The Python 2.6.0 and Node clients each asked /api/authorize once: the 404 was not retried.
+    let metrics = get(metrics_port, "/metrics");
+    let asked: Vec<&str> = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("orgkeeper_facts_requests_total{") && line.contains("endpoint=\"/api/authorize\"")
+        })
+        .collect();
+    assert_eq!(asked.len(), 1, "one method and status: {asked:?}");
+    assert!(
+        asked[0].contains("status=\"404\"") && asked[0].ends_with(" 2"),
+        "{asked:?}"
+    );
     drop(running);
+    let log = std::fs::read(&log).unwrap();
+    assert!(!log.contains(&0x1b), "a log written to a file carries no colour codes");
+}
+
+/// `GET path` on a local port; the whole answer, headers and body.
+fn get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// Logs to a pipe (a log collector, `| tee`) are plain text: no ANSI escape codes.
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .args(["facts", "--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.path().join("store.db").display()))
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    let mut stderr = BufReader::new(running.0.stderr.take().unwrap());
+    let mut logged = Vec::new();
+    while !String::from_utf8_lossy(&logged).contains("fact store listening") {
+        let before = logged.len();
+        stderr.read_until(b'\n', &mut logged).unwrap();
+        assert!(
+            logged.len() > before,
+            "exited before listening:\n{}",
+            String::from_utf8_lossy(&logged)
+        );
+    }
+    drop(running);
+    let text = String::from_utf8_lossy(&logged);
+    assert!(text.contains("INFO"), "{text}");
+    assert!(!logged.contains(&0x1b), "escape codes in a piped log: {text:?}");
 }
 
 #[test]

@@ -26,10 +26,14 @@ struct Api {
     telemetry: Telemetry,
     store: Store,
     keys: KeyRing,
+    health: orgkeeper::facts::StoreHealth,
 }
 
 async fn api() -> Api {
-    let store = support::sqlite().await;
+    api_on(support::sqlite().await).await
+}
+
+async fn api_on(store: Store) -> Api {
     let tenancy = tenancy(&store).await;
     let keys = KeyRing::default();
     keys.refresh(&store).await.unwrap();
@@ -39,8 +43,10 @@ async fn api() -> Api {
         max_body_bytes: MAX_BODY,
         body_timeout: Duration::from_millis(300),
     };
+    let app = FactsApp::new(store.clone(), keys.clone(), config, metrics);
     Api {
-        router: router(FactsApp::new(store.clone(), keys.clone(), config, metrics)),
+        health: app.store_health(),
+        router: router(app),
         tenancy,
         telemetry,
         store,
@@ -522,7 +528,7 @@ async fn other_endpoints_answer_json_too() {
                     .unwrap(),
             )
             .await;
-        assert_eq!(answer.status, StatusCode::NOT_IMPLEMENTED, "{method} {uri}");
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{method} {uri}");
         let message = answer.message();
         assert!(
             message.contains(uri) && message.contains("does not evaluate policies"),
@@ -601,9 +607,7 @@ fn random_requests_never_break_the_api() {
             }
             let answer = runtime.block_on(api.send(builder.body(Body::from(body)).unwrap()));
             prop_assert!(
-                answer.status.is_success()
-                    || answer.status.is_client_error()
-                    || answer.status == StatusCode::NOT_IMPLEMENTED,
+                answer.status.is_success() || answer.status.is_client_error(),
                 "{method} {path}?{query}: {} {}",
                 answer.status,
                 answer.body
@@ -612,4 +616,80 @@ fn random_requests_never_break_the_api() {
             Ok(())
         })
         .unwrap();
+}
+
+/// During a PostgreSQL outage every request and the health check answer 503 at once (not after the pool's
+/// timeout), saying the store is unreachable; the outage is noticed within the refresh interval, `/readyz`
+/// says so, and everything works again once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_answered_at_once_and_noticed_within_the_refresh_interval() {
+    use orgkeeper::store::StoreOptions;
+    let postgres = OwnPostgres::start();
+    let options = StoreOptions {
+        acquire_timeout: Duration::from_secs(2),
+    };
+    let store = Store::connect_with(&postgres.url, &options).await.unwrap();
+    let api = api_on(store.clone()).await;
+    let app_health = api.health.clone();
+    let refresh = Duration::from_millis(300);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(orgkeeper::facts::watch_store(
+        store.clone(),
+        api.keys.clone(),
+        app_health,
+        api.telemetry.health.clone(),
+        refresh,
+        shutdown.clone(),
+    ));
+    let healthcheck = || api.send(Request::get("/api/healthcheck").body(Body::empty()).unwrap());
+    assert_eq!(api.get("/api/facts?predicate=p", "rw").await.status, StatusCode::OK);
+    assert_eq!(healthcheck().await.status, StatusCode::OK);
+
+    postgres.stop();
+    let stopped = std::time::Instant::now();
+    // Noticed by the watcher within about one refresh interval (two at most: a probe may have just run).
+    while api.health.check().is_ok() {
+        assert!(
+            stopped.elapsed() < refresh * 2 + Duration::from_millis(500),
+            "the outage went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let noticed = stopped.elapsed();
+    for answer in [
+        api.get("/api/facts?predicate=p", "rw").await,
+        api.post("/api/batch", "rw", INSERT).await,
+        healthcheck().await,
+    ] {
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.body);
+        assert_eq!(
+            answer.message(),
+            "the fact store cannot reach its database; retry later"
+        );
+    }
+    let answered = stopped.elapsed() - noticed;
+    assert!(answered < Duration::from_millis(200), "three answers took {answered:?}");
+    let readiness = api.telemetry.health.get();
+    assert!(
+        matches!(&readiness, orgkeeper::telemetry::Readiness::NotReady(reason) if reason.contains("cannot reach the store")),
+        "{readiness:?}"
+    );
+    println!("outage noticed after {noticed:?}; three 503s in {answered:?}");
+
+    postgres.restart();
+    let restarted = std::time::Instant::now();
+    while api.get("/api/facts?predicate=p", "rw").await.status != StatusCode::OK {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "the fact store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(healthcheck().await.status, StatusCode::OK);
+    // The watcher that ended the outage reports it to /readyz right after.
+    while api.telemetry.health.get() != orgkeeper::telemetry::Readiness::Ready {
+        assert!(restarted.elapsed() < Duration::from_secs(10), "/readyz did not recover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
 }

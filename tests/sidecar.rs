@@ -592,6 +592,71 @@ on_both_backends!(
     metrics_count_requests_and_rejections_per_environment,
 );
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_postgres_is_noticed_at_once_and_keys_older_than_the_bound_are_refused() {
+    let postgres = OwnPostgres::start("sidecar-outage");
+    let tenancy = Tenancy::new(
+        Store::connect(&postgres.url).await.unwrap(),
+        &[Env("staging", limits())],
+        &[Key("rw", "staging", Access::ReadWrite)],
+    )
+    .await;
+    let upstream = Upstream::start().await;
+    let staleness = Duration::from_secs(4);
+    let mut options = Options::new(&upstream);
+    options.settings.max_key_staleness = Some(staleness);
+    let sidecar = start(&tenancy.store, options).await;
+    let http = Http::new(&sidecar);
+    let key = tenancy.key("rw");
+    assert_eq!(http.get("/api/facts", Some(key)).await.status, StatusCode::OK);
+
+    postgres.stop();
+    let stopped = std::time::Instant::now();
+    // Refreshed every second, each poll bounded to half of that: noticed within about one interval, not
+    // after the store pool's 10 s acquire timeout.
+    wait_for("the sidecar to notice the outage", Duration::from_secs(3), || {
+        matches!(sidecar.telemetry.health.get(), Readiness::Degraded(_))
+    })
+    .await;
+    let noticed = stopped.elapsed();
+    eprintln!("the outage was noticed after {noticed:?}");
+    assert_eq!(metric(&metrics(&sidecar).await, "orgkeeper_sidecar_store_up"), 0.0);
+    assert_eq!(
+        http.get("/api/facts", Some(key)).await.status,
+        StatusCode::OK,
+        "within --max-key-staleness known keys keep working (noticed after {noticed:?})"
+    );
+
+    wait_for("the keys to go stale", staleness + Duration::from_secs(3), || {
+        matches!(sidecar.telemetry.health.get(), Readiness::NotReady(_))
+    })
+    .await;
+    let reply = http.get("/api/facts", Some(key)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reply.message().contains("--max-key-staleness (4 s)"),
+        "{}",
+        reply.message()
+    );
+    assert_eq!(reply.retry_after(), 1);
+    let Readiness::NotReady(reason) = sidecar.telemetry.health.get() else {
+        unreachable!()
+    };
+    assert!(reason.contains("has not reached its store"), "{reason}");
+    let text = metrics(&sidecar).await;
+    assert_eq!(metric(&text, "orgkeeper_sidecar_keys_stale"), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            r#"orgkeeper_sidecar_rejections_total{environment="team/acme/staging",reason="keys_stale"}"#
+        ),
+        1.0
+    );
+    let before = upstream.count();
+    assert_eq!(http.batch(key, 1).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.count(), before, "nothing is forwarded on stale keys");
+}
+
 #[tokio::test]
 async fn until_keys_are_loaded_every_request_is_503_and_readiness_says_why() {
     let store = support::sqlite().await;

@@ -156,6 +156,8 @@ fn help_explains_every_flag() {
         "--header-read-timeout",
         "--body-timeout",
         "--upstream-timeout",
+        "--max-key-staleness",
+        "ORGKEEPER_MAX_KEY_STALENESS",
         "ORGKEEPER_UPSTREAM",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");

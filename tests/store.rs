@@ -286,3 +286,188 @@ on_both_backends!(
     pending_keys_move_to_live_once,
     accounts_register_idempotently,
 );
+
+/// Two handles on one database, as two `orgkeeper apply` processes have. The SQLite file lives in the
+/// returned directory (an in-memory database cannot be shared between pools).
+async fn two_writers(postgres: bool) -> (Store, Store, Option<tempfile::TempDir>) {
+    if postgres {
+        let url = support::fresh_postgres_url().await;
+        let first = Store::connect(&url).await.unwrap();
+        (first, Store::connect(&url).await.unwrap(), None)
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let first = Store::connect(&url).await.unwrap();
+        (first, Store::connect(&url).await.unwrap(), Some(dir))
+    }
+}
+
+fn assert_lost_the_race(error: &orgkeeper::store::StoreError) {
+    assert!(
+        matches!(error, orgkeeper::store::StoreError::ConcurrentApply { .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "another apply is running against this store; nothing was changed"
+    );
+}
+
+/// Both applies planned against the empty store and both create `acme`: the one that commits first wins,
+/// the other (waiting on the first's lock meanwhile) is told another apply ran, and changes nothing.
+async fn the_apply_that_loses_a_race_to_create_says_so(postgres: bool) {
+    let (first, second, _dir) = two_writers(postgres).await;
+    let plan = plan(&declarations(), &BTreeMap::new(), &KnownAccounts::default());
+    let mut winner = first.begin().await.unwrap();
+    let issued = winner.apply(&plan.changes, KeyState::Live).await.unwrap().issued;
+    let loser = tokio::spawn({
+        let changes = plan.changes.clone();
+        async move {
+            let mut tx = second.begin().await?;
+            tx.apply(&changes, KeyState::Live).await?;
+            tx.commit().await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!loser.is_finished(), "the second apply waits for the first one's lock");
+    winner.commit().await.unwrap();
+    let error = loser.await.unwrap().unwrap_err();
+    assert_lost_the_race(&error);
+    let org = stored(&first).await;
+    let mut live: Vec<&str> = org.api_keys.iter().map(|k| k.key_id.as_str()).collect();
+    let mut winners: Vec<&str> = issued.iter().map(|k| k.token.key_id()).collect();
+    live.sort_unstable();
+    winners.sort_unstable();
+    assert_eq!(live, winners, "only the winner's keys are stored");
+    assert_eq!(first.revision().await.unwrap(), 1, "one apply committed");
+}
+
+/// SQLite only: a transaction that read the store before another apply committed cannot write from its
+/// stale snapshot ("database is locked", BUSY_SNAPSHOT); it is told another apply ran, too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_whose_snapshot_went_stale_says_another_apply_ran() {
+    let (first, second, _dir) = two_writers(false).await;
+    register_accounts(&first).await;
+    reconcile(&first, &declarations()).await;
+    let current = first.load_organizations(&[OrgKey::new(NS, "acme")]).await.unwrap();
+    let accounts = first.known_accounts().await.unwrap();
+    let plan_for = |display_name: &str| {
+        let mut declarations = declarations();
+        declarations.organizations[0].settings.display_name = display_name.into();
+        plan(&declarations, &current, &accounts)
+    };
+    let (a, b) = (plan_for("Acme A"), plan_for("Acme B"));
+    assert!(matches!(&a.changes[..], [Change::UpdateOrganization { .. }]));
+    let mut winner = first.begin().await.unwrap();
+    winner.apply(&a.changes, KeyState::Live).await.unwrap();
+    let loser = tokio::spawn(async move {
+        let mut tx = second.begin().await?;
+        tx.apply(&b.changes, KeyState::Live).await?;
+        tx.commit().await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    winner.commit().await.unwrap();
+    let error = loser.await.unwrap().unwrap_err();
+    assert_lost_the_race(&error);
+    assert_eq!(stored(&first).await.settings.display_name, "Acme A");
+}
+
+mod the_apply_that_loses_a_race_to_create_says_so {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::the_apply_that_loses_a_race_to_create_says_so(false).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::the_apply_that_loses_a_race_to_create_says_so(true).await
+    }
+}
+
+/// What a test's code logs, as text.
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+        tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .finish()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// It holds key hashes, facts and e-mail addresses: only its owner may read it, WAL and shared memory too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sqlite_store_is_readable_by_its_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = Store::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    register_accounts(&store).await;
+    reconcile(&store, &declarations()).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("store.db{suffix}"));
+        assert_eq!(mode_of(&file), 0o600, "{}", file.display());
+    }
+    store.close().await;
+}
+
+/// An existing store others can read is used, with a warning that names the file and the fix.
+#[tokio::test(flavor = "current_thread")]
+async fn an_existing_store_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let logs = LogCapture::default();
+    let store = {
+        let _guard = tracing::subscriber::set_default(logs.subscriber());
+        Store::connect(&format!("sqlite://{}", path.display())).await.unwrap()
+    };
+    store.close().await;
+    let logs = logs.text();
+    assert!(logs.contains("WARN"), "{logs}");
+    assert!(
+        logs.contains(&path.display().to_string()) && logs.contains("chmod 600"),
+        "{logs}"
+    );
+    assert_eq!(mode_of(&path), 0o644, "the file is left as it is");
+
+    // An owner-only store is not warned about.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let quiet = LogCapture::default();
+    let store = {
+        let _guard = tracing::subscriber::set_default(quiet.subscriber());
+        Store::connect(&format!("sqlite://{}", path.display())).await.unwrap()
+    };
+    store.close().await;
+    assert!(!quiet.text().contains("WARN"), "{}", quiet.text());
+}

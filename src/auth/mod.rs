@@ -4,9 +4,17 @@
 //! revision changes (polled every second by default, so revocations and limit changes apply within
 //! seconds). When the store is unreachable it keeps serving from what it last knew and says so through
 //! [`KeyRing::status`]; keys it has never seen are refused.
+//!
+//! Every poll is bounded in time ([`poll_timeout`]: half the refresh interval, at least 200 ms), so an
+//! outage shows in the status within about one refresh interval instead of after the store pool's own
+//! acquire timeout. [`KeyRing::follow`] is how a data-plane process gets its ring: it opens the store
+//! (retrying with backoff) and then keeps the ring fresh, so the process itself never opens the store.
 
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Access, ApiKeyToken, EffectiveLimits};
 use crate::store::{AuthSnapshot, EnvironmentLimits, Store, StoreError};
@@ -40,13 +48,43 @@ pub enum AuthError {
     Invalid,
 }
 
+/// Why a refresh failed. The messages are safe to show: store URLs in them have their password removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store did not answer within {} ms", after.as_millis())]
+    TimedOut { after: Duration },
+}
+
+/// How long one poll of the store's revision may take before the store counts as unreachable.
+pub fn poll_timeout(interval: Duration) -> Duration {
+    (interval / 2).max(Duration::from_millis(200))
+}
+
+/// How long loading the whole key snapshot may take (it is read only when the revision moved).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long opening the store may take before the attempt is retried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn bounded<T, E: Into<RefreshError>>(
+    after: Duration,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, RefreshError> {
+    match tokio::time::timeout(after, work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(RefreshError::TimedOut { after }),
+    }
+}
+
 /// The state of the copy, for health endpoints and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RingStatus {
     pub revision: i64,
     pub keys: usize,
     pub environments: usize,
-    /// The last refresh error, if the latest attempt failed (the ring then serves its previous copy).
+    /// The last refresh error (or, before the first load, why the store could not be opened), if the
+    /// latest attempt failed (the ring then serves its previous copy).
     pub last_error: Option<String>,
     pub loaded: bool,
 }
@@ -111,15 +149,20 @@ impl KeyRing {
     }
 
     /// Reloads from the store if its revision moved. Returns whether the copy changed.
-    pub async fn refresh(&self, store: &Store) -> Result<bool, StoreError> {
+    pub async fn refresh(&self, store: &Store) -> Result<bool, RefreshError> {
+        self.refresh_within(store, poll_timeout(Duration::from_secs(1))).await
+    }
+
+    /// [`KeyRing::refresh`], with the revision poll bounded by `poll_timeout`.
+    async fn refresh_within(&self, store: &Store, poll_timeout: Duration) -> Result<bool, RefreshError> {
         let result = async {
             let current = self.snapshot().revision;
             let loaded = self.state.read().unwrap_or_else(|e| e.into_inner()).loaded;
-            if loaded && store.revision().await? == current {
+            if loaded && bounded(poll_timeout, store.revision()).await? == current {
                 return Ok(false);
             }
-            self.install(store.load_auth_snapshot().await?);
-            Ok::<bool, StoreError>(true)
+            self.install(bounded(LOAD_TIMEOUT, store.load_auth_snapshot()).await?);
+            Ok::<bool, RefreshError>(true)
         }
         .await;
         match &result {
@@ -128,21 +171,48 @@ impl KeyRing {
                 state.last_error = None;
                 state.last_success = Some(Instant::now());
             }
-            Err(e) => self.state.write().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.to_string()),
+            Err(e) => self.failed(e),
         }
         result
     }
 
+    fn failed(&self, error: &RefreshError) {
+        self.state.write().unwrap_or_else(|e| e.into_inner()).last_error = Some(error.to_string());
+    }
+
+    /// Opens the store at `url`, retrying with backoff while it cannot be opened, then keeps the ring
+    /// fresh from it every `interval` until `shutdown`. Why the store cannot be opened shows in
+    /// [`KeyRing::status`] meanwhile.
+    pub async fn follow(self, url: String, interval: Duration, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(250);
+        let store = loop {
+            match bounded(CONNECT_TIMEOUT, Store::connect(&url)).await {
+                Ok(store) => break store,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the store");
+                    self.failed(&e);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        };
+        self.keep_fresh(store, interval, shutdown).await;
+    }
+
     /// Refreshes every `interval` until `shutdown` fires.
-    pub async fn keep_fresh(self, store: Store, interval: Duration, shutdown: tokio_util::sync::CancellationToken) {
+    pub async fn keep_fresh(self, store: Store, interval: Duration, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let poll_timeout = poll_timeout(interval);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            match self.refresh(&store).await {
+            match self.refresh_within(&store, poll_timeout).await {
                 Ok(true) => {
                     let status = self.status();
                     tracing::info!(
@@ -168,7 +238,7 @@ impl KeyRing {
         }
     }
 
-    /// How long since the last successful refresh (None before the first).
+    /// How long since the last successful refresh (None before the first): how old the copy may be.
     pub fn since_last_success(&self) -> Option<Duration> {
         self.state
             .read()

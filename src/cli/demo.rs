@@ -16,7 +16,6 @@ use super::plan::CommonArgs;
 use super::{apply, exit, facts, plan, sidecar};
 use crate::crd::secret::{LABEL_API_KEY, LABEL_ENVIRONMENT, LABEL_ORGANIZATION};
 use crate::manifests::{self, Resource};
-use crate::sidecar::UpstreamProtocol;
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -131,18 +130,14 @@ async fn serve(args: &Args) -> anyhow::Result<u8> {
         max_body_bytes: crate::facts::DEFAULT_MAX_BODY_BYTES,
         body_timeout: crate::facts::DEFAULT_BODY_TIMEOUT,
         refresh_interval: Duration::from_secs(1),
+        store_timeout: crate::facts::DEFAULT_STORE_TIMEOUT,
     }));
     let sidecar = tokio::spawn(sidecar::run(sidecar::Args {
         listen: args.sidecar_listen,
         upstream: format!("http://{}", args.facts_listen),
         database_url: args.database_url.clone(),
         metrics_addr: metrics(args.sidecar_listen, 91),
-        refresh_interval: Duration::from_secs(1),
-        header_read_timeout: Duration::from_secs(30),
-        body_timeout: Duration::from_secs(30),
-        upstream_timeout: Duration::from_secs(30),
-        upstream_protocol: UpstreamProtocol::Auto,
-        workers: 1,
+        ..sidecar::Args::from_defaults()?
     }));
     for addr in [args.facts_listen, args.sidecar_listen] {
         wait_listening(addr)

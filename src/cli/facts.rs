@@ -12,8 +12,8 @@ use anyhow::Context;
 use super::duration::parse_duration;
 use super::exit;
 use crate::auth::KeyRing;
-use crate::facts::{DEFAULT_MAX_BODY_BYTES, FactsApp, FactsConfig, FactsMetrics, router};
-use crate::store::{DEFAULT_DATABASE_URL, Store};
+use crate::facts::{DEFAULT_MAX_BODY_BYTES, FactsApp, FactsConfig, FactsMetrics, router, watch_store};
+use crate::store::{DEFAULT_DATABASE_URL, Store, StoreOptions};
 use crate::telemetry::{Readiness, Telemetry, shutdown_signal};
 
 #[derive(Debug, clap::Args)]
@@ -37,10 +37,19 @@ pub struct Args {
     /// How often the store's revision is polled for new, revoked or changed keys (e.g. 1s, 500ms; at least 50ms).
     #[arg(long, env = "ORGKEEPER_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub refresh_interval: Duration,
+    /// How long a request waits for a database connection before it answers 503 (units: ms, s, m). A
+    /// database outage is noticed within one refresh interval; until it ends, requests get 503 at once.
+    #[arg(long, env = "ORGKEEPER_STORE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub store_timeout: Duration,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let store = Store::connect(&args.database_url).await.context("opening the store")?;
+    let options = StoreOptions {
+        acquire_timeout: args.store_timeout,
+    };
+    let store = Store::connect_with(&args.database_url, &options)
+        .await
+        .context("opening the store")?;
     if store.backend() == crate::store::Backend::Sqlite {
         // Keeps SQLite's query planner statistics fresh enough to pick the right fact index.
         let _ = sqlx::query::<sqlx::Any>("PRAGMA optimize").execute(store.pool()).await;
@@ -60,10 +69,11 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let app = FactsApp::new(store.clone(), keys.clone(), config, metrics);
 
     let refresh = args.refresh_interval.max(Duration::from_millis(50));
-    tokio::spawn(keys.clone().keep_fresh(store.clone(), refresh, shutdown.clone()));
-    tokio::spawn(report_health(
+    tokio::spawn(watch_store(
+        store.clone(),
         keys.clone(),
-        telemetry.clone(),
+        app.store_health(),
+        telemetry.health.clone(),
         refresh,
         shutdown.clone(),
     ));
@@ -101,25 +111,4 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     shutdown.cancel();
     store.close().await;
     result.map(|()| exit::OK)
-}
-
-/// Every request needs the store, so the fact store is not ready while it cannot reach it.
-async fn report_health(
-    keys: KeyRing,
-    telemetry: Telemetry,
-    interval: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let readiness = match keys.status().last_error {
-            None => Readiness::Ready,
-            Some(error) => Readiness::NotReady(format!("cannot reach the store: {error}")),
-        };
-        telemetry.health.set(readiness);
-    }
 }

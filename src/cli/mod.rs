@@ -113,15 +113,7 @@ pub fn main() -> ExitCode {
 
 /// Logs go to stderr so that stdout carries only the command's output (plans, YAML, JSON).
 pub fn init_logging(level: &str, format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    crate::telemetry::logs::init(level, format == LogFormat::Json);
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! `orgkeeper sidecar`: the rate-limiting proxy in front of the fact API.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use super::duration::parse_duration;
 use super::exit;
-use crate::sidecar::{self, RunOptions, Settings, UpstreamProtocol};
+use crate::auth::KeyRing;
+use crate::sidecar::{self, LocalLimiter, RunOptions, Settings, UpstreamProtocol};
 use crate::store::DEFAULT_DATABASE_URL;
 use crate::telemetry::shutdown_signal;
 
@@ -47,14 +49,52 @@ pub struct Args {
     /// serves well over 10,000 requests/s and leaves the rest of the pod's CPU to the application.
     #[arg(long, env = "ORGKEEPER_WORKERS", default_value_t = 1)]
     pub workers: usize,
+    /// Once the keys were last read from the store longer ago than this (the store is unreachable), every
+    /// request is refused with 503 instead of honouring keys that may have been revoked since: the bound on
+    /// how long a revocation can go unenforced during an outage. `off`: serve the last known keys for as
+    /// long as the outage lasts (availability over revocation).
+    #[arg(long, env = "ORGKEEPER_MAX_KEY_STALENESS", default_value = "1m", value_parser = parse_staleness)]
+    pub max_key_staleness: Staleness,
+}
+
+impl Args {
+    /// Every flag at its default (or its ORGKEEPER_* variable), for callers that start a sidecar in
+    /// process and set a few fields (the demo): new flags need no change there.
+    pub fn from_defaults() -> Result<Args, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: Args,
+        }
+        <Only as clap::Parser>::try_parse_from(["sidecar"]).map(|only| only.args)
+    }
+}
+
+/// `--max-key-staleness`: a duration, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct Staleness(pub Option<Duration>);
+
+fn parse_staleness(text: &str) -> Result<Staleness, String> {
+    match text.trim() {
+        "off" | "none" => Ok(Staleness(None)),
+        text => parse_duration(text)
+            .map(|d| Staleness(Some(d)))
+            .map_err(|e| format!("{e} (or off)")),
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let shutdown = shutdown_signal();
+    let ring = KeyRing::default();
+    tokio::spawn(
+        ring.clone()
+            .follow(args.database_url, args.refresh_interval, shutdown.clone()),
+    );
     let options = RunOptions {
         listen: args.listen,
         metrics_addr: args.metrics_addr,
-        database_url: args.database_url,
-        refresh_interval: args.refresh_interval,
+        ring,
+        limiter: Arc::new(LocalLimiter::default()),
         settings: Settings {
             upstream: args.upstream,
             header_read_timeout: args.header_read_timeout,
@@ -62,10 +102,24 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             upstream_timeout: args.upstream_timeout,
             upstream_protocol: args.upstream_protocol,
             workers: args.workers,
+            max_key_staleness: args.max_key_staleness.0,
         },
     };
-    sidecar::run(options, shutdown_signal())
-        .await
-        .context("running the sidecar")?;
+    sidecar::run(options, shutdown).await.context("running the sidecar")?;
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_staleness_bound_is_a_duration_or_off() {
+        assert_eq!(parse_staleness("90s").unwrap().0, Some(Duration::from_secs(90)));
+        assert_eq!(parse_staleness("off").unwrap().0, None);
+        let error = parse_staleness("forever").unwrap_err();
+        assert!(error.ends_with("(or off)"), "{error}");
+        let defaults = Args::from_defaults().unwrap();
+        assert_eq!(defaults.max_key_staleness.0, Some(sidecar::DEFAULT_MAX_KEY_STALENESS));
+    }
 }

@@ -16,33 +16,6 @@ pub struct OrganizationRef {
     pub name: String,
 }
 
-/// Limit overrides. An absent field inherits from the next layer: environment, then organization, then the
-/// plan's default. Rates are per minute and refill continuously.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LimitsSpec {
-    /// All requests per minute (429 when exceeded). Developer: 60000; Growth: unlimited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1_000_000_000))]
-    pub requests_per_minute: Option<i64>,
-    /// Facts inserted or deleted per minute; writes count toward requestsPerMinute too. Developer: 1000; Growth: 30000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1_000_000_000))]
-    pub fact_writes_per_minute: Option<i64>,
-    /// Requests in flight at once (429 when exceeded). Developer: 4; Growth: unlimited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1_000_000))]
-    pub max_concurrent_requests: Option<i64>,
-    /// Facts in one write request (413 when exceeded). Developer: 20; Growth: 1000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1_000_000))]
-    pub max_batch_facts: Option<i64>,
-    /// Bytes in one write request body (413 when exceeded). Default 983040 (960 KiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 67_108_864))]
-    pub max_write_body_bytes: Option<i64>,
-}
-
 /// The plan decides the default limits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PlanSpec {
@@ -99,52 +72,49 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
-/// The limits an environment's sidecar enforces; absent means unlimited.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EffectiveLimitsStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_minute: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fact_writes_per_minute: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrent_requests: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_batch_facts: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_write_body_bytes: Option<i64>,
-}
+macro_rules! limit_types {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident $name:literal max $max:literal, developer $developer:expr, growth $growth:expr;
+    )*) => {
+        /// Limit overrides. An absent field inherits from the next layer: environment, then organization, then the
+        /// plan's default. Rates are per minute and refill continuously.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+        pub struct LimitsSpec {$(
+            $(#[doc = $doc])*
+            #[serde(rename = $name, default, skip_serializing_if = "Option::is_none")]
+            #[schemars(range(min = 0, max = $max))]
+            pub $field: Option<i64>,
+        )*}
 
-fn to_i64(value: Option<u64>) -> Option<i64> {
-    value.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
-}
+        /// The limits an environment's sidecar enforces; absent means unlimited.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+        pub struct EffectiveLimitsStatus {$(
+            #[serde(rename = $name, default, skip_serializing_if = "Option::is_none")]
+            pub $field: Option<i64>,
+        )*}
 
-impl From<domain::EffectiveLimits> for EffectiveLimitsStatus {
-    fn from(limits: domain::EffectiveLimits) -> Self {
-        EffectiveLimitsStatus {
-            requests_per_minute: to_i64(limits.requests_per_minute),
-            fact_writes_per_minute: to_i64(limits.fact_writes_per_minute),
-            max_concurrent_requests: to_i64(limits.max_concurrent_requests),
-            max_batch_facts: to_i64(limits.max_batch_facts),
-            max_write_body_bytes: to_i64(limits.max_write_body_bytes),
+        impl From<domain::EffectiveLimits> for EffectiveLimitsStatus {
+            fn from(limits: domain::EffectiveLimits) -> Self {
+                // Unlimited stays absent; a limit beyond i64 (none is) would read as the largest one.
+                let to_i64 = |value: Option<u64>| value.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+                EffectiveLimitsStatus { $($field: to_i64(limits.$field)),* }
+            }
         }
-    }
+
+        impl From<&LimitsSpec> for domain::LimitOverrides {
+            fn from(spec: &LimitsSpec) -> Self {
+                // The schema forbids negatives; should one slip through (a manifest that never met an API
+                // server), treating it as zero is the safe reading of "no budget".
+                let to_u64 = |value: Option<i64>| value.map(|n| u64::try_from(n).unwrap_or(0));
+                domain::LimitOverrides { $($field: to_u64(spec.$field)),* }
+            }
+        }
+    };
 }
 
-impl From<&LimitsSpec> for domain::LimitOverrides {
-    fn from(spec: &LimitsSpec) -> Self {
-        // The schema forbids negatives; should one slip through (a manifest that never met an API server),
-        // treating it as zero is the safe reading of "no budget".
-        let to_u64 = |v: Option<i64>| v.map(|n| u64::try_from(n).unwrap_or(0));
-        domain::LimitOverrides {
-            requests_per_minute: to_u64(spec.requests_per_minute),
-            fact_writes_per_minute: to_u64(spec.fact_writes_per_minute),
-            max_concurrent_requests: to_u64(spec.max_concurrent_requests),
-            max_batch_facts: to_u64(spec.max_batch_facts),
-            max_write_body_bytes: to_u64(spec.max_write_body_bytes),
-        }
-    }
-}
+// The CRD's limit fields, one per entry of the domain's table of limits.
+domain::limits::for_each_limit!(limit_types);
 
 impl From<PlanSpec> for domain::PlanTier {
     fn from(plan: PlanSpec) -> Self {

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use super::health::{STORE_UNREACHABLE, StoreHealth};
 use super::json;
 use super::metrics::{EndpointLabels, FactsMetrics, RequestLabels, WriteLabels};
 use super::query::parse_facts_query;
@@ -31,6 +32,8 @@ use crate::store::{FactStoreError, Store, StoreError};
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// How long a client has to send its whole body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `/api/healthcheck` waits for the database before it answers 503.
+pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct FactsConfig {
@@ -58,6 +61,7 @@ struct Inner {
     keys: KeyRing,
     config: FactsConfig,
     metrics: FactsMetrics,
+    health: StoreHealth,
 }
 
 impl FactsApp {
@@ -68,12 +72,34 @@ impl FactsApp {
                 keys,
                 config,
                 metrics,
+                health: StoreHealth::default(),
             }),
         }
     }
+
+    /// What the store watcher ([`super::health::watch_store`]) keeps up to date and the handlers check.
+    pub fn store_health(&self) -> StoreHealth {
+        self.inner.health.clone()
+    }
+
+    /// The store, unless it is known to be unreachable: then 503 at once rather than after a timeout.
+    fn store(&self) -> Result<&Store, ApiError> {
+        match self.inner.health.check() {
+            Ok(()) => Ok(&self.inner.store),
+            Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, STORE_UNREACHABLE)),
+        }
+    }
+
+    /// The answer for a failed store call; an unreachable database is noted so the next requests fail fast.
+    fn store_failed(&self, error: StoreError) -> ApiError {
+        self.inner.health.observe(&error);
+        error.into()
+    }
 }
 
-/// The endpoints of Oso Cloud that evaluate policies (or manage them): answered with 501.
+/// The endpoints of Oso Cloud that evaluate policies (or manage them): answered with 404 and a message
+/// saying so. Not 501: the official clients retry 429 and every 5xx (the Node client 400 too) for up to a
+/// second before the error reaches the caller, and retry no other 4xx.
 const POLICY_ENDPOINTS: &[&str] = &[
     "/api/policy",
     "/api/policy_metadata",
@@ -112,7 +138,7 @@ pub fn router(app: FactsApp) -> Router {
         .route("/api/bulk", post(bulk))
         .route("/api/clear_data", post(clear_data));
     for path in POLICY_ENDPOINTS {
-        router = router.route(path, any(not_implemented));
+        router = router.route(path, any(policies_not_evaluated));
     }
     router
         .fallback(not_found)
@@ -152,22 +178,8 @@ impl From<WireError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         tracing::error!(error = %error, "fact store query failed");
-        let unavailable = matches!(
-            &error,
-            StoreError::Query {
-                source: sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_),
-                ..
-            }
-        );
-        if unavailable {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the fact store cannot reach its database; retry later",
-            )
+        if error.is_unreachable() {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, STORE_UNREACHABLE)
         } else {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -261,10 +273,13 @@ impl FactsApp {
         let bytes = self.json_body(headers, body).await?;
         let changes = parse(&bytes)?;
         let outcome = self
-            .inner
-            .store
+            .store()?
             .write_facts(principal.environment_id(), &changes)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                FactStoreError::Store(e) => self.store_failed(e),
+                other => other.into(),
+            })?;
         self.count_written(&principal, outcome.inserted, outcome.deleted);
         Ok(())
     }
@@ -310,15 +325,23 @@ fn ok(message: &str) -> Response {
     json::message(StatusCode::OK, message)
 }
 
+/// Answers within [`HEALTHCHECK_TIMEOUT`] whatever the database does, and at once during a known outage.
 async fn healthcheck(State(app): State<FactsApp>) -> Response {
-    match app.inner.store.revision().await {
-        Ok(_) => ok("ok"),
-        Err(e) => {
+    let unreachable = || json::message(StatusCode::SERVICE_UNAVAILABLE, STORE_UNREACHABLE);
+    let Ok(store) = app.store() else { return unreachable() };
+    match tokio::time::timeout(HEALTHCHECK_TIMEOUT, store.revision()).await {
+        Ok(Ok(_)) => ok("ok"),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "health check: the store is unreachable");
-            json::message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the fact store cannot reach its database",
-            )
+            app.inner.health.observe(&e);
+            unreachable()
+        }
+        Err(_) => {
+            app.inner.health.unreachable(format!(
+                "the health check got no answer within {} ms",
+                HEALTHCHECK_TIMEOUT.as_millis()
+            ));
+            unreachable()
         }
     }
 }
@@ -374,7 +397,11 @@ async fn bulk(State(app): State<FactsApp>, headers: HeaderMap, body: Body) -> Ap
 /// Deletes every fact of the key's environment (no body).
 async fn clear_data(State(app): State<FactsApp>, headers: HeaderMap) -> ApiResult {
     let principal = app.principal(&headers, true)?;
-    let deleted = app.inner.store.clear_facts(principal.environment_id()).await?;
+    let deleted = app
+        .store()?
+        .clear_facts(principal.environment_id())
+        .await
+        .map_err(|e| app.store_failed(e))?;
     app.count_written(&principal, 0, deleted);
     Ok(ok("Data cleared"))
 }
@@ -382,16 +409,25 @@ async fn clear_data(State(app): State<FactsApp>, headers: HeaderMap) -> ApiResul
 async fn get_facts(State(app): State<FactsApp>, headers: HeaderMap, uri: Uri) -> ApiResult {
     let principal = app.principal(&headers, false)?;
     let filter = parse_facts_query(uri.query())?;
-    let facts = app.inner.store.query_facts(principal.environment_id(), &filter).await?;
+    let facts = app
+        .store()?
+        .query_facts(principal.environment_id(), &filter)
+        .await
+        .map_err(|e| app.store_failed(e))?;
     let wire: Vec<WireFact> = facts.iter().map(WireFact::from).collect();
     Ok(json::response(StatusCode::OK, &wire))
 }
 
-async fn not_implemented(State(app): State<FactsApp>, method: Method, headers: HeaderMap, uri: Uri) -> ApiResult {
+async fn policies_not_evaluated(
+    State(app): State<FactsApp>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+) -> ApiResult {
     let writes_policy = uri.path() == "/api/policy" && method != Method::GET;
     app.principal(&headers, writes_policy)?;
     Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
+        StatusCode::NOT_FOUND,
         format!(
             "{} is not available: orgkeeper's fact store keeps facts (POST /api/batch, GET /api/facts and the v1 \
              fact endpoints) but does not evaluate policies; use Oso Cloud for policies and authorization checks",

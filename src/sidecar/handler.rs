@@ -1,6 +1,7 @@
 //! One request through the sidecar, cheapest refusals first:
 //!
-//! 1. authenticate the key (401; 503 before keys are loaded);
+//! 1. authenticate the key (401; 503 before keys are loaded, or once they are older than
+//!    `--max-key-staleness`);
 //! 2. classify: a write with a read-only key is 403; a compressed write 415; a declared body over
 //!    `maxWriteBodyBytes` 413 before a byte of it is read;
 //! 3. take a concurrency slot (429);
@@ -18,11 +19,11 @@ use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response};
 
+use super::answers::{Limited, Refusal};
 use super::body::{ReadError, RequestBody, ResponseBody, StreamFault, read_bounded};
 use super::classify::{Route, WriteKind, classify, count_facts};
-use super::errors::{Limited, Rejection};
 use super::headers;
-use super::limits::{Limiter, Permit, Policy, Quota, Refused};
+use super::limits::{LimitRefusal, Limiter, Permit, Policy, Quota};
 use super::metrics::{EnvironmentCounters, InFlight, SidecarMetrics};
 use super::proxy::{ForwardError, Upstream};
 use crate::auth::{AuthError, KeyRing, Principal};
@@ -41,11 +42,12 @@ pub struct Handler {
     pub(super) upstream: Upstream,
     pub(super) metrics: SidecarMetrics,
     pub(super) body_timeout: Duration,
+    pub(super) max_key_staleness: Option<Duration>,
 }
 
-/// A refusal, with whom to count it against and whether the body was left unread.
-struct Refusal {
-    rejection: Rejection,
+/// A request the sidecar refused: why, whom to count it against, and whether its body was left unread.
+struct RefusedRequest {
+    refusal: Refusal,
     counters: Arc<EnvironmentCounters>,
     body_unread: bool,
 }
@@ -58,26 +60,26 @@ struct Caller {
 }
 
 impl Caller {
-    fn refuse(&self, rejection: Rejection, body_unread: bool) -> Refusal {
-        Refusal {
-            rejection,
+    fn refuse(&self, refusal: Refusal, body_unread: bool) -> RefusedRequest {
+        RefusedRequest {
+            refusal,
             counters: self.counters.clone(),
             body_unread,
         }
     }
 
-    fn limited(&self, refused: Refused, body_unread: bool) -> Refusal {
-        let rejection = match (refused.policy, refused.retry_after) {
-            (Policy::FactWrites, None) => Rejection::BeyondWholeBudget {
-                facts: refused.needed,
-                budget: refused.limit,
+    fn limited(&self, by: LimitRefusal, body_unread: bool) -> RefusedRequest {
+        let refusal = match (by.policy, by.retry_after) {
+            (Policy::FactWrites, None) => Refusal::BeyondWholeBudget {
+                facts: by.needed,
+                budget: by.limit,
             },
-            _ => Rejection::Limited(Box::new(Limited {
-                refused,
+            _ => Refusal::Limited(Box::new(Limited {
+                by,
                 limits: self.limits,
             })),
         };
-        self.refuse(rejection, body_unread)
+        self.refuse(refusal, body_unread)
     }
 
     fn environment(&self) -> &str {
@@ -94,7 +96,15 @@ impl Handler {
             upstream: self.upstream.with_own_pool(),
             metrics: self.metrics.clone(),
             body_timeout: self.body_timeout,
+            max_key_staleness: self.max_key_staleness,
         }
+    }
+
+    /// The refusal every request gets while the keys are older than `max_key_staleness`.
+    pub fn stale(&self) -> Option<Refusal> {
+        let limit = self.max_key_staleness?;
+        let age = self.ring.since_last_success()?;
+        (age > limit).then_some(Refusal::KeysStale { age, limit })
     }
 
     pub async fn handle(&self, request: Request<Incoming>, connection: &ConnectionState) -> Response<ResponseBody> {
@@ -103,10 +113,10 @@ impl Handler {
         // Boxed: the state machine is large, and hyper moves the service future it gets.
         let response = match Box::pin(self.process(request, in_flight)).await {
             Ok(response) => response,
-            Err(refusal) => {
-                refusal.counters.reject(refusal.rejection.reason());
-                let mut response = refusal.rejection.into_response();
-                if refusal.body_unread {
+            Err(refused) => {
+                refused.counters.reject(refused.refusal.reason());
+                let mut response = refused.refusal.into_response();
+                if refused.body_unread {
                     connection.left_body_unread.store(true, Ordering::Release);
                     response
                         .headers_mut()
@@ -123,15 +133,18 @@ impl Handler {
         &self,
         request: Request<Incoming>,
         in_flight: InFlight,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, RefusedRequest> {
         let deadline = tokio::time::Instant::now() + self.body_timeout;
         let (parts, body) = request.into_parts();
         let has_body = !body.is_end_stream();
-        let caller = self.authenticate(&parts.headers).map_err(|rejection| Refusal {
-            rejection,
+        let caller = self.authenticate(&parts.headers).map_err(|refusal| RefusedRequest {
+            refusal,
             counters: self.metrics.unknown(),
             body_unread: has_body,
         })?;
+        if let Some(stale) = self.stale() {
+            return Err(caller.refuse(stale, has_body));
+        }
         let route = classify(&parts.method, parts.uri.path());
         if let Route::Write(kind) = route {
             check_write_headers(&caller, kind, &parts.headers, &body).map_err(|r| caller.refuse(r, has_body))?;
@@ -140,14 +153,14 @@ impl Handler {
             .limiter
             .enter(caller.environment(), &caller.limits)
             .await
-            .map_err(|refused| caller.limited(refused, has_body))?;
+            .map_err(|by| caller.limited(by, has_body))?;
         let (quotas, body) = match route {
             Route::Read => {
                 let quotas = self
                     .limiter
                     .admit(caller.environment(), &caller.limits, 0)
                     .await
-                    .map_err(|refused| caller.limited(refused, has_body))?;
+                    .map_err(|by| caller.limited(by, has_body))?;
                 caller.counters.reads.inc();
                 (quotas, Outgoing::Stream(body))
             }
@@ -160,25 +173,25 @@ impl Handler {
             .await
     }
 
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Rejection> {
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let first = values.next();
         if values.next().is_some() {
-            return Err(Rejection::AmbiguousAuthorization);
+            return Err(Refusal::AmbiguousAuthorization);
         }
         let text = match first {
             None => None,
             Some(value) => Some(
                 value
                     .to_str()
-                    .map_err(|_| Rejection::Unauthenticated(AuthError::NotBearer))?,
+                    .map_err(|_| Refusal::Unauthenticated(AuthError::NotBearer))?,
             ),
         };
         let principal = self.ring.authenticate(text).map_err(|e| {
             if e == AuthError::Invalid && !self.ring.status().loaded {
-                Rejection::NotReady
+                Refusal::NotReady
             } else {
-                Rejection::Unauthenticated(e)
+                Refusal::Unauthenticated(e)
             }
         })?;
         let counters = self
@@ -198,36 +211,36 @@ impl Handler {
         kind: WriteKind,
         body: Incoming,
         deadline: tokio::time::Instant,
-    ) -> Result<(Vec<Quota>, Bytes), Refusal> {
+    ) -> Result<(Vec<Quota>, Bytes), RefusedRequest> {
         let limits = &caller.limits;
         let has_body = !body.is_end_stream();
         self.limiter
             .peek(caller.environment(), limits)
             .await
-            .map_err(|refused| caller.limited(refused, has_body))?;
+            .map_err(|by| caller.limited(by, has_body))?;
         let bytes = read_bounded(body, limits.max_write_body_bytes, deadline)
             .await
             .map_err(|e| {
-                let rejection = match e {
-                    ReadError::TooLarge => Rejection::BodyTooLarge {
+                let refusal = match e {
+                    ReadError::TooLarge => Refusal::BodyTooLarge {
                         limit: limits.max_write_body_bytes.unwrap_or_default(),
                     },
-                    ReadError::TimedOut => Rejection::BodyTimeout {
+                    ReadError::TimedOut => Refusal::BodyTimeout {
                         after: self.body_timeout,
                     },
-                    ReadError::Aborted => Rejection::BodyAborted,
+                    ReadError::Aborted => Refusal::BodyAborted,
                 };
-                caller.refuse(rejection, true)
+                caller.refuse(refusal, true)
             })?;
-        let facts = count_facts(kind, &bytes).map_err(|e| caller.refuse(Rejection::MalformedBody(e), false))?;
+        let facts = count_facts(kind, &bytes).map_err(|e| caller.refuse(Refusal::MalformedBody(e), false))?;
         if let Some(limit) = limits.max_batch_facts.filter(|limit| facts > *limit) {
-            return Err(caller.refuse(Rejection::BatchTooLarge { facts, limit }, false));
+            return Err(caller.refuse(Refusal::BatchTooLarge { facts, limit }, false));
         }
         let quotas = self
             .limiter
             .admit(caller.environment(), limits, facts)
             .await
-            .map_err(|refused| caller.limited(refused, false))?;
+            .map_err(|by| caller.limited(by, false))?;
         caller.counters.writes.inc();
         caller.counters.facts.inc_by(facts);
         Ok((quotas, bytes))
@@ -243,7 +256,7 @@ impl Handler {
         mut quotas: Vec<Quota>,
         permit: Permit,
         in_flight: InFlight,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, RefusedRequest> {
         let fault = StreamFault::default();
         let body = match body {
             Outgoing::Full(bytes) => {
@@ -256,26 +269,26 @@ impl Handler {
             Outgoing::Stream(incoming) => RequestBody::streaming(incoming, deadline, fault.clone()),
         };
         let (response, lease) = self.upstream.forward(parts, body).await.map_err(|e| {
-            let rejection = if fault.timed_out() {
-                Rejection::BodyTimeout {
+            let refusal = if fault.timed_out() {
+                Refusal::BodyTimeout {
                     after: self.body_timeout,
                 }
             } else if fault.aborted() {
-                Rejection::BodyAborted
+                Refusal::BodyAborted
             } else {
                 match e {
                     ForwardError::Unreachable(detail) => {
                         tracing::warn!(error = %detail, "cannot forward a request to the upstream");
-                        Rejection::UpstreamUnreachable(detail)
+                        Refusal::UpstreamUnreachable(detail)
                     }
-                    ForwardError::TimedOut => Rejection::UpstreamTimeout {
+                    ForwardError::TimedOut => Refusal::UpstreamTimeout {
                         after: self.upstream.timeout(),
                     },
                 }
             };
             // A read body that timed out or broke was not read to its end.
-            let body_unread = matches!(rejection, Rejection::BodyTimeout { .. } | Rejection::BodyAborted);
-            caller.refuse(rejection, body_unread)
+            let body_unread = matches!(refusal, Refusal::BodyTimeout { .. } | Refusal::BodyAborted);
+            caller.refuse(refusal, body_unread)
         })?;
         let (mut head, inner) = response.into_parts();
         quotas.extend(permit.quota);
@@ -305,14 +318,9 @@ enum Outgoing {
 }
 
 /// Refusals a write earns from its headers alone, before any of its body is read.
-fn check_write_headers(
-    caller: &Caller,
-    kind: WriteKind,
-    headers: &HeaderMap,
-    body: &Incoming,
-) -> Result<(), Rejection> {
+fn check_write_headers(caller: &Caller, kind: WriteKind, headers: &HeaderMap, body: &Incoming) -> Result<(), Refusal> {
     if caller.principal.access == Access::ReadOnly {
-        return Err(Rejection::ReadOnlyKey {
+        return Err(Refusal::ReadOnlyKey {
             endpoint: kind.endpoint(),
         });
     }
@@ -321,7 +329,7 @@ fn check_write_headers(
         .iter()
         .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if encoded {
-        return Err(Rejection::CompressedWrite);
+        return Err(Refusal::CompressedWrite);
     }
     // For a Content-Length body the size hint is exact; for a chunked one it is 0 and the read counts.
     if let Some(limit) = caller
@@ -329,7 +337,7 @@ fn check_write_headers(
         .max_write_body_bytes
         .filter(|limit| body.size_hint().lower() > *limit)
     {
-        return Err(Rejection::BodyTooLarge { limit });
+        return Err(Refusal::BodyTooLarge { limit });
     }
     Ok(())
 }

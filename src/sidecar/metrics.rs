@@ -21,8 +21,9 @@ use crate::telemetry::Telemetry;
 
 /// Why a request was not forwarded (or failed upstream), as the `reason` label says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub enum RefusalReason {
     NotReady,
+    KeysStale,
     Unauthenticated,
     Forbidden,
     BodyTooLarge,
@@ -37,43 +38,45 @@ pub enum Reason {
     UpstreamTimeout,
 }
 
-impl Reason {
-    const ALL: [Reason; 13] = [
-        Reason::NotReady,
-        Reason::Unauthenticated,
-        Reason::Forbidden,
-        Reason::BodyTooLarge,
-        Reason::BatchTooLarge,
-        Reason::RateLimitedRequests,
-        Reason::RateLimitedFacts,
-        Reason::ConcurrencyLimited,
-        Reason::UnsupportedEncoding,
-        Reason::BadRequest,
-        Reason::Timeout,
-        Reason::UpstreamUnreachable,
-        Reason::UpstreamTimeout,
+impl RefusalReason {
+    const ALL: [RefusalReason; 14] = [
+        RefusalReason::NotReady,
+        RefusalReason::KeysStale,
+        RefusalReason::Unauthenticated,
+        RefusalReason::Forbidden,
+        RefusalReason::BodyTooLarge,
+        RefusalReason::BatchTooLarge,
+        RefusalReason::RateLimitedRequests,
+        RefusalReason::RateLimitedFacts,
+        RefusalReason::ConcurrencyLimited,
+        RefusalReason::UnsupportedEncoding,
+        RefusalReason::BadRequest,
+        RefusalReason::Timeout,
+        RefusalReason::UpstreamUnreachable,
+        RefusalReason::UpstreamTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::NotReady => "not_ready",
-            Reason::Unauthenticated => "unauthenticated",
-            Reason::Forbidden => "forbidden",
-            Reason::BodyTooLarge => "body_too_large",
-            Reason::BatchTooLarge => "batch_too_large",
-            Reason::RateLimitedRequests => "rate_limited_requests",
-            Reason::RateLimitedFacts => "rate_limited_facts",
-            Reason::ConcurrencyLimited => "concurrency_limited",
-            Reason::UnsupportedEncoding => "unsupported_encoding",
-            Reason::BadRequest => "bad_request",
-            Reason::Timeout => "timeout",
-            Reason::UpstreamUnreachable => "upstream_unreachable",
-            Reason::UpstreamTimeout => "upstream_timeout",
+            RefusalReason::NotReady => "not_ready",
+            RefusalReason::KeysStale => "keys_stale",
+            RefusalReason::Unauthenticated => "unauthenticated",
+            RefusalReason::Forbidden => "forbidden",
+            RefusalReason::BodyTooLarge => "body_too_large",
+            RefusalReason::BatchTooLarge => "batch_too_large",
+            RefusalReason::RateLimitedRequests => "rate_limited_requests",
+            RefusalReason::RateLimitedFacts => "rate_limited_facts",
+            RefusalReason::ConcurrencyLimited => "concurrency_limited",
+            RefusalReason::UnsupportedEncoding => "unsupported_encoding",
+            RefusalReason::BadRequest => "bad_request",
+            RefusalReason::Timeout => "timeout",
+            RefusalReason::UpstreamUnreachable => "upstream_unreachable",
+            RefusalReason::UpstreamTimeout => "upstream_timeout",
         }
     }
 
     fn index(self) -> usize {
-        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+        RefusalReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 }
 
@@ -84,7 +87,7 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RejectionLabels {
+struct RefusalLabels {
     environment: String,
     reason: &'static str,
 }
@@ -100,7 +103,7 @@ pub const UNKNOWN_ENVIRONMENT: &str = "unknown";
 #[derive(Clone)]
 pub struct SidecarMetrics {
     requests: Family<RequestLabels, Counter>,
-    rejections: Family<RejectionLabels, Counter>,
+    rejections: Family<RefusalLabels, Counter>,
     fact_writes: Family<EnvironmentLabels, Counter>,
     duration: Histogram,
     in_flight: Gauge,
@@ -108,6 +111,7 @@ pub struct SidecarMetrics {
     environments: Gauge,
     revision: Gauge,
     store_up: Gauge,
+    keys_stale: Gauge,
     since_refresh: Gauge<f64, AtomicU64>,
     cache: Arc<RwLock<HashMap<String, Arc<EnvironmentCounters>>>>,
 }
@@ -118,15 +122,15 @@ pub struct EnvironmentCounters {
     pub writes: Counter,
     pub facts: Counter,
     label: String,
-    rejections: [OnceLock<Counter>; Reason::ALL.len()],
-    family: Family<RejectionLabels, Counter>,
+    rejections: [OnceLock<Counter>; RefusalReason::ALL.len()],
+    family: Family<RefusalLabels, Counter>,
 }
 
 impl EnvironmentCounters {
-    pub fn reject(&self, reason: Reason) {
+    pub fn reject(&self, reason: RefusalReason) {
         self.rejections[reason.index()]
             .get_or_init(|| {
-                self.family.get_or_create_owned(&RejectionLabels {
+                self.family.get_or_create_owned(&RefusalLabels {
                     environment: self.label.clone(),
                     reason: reason.as_str(),
                 })
@@ -156,6 +160,7 @@ impl SidecarMetrics {
             environments: Gauge::default(),
             revision: Gauge::default(),
             store_up: Gauge::default(),
+            keys_stale: Gauge::default(),
             since_refresh: Gauge::default(),
             cache: Arc::default(),
         };
@@ -204,6 +209,11 @@ impl SidecarMetrics {
             "sidecar_store_up",
             "1 when the last refresh reached the store, 0 when the sidecar serves its last known copy",
             metrics.store_up.clone(),
+        );
+        registry.register(
+            "sidecar_keys_stale",
+            "1 while the keys were read from the store longer ago than --max-key-staleness and every request is refused",
+            metrics.keys_stale.clone(),
         );
         registry.register(
             "sidecar_seconds_since_store_refresh",
@@ -257,7 +267,8 @@ impl SidecarMetrics {
     }
 
     /// Mirrors the key ring's state.
-    pub fn ring(&self, status: &RingStatus, since_refresh: Option<f64>) {
+    pub fn ring(&self, status: &RingStatus, since_refresh: Option<f64>, stale: bool) {
+        self.keys_stale.set(i64::from(stale));
         self.keys.set(status.keys as i64);
         self.environments.set(status.environments as i64);
         self.revision.set(status.revision);

@@ -2,23 +2,25 @@
 //! authenticates API keys, enforces each environment's limits and forwards what it admits.
 //!
 //! - `classify`: which requests are writes and how many facts they carry;
-//! - `limits`: the [`Limiter`] seam and the in-process GCRA limiter (limits are per sidecar process);
+//! - `limits`: the [`Limiter`] seam and its backends (the in-process GCRA limiter: limits per process);
 //! - `handler`: one request through authentication, limits and forwarding;
 //! - `proxy`: the client to the upstream (HTTP/2 when it speaks it, else pooled keep-alive HTTP/1.1);
 //!   `body`: bounded and streamed bodies;
-//! - `errors`: every status the sidecar answers itself; `headers`: `Retry-After` and `RateLimit*`;
+//! - `answers`: every answer the sidecar gives itself (a `Refusal`); `headers`: `Retry-After` and
+//!   `RateLimit*`;
 //! - `metrics`: Prometheus metrics; `server`: connections, timeouts, graceful shutdown.
 //!
-//! Keys and limits come from a [`KeyRing`], refreshed by polling the store's revision every second
-//! ([`KeyRing::keep_fresh`]). Polling was chosen over PostgreSQL LISTEN/NOTIFY because it works the same on
+//! The sidecar never opens the store: it is handed a [`KeyRing`] (kept fresh by the auth module, which
+//! polls the store's revision every second: [`KeyRing::follow`]) and a [`Limiter`] through
+//! [`RunOptions`]. Polling was chosen over PostgreSQL LISTEN/NOTIFY because it works the same on
 //! SQLite and PostgreSQL, needs no dedicated connection, and one cheap `SELECT revision` per second is
 //! nothing; a change reaches the sidecar within about a second (well within the 5 s promised). When the
 //! store cannot be reached, the ring keeps its last copy: known keys keep working, unknown keys are
 //! refused, and readiness says `degraded`.
 
+mod answers;
 mod body;
 pub mod classify;
-mod errors;
 mod handler;
 pub mod headers;
 pub mod limits;
@@ -27,18 +29,17 @@ pub mod proxy;
 mod server;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use limits::{Clock, Limiter, LocalLimiter, ManualClock, SystemClock};
-pub use metrics::Reason;
+pub use metrics::RefusalReason;
 pub use proxy::UpstreamProtocol;
 
 use crate::auth::KeyRing;
-use crate::store::Store;
 use crate::telemetry::{Health, Readiness, Telemetry};
 use handler::Handler;
 use metrics::SidecarMetrics;
@@ -60,7 +61,15 @@ pub struct Settings {
     pub upstream_protocol: UpstreamProtocol,
     /// Threads serving connections (each with its own upstream connection pool); 0: one per CPU.
     pub workers: usize,
+    /// Once the keys were last read from the store longer ago than this, every request is refused (503):
+    /// a key revoked during a store outage stops working after at most this long. `None`: never.
+    pub max_key_staleness: Option<Duration>,
 }
+
+/// The default `max_key_staleness`: outages shorter than a minute go unnoticed by clients (the built-in
+/// fact store needs the same store for every request anyway); a revocation is enforced within a minute
+/// even when the store cannot be reached.
+pub const DEFAULT_MAX_KEY_STALENESS: Duration = Duration::from_secs(60);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -71,6 +80,7 @@ impl Default for Settings {
             upstream_timeout: Duration::from_secs(30),
             upstream_protocol: UpstreamProtocol::Auto,
             workers: 1,
+            max_key_staleness: Some(DEFAULT_MAX_KEY_STALENESS),
         }
     }
 }
@@ -92,8 +102,6 @@ pub struct Sidecar {
     connection: ConnectionLimits,
     workers: usize,
     health: Health,
-    /// Why the store could not be opened at start-up, while that is the case.
-    connect_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Sidecar {
@@ -114,6 +122,7 @@ impl Sidecar {
             )?,
             metrics: SidecarMetrics::register(telemetry),
             body_timeout: settings.body_timeout,
+            max_key_staleness: settings.max_key_staleness,
         };
         Ok(Sidecar {
             handler: Arc::new(handler),
@@ -125,7 +134,6 @@ impl Sidecar {
                 n => n,
             },
             health: telemetry.health.clone(),
-            connect_error: Arc::default(),
         })
     }
 
@@ -168,16 +176,16 @@ impl Sidecar {
         let ring = &self.handler.ring;
         let status = ring.status();
         let since = ring.since_last_success();
-        self.handler.metrics.ring(&status, since.map(|d| d.as_secs_f64()));
+        let stale = self.handler.stale();
+        self.handler
+            .metrics
+            .ring(&status, since.map(|d| d.as_secs_f64()), stale.is_some());
         let readiness = match (&status.last_error, status.loaded) {
-            (_, false) => {
-                let connect = self.connect_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let why = connect.or(status.last_error.clone());
-                Readiness::Starting(match why {
-                    Some(e) => format!("cannot load API keys from the store yet: {e}"),
-                    None => "loading API keys from the store".into(),
-                })
-            }
+            _ if let Some(refusal) = &stale => Readiness::NotReady(refusal.message()),
+            (why, false) => Readiness::Starting(match why {
+                Some(e) => format!("cannot load API keys from the store yet: {e}"),
+                None => "loading API keys from the store".into(),
+            }),
             (None, true) => Readiness::Ready,
             (Some(e), true) => Readiness::Degraded(format!(
                 "the store is unreachable ({e}); serving the {} keys and limits read {} s ago",
@@ -190,28 +198,22 @@ impl Sidecar {
     }
 }
 
-/// Where `orgkeeper sidecar` listens and where its keys come from.
-#[derive(Clone, Debug)]
+/// Where `orgkeeper sidecar` listens, and the key ring and limiter it serves with.
+#[derive(Clone)]
 pub struct RunOptions {
     pub listen: SocketAddr,
     pub metrics_addr: SocketAddr,
-    pub database_url: String,
-    /// How often the store revision is polled.
-    pub refresh_interval: Duration,
+    /// The keys and limits, kept fresh by whoever made it (see [`KeyRing::follow`]).
+    pub ring: KeyRing,
+    pub limiter: Arc<dyn Limiter>,
     pub settings: Settings,
 }
 
-/// Runs the sidecar until `shutdown`: serves at once (503 until keys are loaded), connects to the store
-/// (retrying until it can), keeps keys and limits fresh, and reports health and metrics.
+/// Runs the sidecar until `shutdown`: serves at once (503 until the ring has keys), keeps readiness and
+/// metrics in step with the ring, and lets requests in flight finish on shutdown.
 pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(), SidecarError> {
     let telemetry = Telemetry::new("orgkeeper");
-    let ring = KeyRing::default();
-    let sidecar = Sidecar::new(
-        &options.settings,
-        ring.clone(),
-        Arc::new(LocalLimiter::default()),
-        &telemetry,
-    )?;
+    let sidecar = Sidecar::new(&options.settings, options.ring, options.limiter, &telemetry)?;
     let listener = TcpListener::bind(options.listen)
         .await
         .map_err(|source| SidecarError::Bind {
@@ -241,40 +243,6 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<(),
         }
     });
     tokio::spawn(sidecar.clone().watch(Duration::from_secs(1), shutdown.clone()));
-    tokio::spawn(connect_and_refresh(
-        options.database_url.clone(),
-        ring,
-        options.refresh_interval,
-        sidecar.connect_error.clone(),
-        shutdown.clone(),
-    ));
     sidecar.serve(listener, shutdown).await?;
     Ok(())
-}
-
-/// Opens the store, retrying with backoff while it is unreachable, then keeps the ring fresh.
-async fn connect_and_refresh(
-    url: String,
-    ring: KeyRing,
-    interval: Duration,
-    connect_error: Arc<Mutex<Option<String>>>,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(250);
-    let store = loop {
-        match Store::connect(&url).await {
-            Ok(store) => break store,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the store");
-                *connect_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    };
-    *connect_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    ring.keep_fresh(store, interval, shutdown).await;
 }

@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Any, AssertSqlSafe, Transaction};
+use sqlx::{Any, Transaction};
 
-use super::{QueryContext, Store, StoreError, now};
+use super::sql::{Delete, NewRow, Update, insert};
+use super::{Store, StoreError, now};
 use crate::domain::keys::new_id;
 use crate::domain::*;
 
@@ -41,14 +42,13 @@ pub struct StoreTx {
 /// stay under both backends' bound-parameter limits.
 const ROWS_PER_INSERT: usize = 400;
 
-enum Cell {
-    Text(String),
-    Int(Option<i64>),
-}
-
 impl Store {
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
-        let tx = self.pool().begin().await.context("starting a transaction")?;
+        let tx = self
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| StoreError::from_write("starting a transaction", e))?;
         Ok(StoreTx {
             tx,
             store: self.clone(),
@@ -99,24 +99,26 @@ impl StoreTx {
             )
             .await?;
         }
-        self.tx.commit().await.context("committing")
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| StoreError::from_write("committing", e))
     }
 
     /// Moves a key from one state to another; returns false when it was not in `from` (someone else moved it).
     pub async fn set_key_state(&mut self, key_id: &str, from: KeyState, to: KeyState) -> Result<bool, StoreError> {
-        let revoked_at = (to == KeyState::Revoked).then(now);
-        let query = sqlx::query("UPDATE api_keys SET state = $1, revoked_at = $2 WHERE key_id = $3 AND state = $4")
-            .bind(to.as_str())
-            .bind(revoked_at)
-            .bind(key_id.to_owned())
-            .bind(from.as_str());
-        Ok(self.execute(query, "changing a key's state").await? > 0)
+        let update = Update::table("api_keys")
+            .set("state", to.as_str())
+            .set("revoked_at", (to == KeyState::Revoked).then(now))
+            .filter("key_id", key_id)
+            .filter("state", from.as_str());
+        Ok(self.execute(update.build(), "changing a key's state").await? > 0)
     }
 
     /// Forgets a key record entirely (a pending key whose issuance is abandoned, or a removed ApiKey).
     pub async fn delete_key(&mut self, key_id: &str) -> Result<bool, StoreError> {
-        let query = sqlx::query("DELETE FROM api_keys WHERE key_id = $1").bind(key_id.to_owned());
-        Ok(self.execute(query, "deleting a key").await? > 0)
+        let delete = Delete::from("api_keys").filter("key_id", key_id);
+        Ok(self.execute(delete.build(), "deleting a key").await? > 0)
     }
 
     async fn execute<'q>(
@@ -126,165 +128,131 @@ impl StoreTx {
     ) -> Result<u64, StoreError> {
         self.store.count_write(1);
         self.wrote = true;
-        let result = query.execute(&mut *self.tx).await.context(context)?;
+        let result = query
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::from_write(context, e))?;
         Ok(result.rows_affected())
     }
 
+    /// One change that is not part of a bulk run: each is a named step below.
     async fn apply_one(&mut self, change: &Change) -> Result<(), StoreError> {
-        let now = now();
         match change {
             Change::CreateOrganization { organization, settings } => {
-                let id = new_id();
-                let limits = limit_cells(&settings.limits);
-                let query = sqlx::query(
-                    "INSERT INTO organizations (id, namespace, name, display_name, plan, requests_per_minute, \
-                     fact_writes_per_minute, max_concurrent_requests, max_batch_facts, max_write_body_bytes, \
-                     deletion_policy, managed, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12)",
-                )
-                .bind(id.clone())
-                .bind(organization.namespace.clone())
-                .bind(organization.name.clone())
-                .bind(settings.display_name.clone())
-                .bind(settings.plan.as_str());
-                let query = bind_limits(query, &limits)
-                    .bind(settings.deletion_policy.as_str())
-                    .bind(now);
-                self.execute(query, "creating an organization").await?;
-                self.organization_ids.insert(organization.clone(), id);
+                self.create_organization(organization, settings).await
             }
-            Change::UpdateOrganization { organization, to, .. } => {
-                let id = self.organization_id(organization).await?;
-                let limits = limit_cells(&to.limits);
-                let query = sqlx::query(
-                    "UPDATE organizations SET display_name = $1, plan = $2, requests_per_minute = $3, \
-                     fact_writes_per_minute = $4, max_concurrent_requests = $5, max_batch_facts = $6, \
-                     max_write_body_bytes = $7, deletion_policy = $8, managed = 1, updated_at = $9 WHERE id = $10",
-                )
-                .bind(to.display_name.clone())
-                .bind(to.plan.as_str());
-                let query = bind_limits(query, &limits)
-                    .bind(to.deletion_policy.as_str())
-                    .bind(now)
-                    .bind(id);
-                self.execute(query, "updating an organization").await?;
-            }
+            Change::UpdateOrganization { organization, to, .. } => self.update_organization(organization, to).await,
             Change::UpdateEnvironment {
                 organization,
                 environment,
                 to,
                 ..
-            } => {
-                self.update_environment(organization, environment, to, true).await?;
-            }
+            } => self.update_environment(organization, environment, to, true).await,
             Change::ResetEnvironment {
                 organization,
                 environment,
                 to,
                 ..
-            } => {
-                self.update_environment(organization, environment, to, false).await?;
-            }
+            } => self.update_environment(organization, environment, to, false).await,
             Change::DeleteEnvironment {
                 organization,
                 environment,
                 ..
-            } => {
-                let id = self.environment_id(organization, environment).await?;
-                // Keys (and facts) go with the environment through ON DELETE CASCADE.
-                self.execute(
-                    sqlx::query("DELETE FROM environments WHERE id = $1").bind(id),
-                    "deleting an environment",
-                )
-                .await?;
-            }
+            } => self.delete_environment(organization, environment).await,
             Change::ReleaseEnvironment {
                 organization,
                 environment,
                 ..
-            } => {
-                let id = self.environment_id(organization, environment).await?;
-                let revoke = sqlx::query(
-                    "UPDATE api_keys SET state = 'revoked', revoked_at = $1 WHERE environment_id = $2 AND state <> 'revoked'",
-                )
-                .bind(now)
-                .bind(id.clone());
-                self.execute(revoke, "revoking a released environment's keys").await?;
-                let release = sqlx::query("UPDATE environments SET managed = 0, updated_at = $1 WHERE id = $2")
-                    .bind(now)
-                    .bind(id);
-                self.execute(release, "releasing an environment").await?;
-            }
+            } => self.release_environment(organization, environment).await,
             Change::UpdateUser {
                 organization,
                 account,
                 to,
                 resource,
                 ..
-            } => {
-                let id = self.organization_id(organization).await?;
-                let query = sqlx::query(
-                    "UPDATE users SET role = $1, resource_name = $2, updated_at = $3 WHERE organization_id = $4 AND account = $5",
-                )
-                .bind(to.as_str())
-                .bind(resource.clone())
-                .bind(now)
-                .bind(id)
-                .bind(account.to_string());
-                self.execute(query, "changing a user's role").await?;
-            }
-            Change::RemoveUser { organization, account } => {
-                let id = self.organization_id(organization).await?;
-                let query = sqlx::query("DELETE FROM users WHERE organization_id = $1 AND account = $2")
-                    .bind(id)
-                    .bind(account.to_string());
-                self.execute(query, "removing a user").await?;
-            }
-            Change::RevokeKey { key_id, .. } => {
-                let query = sqlx::query(
-                    "UPDATE api_keys SET state = 'revoked', revoked_at = $1 WHERE key_id = $2 AND state <> 'revoked'",
-                )
-                .bind(now)
-                .bind(key_id.clone());
-                self.execute(query, "revoking a key").await?;
-            }
-            Change::RemoveKey { key_id, .. } => {
-                self.delete_key(key_id).await?;
-            }
-            Change::DeleteOrganization { organization, .. } => {
-                let id = self.organization_id(organization).await?;
-                // Environments (with their facts), users and keys go with it through ON DELETE CASCADE.
-                self.execute(
-                    sqlx::query("DELETE FROM organizations WHERE id = $1").bind(id),
-                    "deleting an organization",
-                )
-                .await?;
-                self.organization_ids.remove(organization);
-            }
-            Change::ReleaseOrganization { organization, .. } => {
-                let id = self.organization_id(organization).await?;
-                let revoke = sqlx::query(
-                    "UPDATE api_keys SET state = 'revoked', revoked_at = $1 WHERE organization_id = $2 AND state <> 'revoked'",
-                )
-                .bind(now)
-                .bind(id.clone());
-                self.execute(revoke, "revoking a released organization's keys").await?;
-                let environments = sqlx::query(
-                    "UPDATE environments SET managed = 0, updated_at = $1 WHERE organization_id = $2 AND managed <> 0",
-                )
-                .bind(now)
-                .bind(id.clone());
-                self.execute(environments, "releasing an organization's environments")
-                    .await?;
-                let release = sqlx::query("UPDATE organizations SET managed = 0, updated_at = $1 WHERE id = $2")
-                    .bind(now)
-                    .bind(id);
-                self.execute(release, "releasing an organization").await?;
-            }
+            } => self.update_user(organization, account, *to, resource).await,
+            Change::RemoveUser { organization, account } => self.remove_user(organization, account).await,
+            Change::RevokeKey { key_id, .. } => self.revoke_key(key_id).await,
+            Change::RemoveKey { key_id, .. } => self.delete_key(key_id).await.map(drop),
+            Change::DeleteOrganization { organization, .. } => self.delete_organization(organization).await,
+            Change::ReleaseOrganization { organization, .. } => self.release_organization(organization).await,
             Change::CreateEnvironment { .. } | Change::AddUser { .. } | Change::IssueKey { .. } => {
                 unreachable!("bulk changes are applied in batches")
             }
         }
+    }
+
+    async fn create_organization(
+        &mut self,
+        organization: &OrgKey,
+        settings: &OrganizationSettings,
+    ) -> Result<(), StoreError> {
+        let id = new_id();
+        let now = now();
+        let row = NewRow::default()
+            .with("id", id.clone())
+            .with("namespace", organization.namespace.clone())
+            .with("name", organization.name.clone())
+            .with("display_name", settings.display_name.clone())
+            .with("plan", settings.plan.as_str())
+            .with_limits(&settings.limits)
+            .with("deletion_policy", settings.deletion_policy.as_str())
+            .with("managed", true)
+            .with("created_at", now)
+            .with("updated_at", now);
+        self.execute(insert("organizations", vec![row]), "creating an organization")
+            .await?;
+        self.organization_ids.insert(organization.clone(), id);
+        Ok(())
+    }
+
+    /// Also adopts it: an organization declared again is managed again.
+    async fn update_organization(
+        &mut self,
+        organization: &OrgKey,
+        to: &OrganizationSettings,
+    ) -> Result<(), StoreError> {
+        let id = self.organization_id(organization).await?;
+        let update = Update::table("organizations")
+            .set("display_name", to.display_name.clone())
+            .set("plan", to.plan.as_str())
+            .set_limits(&to.limits)
+            .set("deletion_policy", to.deletion_policy.as_str())
+            .set("managed", true)
+            .set("updated_at", now())
+            .filter("id", id);
+        self.execute(update.build(), "updating an organization").await?;
+        Ok(())
+    }
+
+    /// Keys (and facts) go with the organization's environments, users and keys through ON DELETE CASCADE.
+    async fn delete_organization(&mut self, organization: &OrgKey) -> Result<(), StoreError> {
+        let id = self.organization_id(organization).await?;
+        let delete = Delete::from("organizations").filter("id", id);
+        self.execute(delete.build(), "deleting an organization").await?;
+        self.organization_ids.remove(organization);
+        Ok(())
+    }
+
+    /// Stops managing the organization and its environments, keeping their data; revokes every key.
+    async fn release_organization(&mut self, organization: &OrgKey) -> Result<(), StoreError> {
+        let id = self.organization_id(organization).await?;
+        let now = now();
+        let revoke = revoke_keys(now).filter("organization_id", id.clone());
+        self.execute(revoke.build(), "revoking a released organization's keys")
+            .await?;
+        let environments = Update::table("environments")
+            .set("managed", false)
+            .set("updated_at", now)
+            .filter("organization_id", id.clone())
+            .filter_sql("managed <> 0");
+        self.execute(environments.build(), "releasing an organization's environments")
+            .await?;
+        let release = Update::table("organizations")
+            .set("managed", false)
+            .set("updated_at", now)
+            .filter("id", id);
+        self.execute(release.build(), "releasing an organization").await?;
         Ok(())
     }
 
@@ -296,20 +264,71 @@ impl StoreTx {
         managed: bool,
     ) -> Result<(), StoreError> {
         let id = self.environment_id(organization, environment).await?;
-        let limits = limit_cells(&to.limits);
-        let query = sqlx::query(
-            "UPDATE environments SET display_name = $1, production = $2, requests_per_minute = $3, \
-             fact_writes_per_minute = $4, max_concurrent_requests = $5, max_batch_facts = $6, \
-             max_write_body_bytes = $7, deletion_policy = $8, managed = $9, updated_at = $10 WHERE id = $11",
-        )
-        .bind(to.display_name.clone())
-        .bind(i64::from(to.production));
-        let query = bind_limits(query, &limits)
-            .bind(to.deletion_policy.as_str())
-            .bind(i64::from(managed))
-            .bind(now())
-            .bind(id);
-        self.execute(query, "updating an environment").await?;
+        let update = Update::table("environments")
+            .set("display_name", to.display_name.clone())
+            .set("production", to.production)
+            .set_limits(&to.limits)
+            .set("deletion_policy", to.deletion_policy.as_str())
+            .set("managed", managed)
+            .set("updated_at", now())
+            .filter("id", id);
+        self.execute(update.build(), "updating an environment").await?;
+        Ok(())
+    }
+
+    /// Keys (and facts) go with the environment through ON DELETE CASCADE.
+    async fn delete_environment(&mut self, organization: &OrgKey, environment: &str) -> Result<(), StoreError> {
+        let id = self.environment_id(organization, environment).await?;
+        let delete = Delete::from("environments").filter("id", id);
+        self.execute(delete.build(), "deleting an environment").await?;
+        Ok(())
+    }
+
+    /// Stops managing the environment, keeping its facts; revokes its keys.
+    async fn release_environment(&mut self, organization: &OrgKey, environment: &str) -> Result<(), StoreError> {
+        let id = self.environment_id(organization, environment).await?;
+        let now = now();
+        let revoke = revoke_keys(now).filter("environment_id", id.clone());
+        self.execute(revoke.build(), "revoking a released environment's keys")
+            .await?;
+        let release = Update::table("environments")
+            .set("managed", false)
+            .set("updated_at", now)
+            .filter("id", id);
+        self.execute(release.build(), "releasing an environment").await?;
+        Ok(())
+    }
+
+    async fn update_user(
+        &mut self,
+        organization: &OrgKey,
+        account: &Account,
+        role: Role,
+        resource: &str,
+    ) -> Result<(), StoreError> {
+        let id = self.organization_id(organization).await?;
+        let update = Update::table("users")
+            .set("role", role.as_str())
+            .set("resource_name", resource)
+            .set("updated_at", now())
+            .filter("organization_id", id)
+            .filter("account", account.to_string());
+        self.execute(update.build(), "changing a user's role").await?;
+        Ok(())
+    }
+
+    async fn remove_user(&mut self, organization: &OrgKey, account: &Account) -> Result<(), StoreError> {
+        let id = self.organization_id(organization).await?;
+        let delete = Delete::from("users")
+            .filter("organization_id", id)
+            .filter("account", account.to_string());
+        self.execute(delete.build(), "removing a user").await?;
+        Ok(())
+    }
+
+    async fn revoke_key(&mut self, key_id: &str) -> Result<(), StoreError> {
+        let revoke = revoke_keys(now()).filter("key_id", key_id);
+        self.execute(revoke.build(), "revoking a key").await?;
         Ok(())
     }
 
@@ -329,36 +348,21 @@ impl StoreTx {
             let id = new_id();
             self.environment_ids
                 .insert((organization_id.clone(), environment.clone()), id.clone());
-            let mut row = vec![
-                Cell::Text(id),
-                Cell::Text(organization_id),
-                Cell::Text(environment.clone()),
-            ];
-            row.push(Cell::Text(settings.display_name.clone()));
-            row.push(Cell::Int(Some(i64::from(settings.production))));
-            row.extend(limit_cells(&settings.limits).into_iter().map(Cell::Int));
-            row.push(Cell::Text(settings.deletion_policy.as_str().to_owned()));
-            row.extend([Cell::Int(Some(1)), Cell::Int(Some(now)), Cell::Int(Some(now))]);
-            rows.push(row);
+            rows.push(
+                NewRow::default()
+                    .with("id", id)
+                    .with("organization_id", organization_id)
+                    .with("name", environment.clone())
+                    .with("display_name", settings.display_name.clone())
+                    .with("production", settings.production)
+                    .with_limits(&settings.limits)
+                    .with("deletion_policy", settings.deletion_policy.as_str())
+                    .with("managed", true)
+                    .with("created_at", now)
+                    .with("updated_at", now),
+            );
         }
-        let columns = [
-            "id",
-            "organization_id",
-            "name",
-            "display_name",
-            "production",
-            "requests_per_minute",
-            "fact_writes_per_minute",
-            "max_concurrent_requests",
-            "max_batch_facts",
-            "max_write_body_bytes",
-            "deletion_policy",
-            "managed",
-            "created_at",
-            "updated_at",
-        ];
-        self.insert_rows("environments", &columns, rows, "creating environments")
-            .await
+        self.insert_rows("environments", rows, "creating environments").await
     }
 
     async fn add_users(&mut self, batch: &[Change]) -> Result<(), StoreError> {
@@ -375,24 +379,17 @@ impl StoreTx {
                 unreachable!()
             };
             let organization_id = self.organization_id(organization).await?;
-            rows.push(vec![
-                Cell::Text(organization_id),
-                Cell::Text(account.to_string()),
-                Cell::Text(role.as_str().to_owned()),
-                Cell::Text(resource.clone()),
-                Cell::Int(Some(now)),
-                Cell::Int(Some(now)),
-            ]);
+            rows.push(
+                NewRow::default()
+                    .with("organization_id", organization_id)
+                    .with("account", account.to_string())
+                    .with("role", role.as_str())
+                    .with("resource_name", resource.clone())
+                    .with("created_at", now)
+                    .with("updated_at", now),
+            );
         }
-        let columns = [
-            "organization_id",
-            "account",
-            "role",
-            "resource_name",
-            "created_at",
-            "updated_at",
-        ];
-        self.insert_rows("users", &columns, rows, "adding users").await
+        self.insert_rows("users", rows, "adding users").await
     }
 
     async fn issue_keys(&mut self, batch: &[Change], state: KeyState) -> Result<Vec<IssuedKey>, StoreError> {
@@ -417,17 +414,18 @@ impl StoreTx {
             let organization_id = self.organization_id(organization).await?;
             let environment_id = self.environment_id(organization, environment).await?;
             let token = ApiKeyToken::generate(&environment_id);
-            rows.push(vec![
-                Cell::Text(token.key_id().to_owned()),
-                Cell::Text(organization_id),
-                Cell::Text(environment_id.clone()),
-                Cell::Text(api_key.clone()),
-                Cell::Text(secret_name.clone()),
-                Cell::Text(access.as_str().to_owned()),
-                Cell::Text(token.hash().to_hex()),
-                Cell::Text(state.as_str().to_owned()),
-                Cell::Int(Some(now)),
-            ]);
+            rows.push(
+                NewRow::default()
+                    .with("key_id", token.key_id())
+                    .with("organization_id", organization_id)
+                    .with("environment_id", environment_id.clone())
+                    .with("resource_name", api_key.clone())
+                    .with("secret_name", secret_name.clone())
+                    .with("access", access.as_str())
+                    .with("secret_hash", token.hash().to_hex())
+                    .with("state", state.as_str())
+                    .with("created_at", now),
+            );
             issued.push(IssuedKey {
                 organization: organization.clone(),
                 api_key: api_key.clone(),
@@ -438,49 +436,16 @@ impl StoreTx {
                 token,
             });
         }
-        let columns = [
-            "key_id",
-            "organization_id",
-            "environment_id",
-            "resource_name",
-            "secret_name",
-            "access",
-            "secret_hash",
-            "state",
-            "created_at",
-        ];
-        self.insert_rows("api_keys", &columns, rows, "issuing keys").await?;
+        self.insert_rows("api_keys", rows, "issuing keys").await?;
         Ok(issued)
     }
 
-    async fn insert_rows(
-        &mut self,
-        table: &str,
-        columns: &[&str],
-        rows: Vec<Vec<Cell>>,
-        context: &'static str,
-    ) -> Result<(), StoreError> {
+    /// Multi-row INSERTs of [`ROWS_PER_INSERT`] rows each.
+    async fn insert_rows(&mut self, table: &str, rows: Vec<NewRow>, context: &'static str) -> Result<(), StoreError> {
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
-            let chunk: Vec<Vec<Cell>> = rows.by_ref().take(ROWS_PER_INSERT).collect();
-            let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
-            let mut n = 0;
-            for (i, _) in chunk.iter().enumerate() {
-                sql.push_str(if i == 0 { "(" } else { ", (" });
-                for c in 0..columns.len() {
-                    n += 1;
-                    sql.push_str(&format!("{}${n}", if c == 0 { "" } else { ", " }));
-                }
-                sql.push(')');
-            }
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for cell in chunk.into_iter().flatten() {
-                query = match cell {
-                    Cell::Text(text) => query.bind(text),
-                    Cell::Int(value) => query.bind(value),
-                };
-            }
-            self.execute(query, context).await?;
+            let chunk: Vec<NewRow> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+            self.execute(insert(table, chunk), context).await?;
         }
         Ok(())
     }
@@ -495,7 +460,7 @@ impl StoreTx {
             .bind(key.name.clone())
             .fetch_optional(&mut *self.tx)
             .await
-            .context("finding an organization")?;
+            .map_err(|e| StoreError::from_write("finding an organization", e))?;
         let id =
             id.ok_or_else(|| StoreError::Corrupt(format!("organization {key} vanished during the transaction")))?;
         self.organization_ids.insert(key.clone(), id.clone());
@@ -515,7 +480,7 @@ impl StoreTx {
                 .bind(name.to_owned())
                 .fetch_optional(&mut *self.tx)
                 .await
-                .context("finding an environment")?;
+                .map_err(|e| StoreError::from_write("finding an environment", e))?;
         let id = id.ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "environment {organization}/{name} vanished during the transaction"
@@ -526,16 +491,10 @@ impl StoreTx {
     }
 }
 
-/// Binds the five limit columns, in the order `LimitOverrides::fields` lists them.
-fn bind_limits<'q>(
-    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-    limits: &[Option<i64>; 5],
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
-    limits.iter().fold(query, |query, value| query.bind(*value))
-}
-
-fn limit_cells(limits: &LimitOverrides) -> [Option<i64>; 5] {
-    limits
-        .fields()
-        .map(|(_, v)| v.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
+/// Revokes the keys the caller's filter selects that are not revoked yet.
+fn revoke_keys(now: i64) -> Update {
+    Update::table("api_keys")
+        .set("state", KeyState::Revoked.as_str())
+        .set("revoked_at", now)
+        .filter_sql("state <> 'revoked'")
 }

@@ -3,13 +3,15 @@
 
 // foldhash, not SipHash: the sidecar looks up every request's key and environment here, and the maps are
 // built from the store, so a client cannot choose what goes in them (only what is looked up).
+use std::sync::LazyLock;
+
 use foldhash::HashMap;
 
 use sqlx::{Any, Row as _};
 
-use super::snapshot::limits_from_row;
+use super::snapshot::{limit_columns, limits_from_row};
 use super::{QueryContext, Store, StoreError};
-use crate::domain::{Access, EffectiveLimits, KeyHash, LimitOverrides, PlanTier};
+use crate::domain::{Access, EffectiveLimits, KeyHash, PlanTier};
 
 /// A live key as the data plane sees it.
 #[derive(Clone, Debug)]
@@ -38,6 +40,17 @@ pub struct AuthSnapshot {
     pub environments: HashMap<String, EnvironmentLimits>,
 }
 
+/// Every environment with its organization's plan and both layers of limit overrides.
+static SELECT_ENVIRONMENT_LIMITS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT e.id AS environment_id, e.organization_id, o.namespace, o.name AS organization, \
+         e.name AS environment, o.plan, {}, {} \
+         FROM environments e JOIN organizations o ON o.id = e.organization_id",
+        limit_columns("o.", "o_"),
+        limit_columns("e.", ""),
+    )
+});
+
 impl Store {
     pub async fn load_auth_snapshot(&self) -> Result<AuthSnapshot, StoreError> {
         let mut tx = self.pool().begin().await.context("starting a read transaction")?;
@@ -46,51 +59,37 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .context("reading the store revision")?;
-        let environments = sqlx::query::<Any>(
-            "SELECT e.id AS environment_id, e.organization_id, o.namespace, o.name AS organization, e.name AS environment, \
-             o.plan, o.requests_per_minute AS o_rpm, o.fact_writes_per_minute AS o_fwpm, \
-             o.max_concurrent_requests AS o_mcr, o.max_batch_facts AS o_mbf, o.max_write_body_bytes AS o_mwbb, \
-             e.requests_per_minute, e.fact_writes_per_minute, e.max_concurrent_requests, e.max_batch_facts, \
-             e.max_write_body_bytes \
-             FROM environments e JOIN organizations o ON o.id = e.organization_id",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .context("reading environment limits")?
-        .iter()
-        .map(|row| {
-            let plan: String = row.try_get("plan").context("reading environment limits")?;
-            let plan: PlanTier = plan.parse().map_err(StoreError::Corrupt)?;
-            let org_limit = |column: &'static str| -> Result<Option<u64>, StoreError> {
-                let value: Option<i64> = row.try_get(column).context("reading organization limits")?;
-                Ok(value.map(|v| v.max(0) as u64))
-            };
-            let organization = LimitOverrides {
-                requests_per_minute: org_limit("o_rpm")?,
-                fact_writes_per_minute: org_limit("o_fwpm")?,
-                max_concurrent_requests: org_limit("o_mcr")?,
-                max_batch_facts: org_limit("o_mbf")?,
-                max_write_body_bytes: org_limit("o_mwbb")?,
-            };
-            let environment = limits_from_row(row)?;
-            let id: String = row.try_get("environment_id").context("reading environment limits")?;
-            let label = format!(
-                "{}/{}/{}",
-                row.try_get::<String, _>("namespace").context("reading environment limits")?,
-                row.try_get::<String, _>("organization").context("reading environment limits")?,
-                row.try_get::<String, _>("environment").context("reading environment limits")?,
-            );
-            Ok((
-                id.clone(),
-                EnvironmentLimits {
-                    environment_id: id,
-                    organization_id: row.try_get("organization_id").context("reading environment limits")?,
-                    label,
-                    limits: EffectiveLimits::resolve(plan, &organization, &environment),
-                },
-            ))
-        })
-        .collect::<Result<HashMap<_, _>, StoreError>>()?;
+        let environments = sqlx::query::<Any>(sqlx::AssertSqlSafe(SELECT_ENVIRONMENT_LIMITS.as_str()))
+            .fetch_all(&mut *tx)
+            .await
+            .context("reading environment limits")?
+            .iter()
+            .map(|row| {
+                let plan: String = row.try_get("plan").context("reading environment limits")?;
+                let plan: PlanTier = plan.parse().map_err(StoreError::Corrupt)?;
+                let organization = limits_from_row(row, "o_")?;
+                let environment = limits_from_row(row, "")?;
+                let id: String = row.try_get("environment_id").context("reading environment limits")?;
+                let label = format!(
+                    "{}/{}/{}",
+                    row.try_get::<String, _>("namespace")
+                        .context("reading environment limits")?,
+                    row.try_get::<String, _>("organization")
+                        .context("reading environment limits")?,
+                    row.try_get::<String, _>("environment")
+                        .context("reading environment limits")?,
+                );
+                Ok((
+                    id.clone(),
+                    EnvironmentLimits {
+                        environment_id: id,
+                        organization_id: row.try_get("organization_id").context("reading environment limits")?,
+                        label,
+                        limits: EffectiveLimits::resolve(plan, &organization, &environment),
+                    },
+                ))
+            })
+            .collect::<Result<HashMap<_, _>, StoreError>>()?;
         let keys =
             sqlx::query::<Any>("SELECT key_id, environment_id, access, secret_hash FROM api_keys WHERE state = 'live'")
                 .fetch_all(&mut *tx)

@@ -12,7 +12,9 @@ mod facts;
 mod migrations;
 mod readers;
 mod snapshot;
+mod sql;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,12 +39,74 @@ pub enum StoreError {
     Connect { url: String, source: sqlx::Error },
     #[error("unsupported database URL {url}: use sqlite:PATH, sqlite::memory: or postgres://...")]
     UnsupportedUrl { url: String },
+    #[error("cannot create the SQLite store {}: {source}", path.display())]
+    CreateFile { path: PathBuf, source: std::io::Error },
     #[error("cannot migrate the store schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store query failed while {context}: {source}")]
     Query { context: &'static str, source: sqlx::Error },
     #[error("the store holds unexpected data ({0}); was it edited by hand?")]
     Corrupt(String),
+    /// A write transaction lost a race with another writer: SQLite's write lock was held (or this
+    /// transaction's snapshot went stale while it waited), or another transaction created first a row this
+    /// one meant to create. The transaction is rolled back; planning again from the store sees the winner.
+    #[error("another apply is running against this store; nothing was changed")]
+    ConcurrentApply {
+        /// What this transaction was doing when it lost.
+        context: &'static str,
+    },
+}
+
+impl StoreError {
+    /// Whether the database could not be reached at all (down, unreachable, out of connections), as opposed
+    /// to refusing a statement: the answer a caller can retry later.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Connect { .. }
+                | StoreError::Query {
+                    source: sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Io(_)
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::Protocol(_),
+                    ..
+                }
+        )
+    }
+
+    /// The error for a failed statement of a write transaction: [`StoreError::ConcurrentApply`] when another
+    /// writer got there first, [`StoreError::Query`] otherwise.
+    pub(crate) fn from_write(context: &'static str, source: sqlx::Error) -> StoreError {
+        if lost_a_race(&source) {
+            // The database's own words stay out of the message (they read as a bug) but not out of the logs.
+            tracing::debug!(context, error = %source, "a write transaction lost a race with another writer");
+            StoreError::ConcurrentApply { context }
+        } else {
+            StoreError::Query { context, source }
+        }
+    }
+}
+
+/// Whether a statement failed only because another transaction got there first.
+fn lost_a_race(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else { return false };
+    if db.kind() == sqlx::error::ErrorKind::UniqueViolation {
+        return true;
+    }
+    if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        // Extended result codes keep the primary code in their low byte: SQLITE_BUSY (5: "database is
+        // locked", and BUSY_SNAPSHOT, a read snapshot too old to write from) or SQLITE_LOCKED (6).
+        const SQLITE_BUSY: i32 = 5;
+        const SQLITE_LOCKED: i32 = 6;
+        let code = sqlx::error::DatabaseError::code(sqlite).and_then(|code| code.parse::<i32>().ok());
+        return code.is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED));
+    }
+    if let Some(postgres) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        // serialization_failure, deadlock_detected, lock_not_available.
+        return matches!(postgres.code(), "40001" | "40P01" | "55P03");
+    }
+    false
 }
 
 /// Attaches what we were doing to a database error.
@@ -68,6 +132,26 @@ pub struct Store {
     writes: Arc<AtomicU64>,
 }
 
+/// How a store's connection pool behaves.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// How long a statement waits for a connection (a free one, or a new one to be opened) before it fails
+    /// with an unreachable store.
+    pub acquire_timeout: Duration,
+}
+
+/// Long enough for a busy PostgreSQL to hand out a connection; what batch commands (plan, apply, the
+/// controller) wait before giving up.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
 /// The embedded default: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://orgkeeper.db";
 
@@ -78,11 +162,19 @@ const SQLITE_CONNECTIONS: u32 = 4;
 impl Store {
     /// Connects, creating a SQLite file if needed, and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with other pool settings (the fact store fails faster than a batch command).
+    pub async fn connect_with(url: &str, settings: &StoreOptions) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let (backend, url) = normalise_url(url)?;
         let memory = backend == Backend::Sqlite && url.contains(":memory:") || url.contains("mode=memory");
+        if backend == Backend::Sqlite && !memory {
+            prepare_sqlite_file(&url)?;
+        }
         let options = AnyPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(settings.acquire_timeout)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     if conn.backend_name().eq_ignore_ascii_case("sqlite") {
@@ -174,6 +266,55 @@ impl Store {
     }
 }
 
+/// The SQLite file holds key hashes, facts and e-mail addresses: it is created owner-only (0600) before
+/// SQLite opens it, because SQLite would create it 0644 (less the umask). SQLite gives its `-wal` and `-shm`
+/// files the database file's own mode, so they are 0600 too. An existing file that others can read is
+/// used as it is, with a warning saying how to fix it.
+fn prepare_sqlite_file(url: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    let options = sqlite_options(url)?;
+    let path = options.get_filename();
+    // Only where SQLite itself would create it (`normalise_url` adds `mode=rwc` unless told otherwise).
+    let created = if !url.contains("mode=rwc") {
+        Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    };
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(metadata) = std::fs::metadata(path) {
+                let mode = metadata.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{mode:04o}"),
+                        "the SQLite store can be read by other users of this machine, and it holds key hashes, \
+                         facts and e-mail addresses: run chmod 600 on it and on its -wal and -shm files"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(source) => Err(StoreError::CreateFile {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn sqlite_options(url: &str) -> Result<sqlx::sqlite::SqliteConnectOptions, StoreError> {
+    url.parse().map_err(|source| StoreError::Connect {
+        url: redact_url(url),
+        source,
+    })
+}
+
 /// Accepts `sqlite:` and `postgres:`/`postgresql:` URLs; SQLite files are created when missing.
 fn normalise_url(url: &str) -> Result<(Backend, String), StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -224,6 +365,15 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://app@db/orgkeeper"), "postgres://app@db/orgkeeper");
         assert_eq!(redact_url("sqlite://orgkeeper.db"), "sqlite://orgkeeper.db");
+    }
+
+    #[test]
+    fn the_sqlite_file_is_found_in_either_url_form() {
+        for url in ["sqlite://dir/x.db", "sqlite:dir/x.db", "sqlite:///tmp/dir/x.db"] {
+            let (_, url) = normalise_url(url).unwrap();
+            let path = sqlite_options(&url).unwrap().get_filename().to_owned();
+            assert!(path.ends_with("dir/x.db"), "{url}: {}", path.display());
+        }
     }
 
     #[test]

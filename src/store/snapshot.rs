@@ -1,10 +1,12 @@
 //! Reading what the store holds for a set of organizations, in a handful of statements however large they are.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use sqlx::{Any, AnyConnection, Row as _};
 
 use super::{QueryContext, Row, Store, StoreError};
+use crate::domain::limits::{LIMIT_COUNT, LIMIT_FIELDS};
 use crate::domain::*;
 
 impl Store {
@@ -46,16 +48,28 @@ impl Store {
     }
 }
 
-const ORGANIZATION_COLUMNS: &str = "id, display_name, plan, requests_per_minute, fact_writes_per_minute, \
-     max_concurrent_requests, max_batch_facts, max_write_body_bytes, deletion_policy, managed";
+/// The statements that read one organization's settings and its environments, with every limit column.
+static SELECT_ORGANIZATION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id, display_name, plan, {}, deletion_policy, managed FROM organizations \
+         WHERE namespace = $1 AND name = $2",
+        limit_columns("", "")
+    )
+});
+static SELECT_ENVIRONMENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id, name, display_name, production, {}, deletion_policy, managed \
+         FROM environments WHERE organization_id = $1 ORDER BY name",
+        limit_columns("", "")
+    )
+});
 
 /// Loads one organization in four statements; returns it (if it exists) and the number of statements issued.
 pub(super) async fn load_organization(
     conn: &mut AnyConnection,
     key: &OrgKey,
 ) -> Result<(Option<StoredOrganization>, u64), StoreError> {
-    let sql = format!("SELECT {ORGANIZATION_COLUMNS} FROM organizations WHERE namespace = $1 AND name = $2");
-    let row = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql))
+    let row = sqlx::query::<Any>(sqlx::AssertSqlSafe(SELECT_ORGANIZATION.as_str()))
         .bind(&key.namespace)
         .bind(&key.name)
         .fetch_optional(&mut *conn)
@@ -66,23 +80,19 @@ pub(super) async fn load_organization(
     let settings = OrganizationSettings {
         display_name: row.try_get("display_name").context("reading an organization")?,
         plan: parse_column(&row, "plan")?,
-        limits: limits_from_row(&row)?,
+        limits: limits_from_row(&row, "")?,
         deletion_policy: parse_column(&row, "deletion_policy")?,
     };
     let managed = flag(&row, "managed")?;
 
-    let environments = sqlx::query::<Any>(
-        "SELECT id, name, display_name, production, requests_per_minute, fact_writes_per_minute, \
-         max_concurrent_requests, max_batch_facts, max_write_body_bytes, deletion_policy, managed \
-         FROM environments WHERE organization_id = $1 ORDER BY name",
-    )
-    .bind(&id)
-    .fetch_all(&mut *conn)
-    .await
-    .context("reading environments")?
-    .iter()
-    .map(environment_from_row)
-    .collect::<Result<Vec<_>, _>>()?;
+    let environments = sqlx::query::<Any>(sqlx::AssertSqlSafe(SELECT_ENVIRONMENTS.as_str()))
+        .bind(&id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("reading environments")?
+        .iter()
+        .map(environment_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     let environment_names: BTreeMap<String, String> =
         environments.iter().map(|e| (e.id.clone(), e.name.clone())).collect();
 
@@ -134,7 +144,7 @@ fn environment_from_row(row: &Row) -> Result<StoredEnvironment, StoreError> {
         settings: EnvironmentSettings {
             display_name: row.try_get("display_name").context("reading environments")?,
             production: flag(row, "production")?,
-            limits: limits_from_row(row)?,
+            limits: limits_from_row(row, "")?,
             deletion_policy: parse_column(row, "deletion_policy")?,
         },
         managed: flag(row, "managed")?,
@@ -161,19 +171,28 @@ fn api_key_from_row(row: &Row, environment_names: &BTreeMap<String, String>) -> 
     })
 }
 
-/// The five nullable limit columns shared by organizations and environments.
-pub(super) fn limits_from_row(row: &Row) -> Result<LimitOverrides, StoreError> {
-    let get = |column: &'static str| -> Result<Option<u64>, StoreError> {
-        let value: Option<i64> = row.try_get(column).context("reading limits")?;
-        Ok(value.map(|v| v.max(0) as u64))
-    };
-    Ok(LimitOverrides {
-        requests_per_minute: get("requests_per_minute")?,
-        fact_writes_per_minute: get("fact_writes_per_minute")?,
-        max_concurrent_requests: get("max_concurrent_requests")?,
-        max_batch_facts: get("max_batch_facts")?,
-        max_write_body_bytes: get("max_write_body_bytes")?,
-    })
+/// The limit columns (nullable BIGINTs, shared by organizations and environments) for a SELECT list:
+/// `{table}column AS {alias}column, ...`, e.g. table `o.` and alias `o_` to tell two tables' apart.
+pub(super) fn limit_columns(table: &str, alias: &str) -> String {
+    LIMIT_FIELDS
+        .iter()
+        .map(|field| match (table, alias) {
+            ("", "") => field.column.to_owned(),
+            _ => format!("{table}{column} AS {alias}{column}", column = field.column),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The limits of a row selected with [`limit_columns`] and the same `alias`.
+pub(super) fn limits_from_row(row: &Row, alias: &str) -> Result<LimitOverrides, StoreError> {
+    let mut values = [None; LIMIT_COUNT];
+    for (value, field) in values.iter_mut().zip(&LIMIT_FIELDS) {
+        let column = format!("{alias}{}", field.column);
+        let stored: Option<i64> = row.try_get(column.as_str()).context("reading limits")?;
+        *value = stored.map(|v| u64::try_from(v).unwrap_or(0));
+    }
+    Ok(LimitOverrides::from_values(values))
 }
 
 pub(super) fn flag(row: &Row, column: &'static str) -> Result<bool, StoreError> {

@@ -1,6 +1,8 @@
 //! What every long-running command exposes on its own port: `/healthz` (the process is alive), `/readyz`
 //! (it can do its job; 503 with a JSON reason when not), and Prometheus `/metrics`. Plus the shutdown signal
-//! (SIGTERM or Ctrl-C) that starts a graceful stop.
+//! (SIGTERM or Ctrl-C) that starts a graceful stop. And the logs (`logs.rs`).
+
+pub mod logs;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

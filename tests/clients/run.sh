@@ -5,8 +5,8 @@
 #   OSO_AUTH=<ReadWrite key> OSO_AUTH_READONLY=<ReadOnly key> tests/clients/run.sh http://127.0.0.1:8081
 #
 # Both keys belong to the same environment. Keys are read from the environment, never from arguments, so
-# they do not show up in process listings. Set ORGKEEPER_EXPECT_POLICY_501=0 when the target evaluates
-# policies (it then skips the check that /api/authorize answers 501).
+# they do not show up in process listings. Set ORGKEEPER_EXPECT_NO_POLICIES=0 when the target evaluates
+# policies (it then skips the check that /api/authorize answers 404, saying policies are not evaluated).
 # Installs the clients on first use (tests/clients/setup.sh, cached under ~/.cache/orgkeeper/clients).
 set -euo pipefail
 

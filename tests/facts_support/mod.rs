@@ -151,3 +151,93 @@ pub fn query(predicate: &str, constraints: &[(usize, ValuePattern)]) -> FactFilt
 pub fn all(predicate: &str) -> FactFilter {
     query(predicate, &[])
 }
+
+/// A PostgreSQL server of the test's own (tests/postgres/up.sh in a directory of its own), which the test
+/// may stop and start again without disturbing the suite's shared server. Removed when dropped.
+pub struct OwnPostgres {
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl OwnPostgres {
+    pub fn start() -> OwnPostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let up = std::process::Command::new(Self::script("up.sh"))
+            .env("ORGKEEPER_PG_DIR", Self::state(&dir))
+            .output()
+            .unwrap();
+        assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+        let url = String::from_utf8(up.stdout).unwrap().lines().last().unwrap().to_owned();
+        OwnPostgres { dir, url }
+    }
+
+    /// Kills the server the way a crash or a failover would: every connection drops, new ones are refused.
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "immediate", "stop"]);
+    }
+
+    /// Starts the stopped server again, on the same port with the same data.
+    pub fn restart(&self) {
+        let state = Self::state(&self.dir);
+        let port = std::fs::read_to_string(state.join("port")).unwrap();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off",
+            port.trim(),
+            state.display()
+        );
+        let log = state.join("server.log").display().to_string();
+        self.pg_ctl(&["-w", "-t", "60", "-l", &log, "start", "-o", &options]);
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let pg_ctl = which_pg_ctl();
+        let data = Self::state(&self.dir).join("data").display().to_string();
+        let root = std::process::Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        // PostgreSQL refuses to run as root; up.sh runs it as the postgres user, and so does this.
+        let mut command = if root {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+            command
+        } else {
+            std::process::Command::new(&pg_ctl)
+        };
+        let output = command.args(["-D", &data]).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "pg_ctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn state(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        dir.path().join("pg")
+    }
+
+    fn script(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/postgres")
+            .join(name)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::script("down.sh"))
+            .env("ORGKEEPER_PG_DIR", Self::state(&self.dir))
+            .output();
+    }
+}
+
+fn which_pg_ctl() -> std::path::PathBuf {
+    let on_path = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "command -v pg_ctl || ls -d /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -n 1",
+        ])
+        .output()
+        .unwrap();
+    let found = String::from_utf8(on_path.stdout).unwrap();
+    let found = found.lines().next().unwrap_or_default();
+    assert!(!found.is_empty(), "pg_ctl not found: install PostgreSQL");
+    found.into()
+}

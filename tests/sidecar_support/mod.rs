@@ -588,3 +588,43 @@ pub async fn wait_for_refused(addr: std::net::SocketAddr) {
     }
     panic!("the upstream at {addr} still accepts connections");
 }
+
+/// A PostgreSQL server of the test's own (tests/postgres/up.sh in a directory of its own), so that a test
+/// can stop it without disturbing the others. Stopped and removed when dropped.
+pub struct OwnPostgres {
+    pub url: String,
+    dir: std::path::PathBuf,
+}
+
+impl OwnPostgres {
+    pub fn start(name: &str) -> OwnPostgres {
+        // Directly under /tmp: as root, up.sh runs PostgreSQL as the postgres user, which must reach it.
+        let dir = std::env::temp_dir().join(format!("orgkeeper-{name}-{}", std::process::id()));
+        let output = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/postgres/up.sh"))
+            .env("ORGKEEPER_PG_DIR", &dir)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("tests/postgres/up.sh runs");
+        assert!(output.status.success(), "tests/postgres/up.sh failed");
+        let url = String::from_utf8(output.stdout).unwrap();
+        let url = url.lines().last().expect("the database URL").to_owned();
+        OwnPostgres { url, dir }
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`) and removes its data.
+    pub fn stop(&self) {
+        let status = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/postgres/down.sh"))
+            .env("ORGKEEPER_PG_DIR", &self.dir)
+            .status()
+            .expect("tests/postgres/down.sh runs");
+        assert!(status.success(), "tests/postgres/down.sh failed");
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            self.stop();
+        }
+    }
+}

@@ -10,23 +10,29 @@ use hyper::{Response, StatusCode};
 use super::body::ResponseBody;
 use super::classify::BodyError;
 use super::headers;
-use super::limits::{Policy, Refused};
-use super::metrics::Reason;
+use super::limits::{LimitRefusal, Policy};
+use super::metrics::RefusalReason;
 use crate::auth::AuthError;
 use crate::domain::EffectiveLimits;
 
 /// The budget that refused a request, and the environment's limits for the `RateLimit-Policy` header.
 #[derive(Debug)]
 pub struct Limited {
-    pub refused: Refused,
+    pub by: LimitRefusal,
     pub limits: EffectiveLimits,
 }
 
 /// Why the sidecar answers a request itself instead of (or after failing at) forwarding it.
 #[derive(Debug)]
-pub enum Rejection {
+pub enum Refusal {
     /// Keys have not been loaded from the store yet.
     NotReady,
+    /// The store has been unreachable for longer than `--max-key-staleness`: a key may have been revoked
+    /// since the copy was read, so none is honoured.
+    KeysStale {
+        age: Duration,
+        limit: Duration,
+    },
     Unauthenticated(AuthError),
     /// More than one `Authorization` header: the sidecar and the upstream could read different keys.
     AmbiguousAuthorization,
@@ -59,77 +65,79 @@ pub enum Rejection {
     },
 }
 
-impl Rejection {
+impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            Rejection::Unauthenticated(_) | Rejection::AmbiguousAuthorization => StatusCode::UNAUTHORIZED,
-            Rejection::ReadOnlyKey { .. } => StatusCode::FORBIDDEN,
-            Rejection::BodyTooLarge { .. } | Rejection::BatchTooLarge { .. } | Rejection::BeyondWholeBudget { .. } => {
+            Refusal::NotReady | Refusal::KeysStale { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => StatusCode::UNAUTHORIZED,
+            Refusal::ReadOnlyKey { .. } => StatusCode::FORBIDDEN,
+            Refusal::BodyTooLarge { .. } | Refusal::BatchTooLarge { .. } | Refusal::BeyondWholeBudget { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Rejection::CompressedWrite => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Rejection::MalformedBody(_) | Rejection::BodyAborted => StatusCode::BAD_REQUEST,
-            Rejection::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Rejection::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Rejection::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
-            Rejection::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::CompressedWrite => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::MalformedBody(_) | Refusal::BodyAborted => StatusCode::BAD_REQUEST,
+            Refusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
-    pub fn reason(&self) -> Reason {
+    pub fn reason(&self) -> RefusalReason {
         match self {
-            Rejection::NotReady => Reason::NotReady,
-            Rejection::Unauthenticated(_) | Rejection::AmbiguousAuthorization => Reason::Unauthenticated,
-            Rejection::ReadOnlyKey { .. } => Reason::Forbidden,
-            Rejection::BodyTooLarge { .. } => Reason::BodyTooLarge,
-            Rejection::BatchTooLarge { .. } | Rejection::BeyondWholeBudget { .. } => Reason::BatchTooLarge,
-            Rejection::CompressedWrite => Reason::UnsupportedEncoding,
-            Rejection::MalformedBody(_) | Rejection::BodyAborted => Reason::BadRequest,
-            Rejection::BodyTimeout { .. } => Reason::Timeout,
-            Rejection::Limited(limited) => match limited.refused.policy {
-                Policy::Requests => Reason::RateLimitedRequests,
-                Policy::FactWrites => Reason::RateLimitedFacts,
-                Policy::Concurrency => Reason::ConcurrencyLimited,
+            Refusal::NotReady => RefusalReason::NotReady,
+            Refusal::KeysStale { .. } => RefusalReason::KeysStale,
+            Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => RefusalReason::Unauthenticated,
+            Refusal::ReadOnlyKey { .. } => RefusalReason::Forbidden,
+            Refusal::BodyTooLarge { .. } => RefusalReason::BodyTooLarge,
+            Refusal::BatchTooLarge { .. } | Refusal::BeyondWholeBudget { .. } => RefusalReason::BatchTooLarge,
+            Refusal::CompressedWrite => RefusalReason::UnsupportedEncoding,
+            Refusal::MalformedBody(_) | Refusal::BodyAborted => RefusalReason::BadRequest,
+            Refusal::BodyTimeout { .. } => RefusalReason::Timeout,
+            Refusal::Limited(limited) => match limited.by.policy {
+                Policy::Requests => RefusalReason::RateLimitedRequests,
+                Policy::FactWrites => RefusalReason::RateLimitedFacts,
+                Policy::Concurrency => RefusalReason::ConcurrencyLimited,
             },
-            Rejection::UpstreamUnreachable(_) => Reason::UpstreamUnreachable,
-            Rejection::UpstreamTimeout { .. } => Reason::UpstreamTimeout,
+            Refusal::UpstreamUnreachable(_) => RefusalReason::UpstreamUnreachable,
+            Refusal::UpstreamTimeout { .. } => RefusalReason::UpstreamTimeout,
         }
     }
 
     /// What the caller reads.
     pub fn message(&self) -> String {
         match self {
-            Rejection::NotReady => "the sidecar has not loaded API keys from its store yet; retry in a moment".into(),
-            Rejection::Unauthenticated(e) => e.to_string(),
-            Rejection::AmbiguousAuthorization => "send exactly one Authorization header".into(),
-            Rejection::ReadOnlyKey { endpoint } => {
+            Refusal::NotReady => "the sidecar has not loaded API keys from its store yet; retry in a moment".into(),
+            Refusal::KeysStale { age, limit } => stale_message(*age, *limit),
+            Refusal::Unauthenticated(e) => e.to_string(),
+            Refusal::AmbiguousAuthorization => "send exactly one Authorization header".into(),
+            Refusal::ReadOnlyKey { endpoint } => {
                 format!("this API key is read-only: it cannot write ({endpoint}); use a ReadWrite key")
             }
-            Rejection::BodyTooLarge { limit } => format!(
+            Refusal::BodyTooLarge { limit } => format!(
                 "the request body is larger than this environment's maxWriteBodyBytes ({limit} bytes); split the write"
             ),
-            Rejection::BatchTooLarge { facts, limit } => format!(
+            Refusal::BatchTooLarge { facts, limit } => format!(
                 "this write has {facts} facts; this environment's maxBatchFacts is {limit}: split it into smaller writes"
             ),
-            Rejection::BeyondWholeBudget { facts, budget } => format!(
+            Refusal::BeyondWholeBudget { facts, budget } => format!(
                 "this write has {facts} facts, more than this environment's whole factWritesPerMinute budget \
                  ({budget}): split it into smaller writes"
             ),
-            Rejection::CompressedWrite => {
+            Refusal::CompressedWrite => {
                 "compressed write bodies are not supported: the sidecar counts the facts in each write, send it \
                  without Content-Encoding"
                     .into()
             }
-            Rejection::MalformedBody(e) => e.to_string(),
-            Rejection::BodyTimeout { after } => format!(
+            Refusal::MalformedBody(e) => e.to_string(),
+            Refusal::BodyTimeout { after } => format!(
                 "the request body did not arrive within {} s",
                 headers::whole_seconds(*after)
             ),
-            Rejection::BodyAborted => "the request body was cut off before its end".into(),
-            Rejection::Limited(limited) => limited_message(&limited.refused),
-            Rejection::UpstreamUnreachable(detail) => format!("the sidecar cannot reach its upstream: {detail}"),
-            Rejection::UpstreamTimeout { after } => format!(
+            Refusal::BodyAborted => "the request body was cut off before its end".into(),
+            Refusal::Limited(limited) => limited_message(&limited.by),
+            Refusal::UpstreamUnreachable(detail) => format!("the sidecar cannot reach its upstream: {detail}"),
+            Refusal::UpstreamTimeout { after } => format!(
                 "the upstream did not answer within {} s",
                 headers::whole_seconds(*after)
             ),
@@ -141,21 +149,21 @@ impl Rejection {
         let mut response = json_response(self.status(), &self.message());
         let headers = response.headers_mut();
         match &self {
-            Rejection::Unauthenticated(_) | Rejection::AmbiguousAuthorization => {
+            Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Rejection::NotReady => {
+            Refusal::NotReady | Refusal::KeysStale { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Rejection::Limited(limited) => {
-                let Limited { refused, limits } = &**limited;
-                if let Some(wait) = retry_after(refused) {
+            Refusal::Limited(limited) => {
+                let Limited { by, limits } = &**limited;
+                if let Some(wait) = retry_after(by) {
                     headers.insert(RETRY_AFTER, HeaderValue::from(headers::whole_seconds(wait)));
                 }
                 if let Some(policy) = headers::policy(limits) {
                     headers.insert(HeaderName::from_static(headers::RATELIMIT_POLICY), policy);
                 }
-                if let Some(state) = headers::state(&refused.quotas) {
+                if let Some(state) = headers::state(&by.quotas) {
                     headers.insert(HeaderName::from_static(headers::RATELIMIT), state);
                 }
             }
@@ -167,17 +175,17 @@ impl Rejection {
 
 /// The wait to advertise. For concurrency it is a hint (1 s): a slot frees when one of the environment's
 /// requests in flight finishes, which the sidecar cannot predict. A budget of 0 has no wait to advertise.
-fn retry_after(refused: &Refused) -> Option<Duration> {
-    match (refused.policy, refused.retry_after) {
+fn retry_after(by: &LimitRefusal) -> Option<Duration> {
+    match (by.policy, by.retry_after) {
         (Policy::Concurrency, _) => Some(Duration::from_secs(1)),
         (_, wait) => wait,
     }
 }
 
-fn limited_message(refused: &Refused) -> String {
-    let field = refused.policy.field();
-    let limit = refused.limit;
-    match (refused.policy, retry_after(refused)) {
+fn limited_message(by: &LimitRefusal) -> String {
+    let field = by.policy.field();
+    let limit = by.limit;
+    match (by.policy, retry_after(by)) {
         (Policy::Concurrency, _) => {
             format!("too many requests in flight: this environment's {field} is {limit}; retry when one has finished")
         }
@@ -189,10 +197,20 @@ fn limited_message(refused: &Refused) -> String {
         (Policy::FactWrites, Some(wait)) => format!(
             "rate limit exceeded: this write has {} facts and this environment's {field} ({limit}) does not have \
              them left; retry in {} s",
-            refused.needed,
+            by.needed,
             headers::whole_seconds(wait)
         ),
     }
+}
+
+/// Why the sidecar refuses every key while its copy is too old (also its readiness message).
+pub fn stale_message(age: Duration, limit: Duration) -> String {
+    format!(
+        "the sidecar has not reached its store for {} s, longer than its --max-key-staleness ({} s): it refuses \
+         every request rather than honour keys that may have been revoked since; retry when the store is back",
+        age.as_secs(),
+        headers::whole_seconds(limit)
+    )
 }
 
 /// A JSON `{"message": ...}` response.
@@ -218,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_rate_limit_answer_carries_retry_after_and_both_ratelimit_headers() {
-        let refused = Refused {
+        let by = LimitRefusal {
             policy: Policy::FactWrites,
             limit: 1000,
             needed: 20,
@@ -230,12 +248,12 @@ mod tests {
                 full_in: Some(Duration::from_secs(59)),
             }],
         };
-        let rejection = Rejection::Limited(Box::new(Limited {
-            refused,
+        let refusal = Refusal::Limited(Box::new(Limited {
+            by,
             limits: PlanTier::Developer.default_limits(),
         }));
-        assert_eq!(rejection.reason(), Reason::RateLimitedFacts);
-        let response = rejection.into_response();
+        assert_eq!(refusal.reason(), RefusalReason::RateLimitedFacts);
+        let response = refusal.into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[RETRY_AFTER], "2");
         assert!(
@@ -264,19 +282,23 @@ mod tests {
 
     #[test]
     fn every_rejection_is_a_4xx_or_5xx_with_a_message() {
-        for rejection in [
-            Rejection::NotReady,
-            Rejection::Unauthenticated(AuthError::Invalid),
-            Rejection::ReadOnlyKey { endpoint: "/api/batch" },
-            Rejection::BodyTooLarge { limit: 10 },
-            Rejection::BatchTooLarge { facts: 21, limit: 20 },
-            Rejection::BodyTimeout {
+        for refusal in [
+            Refusal::NotReady,
+            Refusal::KeysStale {
+                age: Duration::from_secs(400),
+                limit: Duration::from_secs(300),
+            },
+            Refusal::Unauthenticated(AuthError::Invalid),
+            Refusal::ReadOnlyKey { endpoint: "/api/batch" },
+            Refusal::BodyTooLarge { limit: 10 },
+            Refusal::BatchTooLarge { facts: 21, limit: 20 },
+            Refusal::BodyTimeout {
                 after: Duration::from_secs(30),
             },
-            Rejection::UpstreamUnreachable("connection refused".into()),
+            Refusal::UpstreamUnreachable("connection refused".into()),
         ] {
-            let status = rejection.status();
-            let message = rejection.message();
+            let status = refusal.status();
+            let message = refusal.message();
             assert!(status.is_client_error() || status.is_server_error());
             assert!(!message.is_empty());
         }

@@ -1,0 +1,244 @@
+//! [`LocalLimiter`]: the limits kept in this process's memory. Exact for one sidecar, but each replica has
+//! its own budgets, so N replicas admit up to N times an environment's budget.
+
+use foldhash::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::future::BoxFuture;
+
+use super::gcra::Budgets;
+use super::{Clock, LimitRefusal, Limiter, Permit, Policy, Quota, SystemClock};
+use crate::domain::EffectiveLimits;
+
+/// The state of one environment.
+#[derive(Default)]
+struct EnvironmentState {
+    budgets: Mutex<Budgets>,
+    in_flight: AtomicU64,
+}
+
+/// Releases a concurrency slot when dropped.
+struct Slot(Arc<EnvironmentState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Limits kept in this process's memory.
+pub struct LocalLimiter {
+    clock: Arc<dyn Clock>,
+    environments: RwLock<HashMap<String, Arc<EnvironmentState>>>,
+}
+
+impl Default for LocalLimiter {
+    fn default() -> Self {
+        LocalLimiter::with_clock(Arc::new(SystemClock::default()))
+    }
+}
+
+impl LocalLimiter {
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        LocalLimiter {
+            clock,
+            environments: RwLock::new(HashMap::default()),
+        }
+    }
+
+    fn state(&self, environment: &str) -> Arc<EnvironmentState> {
+        if let Some(state) = self
+            .environments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(environment)
+        {
+            return state.clone();
+        }
+        self.environments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(environment.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// How many environments have state (for tests and memory checks).
+    pub fn environments(&self) -> usize {
+        self.environments.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now().as_nanos() as u64
+    }
+
+    fn enter_now(&self, environment: &str, limits: &EffectiveLimits) -> Result<Permit, LimitRefusal> {
+        let state = self.state(environment);
+        let Some(max) = limits.max_concurrent_requests else {
+            state.in_flight.fetch_add(1, Ordering::AcqRel);
+            return Ok(Permit::new(Box::new(Slot(state)), None));
+        };
+        let entered = state
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+        let quota = |in_flight: u64| Quota {
+            policy: Policy::Concurrency,
+            limit: max,
+            remaining: max.saturating_sub(in_flight),
+            full_in: None,
+        };
+        match entered {
+            Ok(before) => Ok(Permit::new(Box::new(Slot(state)), Some(quota(before + 1)))),
+            Err(in_flight) => Err(LimitRefusal {
+                policy: Policy::Concurrency,
+                limit: max,
+                needed: 1,
+                retry_after: None,
+                quotas: vec![quota(in_flight)],
+            }),
+        }
+    }
+
+    /// The core of `peek` and `admit`: checks both budgets under the environment's lock, and takes from
+    /// both only if both fit (and `commit` is set).
+    fn take_now(
+        &self,
+        environment: &str,
+        limits: &EffectiveLimits,
+        facts: u64,
+        commit: bool,
+    ) -> Result<Vec<Quota>, LimitRefusal> {
+        let nothing_to_take =
+            limits.requests_per_minute.is_none() && (limits.fact_writes_per_minute.is_none() || facts == 0);
+        if nothing_to_take && limits.fact_writes_per_minute.is_none() {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        let state = self.state(environment);
+        let mut budgets = state.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        if nothing_to_take {
+            // Only the fact budget's state to report.
+            return Ok(budgets.quotas(limits, now));
+        }
+        budgets.take(limits, facts, now, commit)
+    }
+}
+
+impl Limiter for LocalLimiter {
+    fn enter<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+    ) -> BoxFuture<'a, Result<Permit, LimitRefusal>> {
+        Box::pin(std::future::ready(self.enter_now(environment, limits)))
+    }
+
+    fn peek<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+    ) -> BoxFuture<'a, Result<(), LimitRefusal>> {
+        let result = if limits.requests_per_minute.is_none() {
+            Ok(())
+        } else {
+            self.take_now(environment, limits, 0, false).map(|_| ())
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn admit<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+        facts: u64,
+    ) -> BoxFuture<'a, Result<Vec<Quota>, LimitRefusal>> {
+        Box::pin(std::future::ready(self.take_now(environment, limits, facts, true)))
+    }
+
+    fn retain(&self, keep: &dyn Fn(&str) -> bool) {
+        self.environments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| keep(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sidecar::limits::ManualClock;
+
+    fn limits(requests: Option<u64>, facts: Option<u64>, concurrency: Option<u64>) -> EffectiveLimits {
+        EffectiveLimits {
+            requests_per_minute: requests,
+            fact_writes_per_minute: facts,
+            max_concurrent_requests: concurrency,
+            max_batch_facts: None,
+            max_write_body_bytes: None,
+        }
+    }
+
+    fn limiter() -> (LocalLimiter, ManualClock) {
+        let clock = ManualClock::default();
+        (LocalLimiter::with_clock(Arc::new(clock.clone())), clock)
+    }
+
+    fn admit(limiter: &LocalLimiter, limits: &EffectiveLimits, facts: u64) -> Result<Vec<Quota>, LimitRefusal> {
+        limiter.take_now("env", limits, facts, true)
+    }
+
+    #[test]
+    fn budgets_refill_with_the_clock_it_was_given() {
+        let (limiter, clock) = limiter();
+        let limits = limits(Some(7), Some(10), None);
+        while admit(&limiter, &limits, 3).is_ok() {}
+        let wait = admit(&limiter, &limits, 3).unwrap_err().retry_after.unwrap();
+        clock.advance(wait - Duration::from_nanos(1));
+        assert!(admit(&limiter, &limits, 3).is_err());
+        clock.advance(Duration::from_nanos(1));
+        assert!(admit(&limiter, &limits, 3).is_ok());
+    }
+
+    #[test]
+    fn concurrency_slots_are_released_when_the_permit_drops() {
+        let (limiter, _) = limiter();
+        let limits = limits(None, None, Some(2));
+        let a = limiter.enter_now("env", &limits).unwrap();
+        let _b = limiter.enter_now("env", &limits).unwrap();
+        assert_eq!(
+            limiter.enter_now("env", &limits).unwrap_err().policy,
+            Policy::Concurrency
+        );
+        assert!(
+            limiter.enter_now("other", &limits).is_ok(),
+            "environments are independent"
+        );
+        drop(a);
+        assert!(limiter.enter_now("env", &limits).is_ok());
+    }
+
+    #[test]
+    fn peeking_takes_nothing() {
+        let (limiter, _) = limiter();
+        let limits = limits(Some(1), None, None);
+        assert!(limiter.take_now("env", &limits, 0, false).is_ok());
+        assert!(limiter.take_now("env", &limits, 0, false).is_ok());
+        assert!(admit(&limiter, &limits, 0).is_ok());
+        assert!(limiter.take_now("env", &limits, 0, false).is_err());
+    }
+
+    #[test]
+    fn environments_have_budgets_of_their_own_and_deleted_ones_are_forgotten() {
+        let (limiter, _) = limiter();
+        let limits = limits(Some(1), None, None);
+        assert!(limiter.take_now("a", &limits, 0, true).is_ok());
+        assert!(limiter.take_now("b", &limits, 0, true).is_ok());
+        assert!(limiter.take_now("a", &limits, 0, true).is_err());
+        limiter.retain(&|id| id == "b");
+        assert_eq!(limiter.environments(), 1);
+        assert!(limiter.take_now("a", &limits, 0, true).is_ok(), "a new budget");
+    }
+}

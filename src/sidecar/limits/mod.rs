@@ -1,0 +1,131 @@
+//! Per-environment limits: request and fact-write budgets that refill continuously, and a concurrency cap.
+//!
+//! - this file: the [`Limiter`] seam and what it answers ([`Quota`], [`LimitRefusal`], [`Permit`]);
+//! - `clock`: the monotonic time budgets are measured in, injectable for tests;
+//! - `gcra`: the budget arithmetic (GCRA), both budgets of a request checked and taken at once;
+//! - `local`: [`LocalLimiter`], the state in this process's memory (limits per sidecar process).
+//!
+//! The trait's methods return futures so that a backend shared by several sidecar replicas can talk to a
+//! network service; a new backend is one more file here implementing [`Limiter`], handed to the sidecar
+//! through its run options.
+
+mod clock;
+mod gcra;
+mod local;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use local::LocalLimiter;
+
+use crate::domain::EffectiveLimits;
+
+/// The budgets of an environment, named as in the `RateLimit-Policy` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// `requestsPerMinute`: every admitted request takes one.
+    Requests,
+    /// `factWritesPerMinute`: every fact a write inserts or deletes takes one.
+    FactWrites,
+    /// `maxConcurrentRequests`: requests in flight at once.
+    Concurrency,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Requests => "requests",
+            Policy::FactWrites => "fact-writes",
+            Policy::Concurrency => "concurrency",
+        }
+    }
+
+    /// The limit's name as users write it in manifests.
+    pub fn field(self) -> &'static str {
+        match self {
+            Policy::Requests => "requestsPerMinute",
+            Policy::FactWrites => "factWritesPerMinute",
+            Policy::Concurrency => "maxConcurrentRequests",
+        }
+    }
+}
+
+/// The state of one budget as a client is told about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub policy: Policy,
+    /// The budget (per minute for rates, at once for concurrency).
+    pub limit: u64,
+    /// Units left now.
+    pub remaining: u64,
+    /// Time until the budget is whole again (rates only).
+    pub full_in: Option<Duration>,
+}
+
+/// Which budget refuses a request, and when it would pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitRefusal {
+    pub policy: Policy,
+    pub limit: u64,
+    /// How much the request needed of that budget.
+    pub needed: u64,
+    /// The wait after which the same request fits; `None` when it never can (the cost exceeds the whole
+    /// budget, e.g. a budget of 0) or when it depends on other requests finishing (concurrency).
+    pub retry_after: Option<Duration>,
+    pub quotas: Vec<Quota>,
+}
+
+/// Holds a concurrency slot until dropped (the end of the response body).
+#[derive(Default)]
+pub struct Permit {
+    _slot: Option<Box<dyn Send + Sync>>,
+    /// The concurrency budget after this request entered, when the environment has one.
+    pub quota: Option<Quota>,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("quota", &self.quota)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    pub fn new(slot: Box<dyn Send + Sync>, quota: Option<Quota>) -> Self {
+        Permit {
+            _slot: Some(slot),
+            quota,
+        }
+    }
+}
+
+/// Enforces per-environment limits. Limits are passed on every call, so a change in the store applies to
+/// the next request; an implementation keeps the budget already used when a limit changes.
+pub trait Limiter: Send + Sync + 'static {
+    /// Takes a concurrency slot for the duration of a request.
+    fn enter<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+    ) -> BoxFuture<'a, Result<Permit, LimitRefusal>>;
+
+    /// Whether one more request (with no facts) would be admitted now, without taking anything. Used before
+    /// reading a write's body, so that a client over its request budget is refused without reading it.
+    fn peek<'a>(&'a self, environment: &'a str, limits: &'a EffectiveLimits)
+    -> BoxFuture<'a, Result<(), LimitRefusal>>;
+
+    /// Admits one request carrying `facts` fact writes, taking from both budgets, or refuses it and takes
+    /// nothing. On success, returns the budgets left for the `RateLimit` header.
+    fn admit<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+        facts: u64,
+    ) -> BoxFuture<'a, Result<Vec<Quota>, LimitRefusal>>;
+
+    /// Drops the state of environments for which `keep` is false (deleted environments).
+    fn retain(&self, keep: &dyn Fn(&str) -> bool);
+}

@@ -160,6 +160,17 @@ expected_rules() {
     done
     for v in get list watch create; do echo "secrets $v"; done
     for v in create patch; do echo "events $v"; echo "events.events.k8s.io $v"; done
+    # the generated per-organization Roles: the controller holds what they grant (no escalate/bind)
+    for r in apikeys environments users; do
+      for v in create delete; do echo "$r.orgkeeper.dev $v"; done
+    done
+    echo "organizations.orgkeeper.dev delete"
+    echo "organizations.orgkeeper.dev manage-organization"
+    echo "environments.orgkeeper.dev manage-production"
+    echo "users.orgkeeper.dev manage-users"
+    for r in roles.rbac.authorization.k8s.io rolebindings.rbac.authorization.k8s.io configmaps; do
+      for v in get create patch; do echo "$r $v"; done
+    done
   fi
   if [[ "$1" == *leases ]]; then
     for v in get create update; do echo "leases.coordination.k8s.io $v"; done
@@ -220,15 +231,22 @@ check_rbac_all_namespaces() {
   must_not update secrets "$sa" -n acme
   must_not patch secrets "$sa" -n acme
   must_not create organizations.orgkeeper.dev "$sa" -n acme
-  must_not delete organizations.orgkeeper.dev "$sa" -n acme
-  must_not delete apikeys.orgkeeper.dev "$sa" -n acme
-  must_not get configmaps "$sa" -n acme
+  must_not update configmaps "$sa" -n acme
+  must_not delete configmaps "$sa" -n acme
   must_not create pods "$sa" -n acme
   must_not list pods "$sa" --all-namespaces
   must_not update leases.coordination.k8s.io "$sa" -n acme
   must_not create leases.coordination.k8s.io "$sa" -n kube-system
   must_not get customresourcedefinitions.apiextensions.k8s.io "$sa"
-  must_not create rolebindings.rbac.authorization.k8s.io "$sa" -n acme
+  # the generated Roles and bindings: created and patched, never escalated or bound beyond what it holds
+  must create roles.rbac.authorization.k8s.io "$sa" -n acme
+  must patch rolebindings.rbac.authorization.k8s.io "$sa" -n acme
+  must manage-production environments.orgkeeper.dev "$sa" -n acme
+  must_not escalate roles.rbac.authorization.k8s.io "$sa" -n acme
+  must_not bind roles.rbac.authorization.k8s.io "$sa" -n acme
+  must_not bind clusterroles.rbac.authorization.k8s.io "$sa" -n acme
+  must_not delete rolebindings.rbac.authorization.k8s.io "$sa" -n acme
+  must_not create clusterrolebindings.rbac.authorization.k8s.io "$sa"
   must_not impersonate serviceaccounts "$sa" -n acme
   # the data plane has no rights at all
   same_rules "$(sa_of "$RELEASE_NS" "$RELEASE-data-plane")" "$RELEASE_NS" none

@@ -410,3 +410,25 @@ fn the_examples_folder_yields_a_codeowners_file() {
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert!(stdout(&output).contains("/examples/acme/users.yaml @alice-acme\n"));
 }
+
+#[test]
+fn a_malformed_user_name_template_stops_the_controller_with_the_reason() {
+    let repo = Repo::new();
+    for (flag, template, expected) in [
+        (
+            "--kubernetes-user-github",
+            "oidc:{user}",
+            "must contain {login} exactly once",
+        ),
+        ("--kubernetes-user-google", "{email}}", "has a brace outside {email}"),
+        (
+            "--kubernetes-user-github",
+            "system:{login}",
+            "Kubernetes reserves for its own components",
+        ),
+    ] {
+        let output = repo.run(&["controller", flag, template, "--kubeconfig", "/nonexistent-kubeconfig"]);
+        assert_eq!(code(&output), 1, "{template}");
+        assert!(stderr(&output).contains(expected), "{template}: {}", stderr(&output));
+    }
+}

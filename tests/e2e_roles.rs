@@ -270,3 +270,38 @@ async fn the_controller_holds_what_it_grants_and_cannot_escalate() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_on_one_kubernetes_name_bind_nobody_and_say_why() {
+    let ns = TestNamespace::create("roles-collision");
+    let store = TestStore::new().await;
+    store.register(&["github:gus", "google:gus@acme.example"]);
+    let options = Options::default()
+        .with("--kubernetes-user-github", "{login}@acme.example")
+        .with("--kubernetes-user-google", "{email}");
+    let _controller = ControllerProcess::start(&ns, &store, options);
+    ns.apply_ok(&documents([
+        organization("acme", "Retain"),
+        user_with_role("gus", "gus", "Member"),
+        "apiVersion: orgkeeper.dev/v1alpha1\nkind: User\nmetadata:\n  name: gus-work\nspec:\n  organizationRef:\n    name: acme\n  google: gus@acme.example\n  role: Admin\n".to_owned(),
+    ]));
+    let message = eventually("a KubernetesUserCollision event", WAIT, || async {
+        let notes = ns.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=KubernetesUserCollision",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await;
+    assert!(
+        message.contains("Users gus (github:gus) and gus-work (google:gus@acme.example) both map to the Kubernetes user \"gus@acme.example\""),
+        "{message}"
+    );
+    let bindings = ns.kubectl_ok(&["get", "rolebindings", "-o", "name"]);
+    assert!(!bindings.contains("orgkeeper:acme"), "nothing is bound: {bindings}");
+    assert!(!can_i(&ns, "gus@acme.example", "get", "environments.orgkeeper.dev"));
+}

@@ -119,7 +119,7 @@ async fn requests_without_a_valid_key_get_401_and_never_reach_the_upstream(store
         (Some("Bearer not-a-key".to_owned()), "invalid API key"),
         (Some(format!("Bearer {unknown}")), "invalid API key"),
         (Some(format!("Bearer {wrong_secret}")), "invalid API key"),
-        (Some(format!("Bearer {}", "e_".repeat(100_000))), "invalid API key"),
+        (Some(format!("Bearer {}", "e_".repeat(10_000))), "invalid API key"),
     ] {
         let headers: Vec<(&str, &str)> = authorization.iter().map(|a| ("authorization", a.as_str())).collect();
         let reply = http.send_with(Method::GET, "/api/facts", None, "", &headers).await;
@@ -128,6 +128,17 @@ async fn requests_without_a_valid_key_get_401_and_never_reach_the_upstream(store
         assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
         assert!(!String::from_utf8_lossy(&reply.body).contains(secret));
     }
+    // A header beyond the 32 KiB a request head may have is refused before it is looked at.
+    let huge = format!("Bearer {}", "e_".repeat(100_000));
+    let reply = http
+        .send_with(Method::GET, "/api/facts", None, "", &[("authorization", &huge)])
+        .await;
+    assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert!(
+        reply.message().contains("larger than 32768 bytes"),
+        "{}",
+        reply.message()
+    );
     // Two Authorization headers: the sidecar and the upstream might read different ones.
     let bearer = format!("Bearer {key}");
     let reply = http

@@ -299,3 +299,82 @@ async fn authorization_that_is_not_text_is_401() {
     assert_eq!(raw_status(&answer), 401, "{answer}");
     assert!(raw_json(&answer)["message"].as_str().unwrap().contains("not a Bearer"));
 }
+
+#[tokio::test]
+async fn malformed_http_gets_a_json_answer_with_the_status_hyper_chose() {
+    let setup = setup(|_| {}).await;
+    let addr = setup.sidecar.addr;
+    let huge_uri = format!(
+        "GET /api/facts?{} HTTP/1.1\r\nhost: sidecar\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let huge_headers = format!(
+        "GET /api/facts HTTP/1.1\r\nhost: sidecar\r\nx-big: {}\r\n\r\n",
+        "b".repeat(100_000)
+    );
+    let many_headers = format!(
+        "GET /api/facts HTTP/1.1\r\nhost: sidecar\r\n{}\r\n",
+        (0..150).map(|i| format!("x-h{i}: v\r\n")).collect::<String>()
+    );
+    for (request, status, says) in [
+        (&b"GARBAGE\r\n\r\n"[..], 400, "malformed HTTP request"),
+        (
+            b"GET /api/facts HTTP/9.9\r\nhost: sidecar\r\n\r\n",
+            400,
+            "malformed HTTP request",
+        ),
+        (b"GET /a b c HTTP/1.1\r\n\r\n", 400, "malformed HTTP request"),
+        (
+            b"GET /api/facts HTTP/1.1\r\nbad header\r\n\r\n",
+            400,
+            "malformed HTTP request",
+        ),
+        (huge_uri.as_bytes(), 431, "larger than 32768 bytes"),
+        (huge_headers.as_bytes(), 431, "larger than 32768 bytes"),
+        (many_headers.as_bytes(), 431, "more than 100 headers"),
+    ] {
+        let answer = raw(addr, request, Duration::from_secs(10)).await;
+        let shown: String = String::from_utf8_lossy(request).chars().take(60).collect();
+        assert_eq!(raw_status(&answer), status, "{shown:?}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("content-type: application/json"),
+            "{answer}"
+        );
+        let message = raw_json(&answer)["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(says), "{shown:?}: {message}");
+    }
+    assert_eq!(setup.upstream.count(), 0);
+    let text = metrics(&setup.sidecar).await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"orgkeeper_sidecar_rejections_total{environment="unknown",reason="bad_request"}"#
+        ),
+        7.0
+    );
+    // The connection that follows a malformed one is served as usual.
+    let http = Http::new(&setup.sidecar);
+    assert_eq!(http.get("/api/facts", Some(setup.key())).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_malformed_request_after_a_good_one_on_the_same_connection_gets_json_too() {
+    let setup = setup(|_| {}).await;
+    let mut bytes = setup.head("GET", "/api/facts", "").into_bytes();
+    bytes.extend_from_slice(b"NOT HTTP AT ALL\r\n\r\n");
+    let answer = raw(setup.sidecar.addr, &bytes, Duration::from_secs(10)).await;
+    let second = answer
+        .match_indices("HTTP/1.1 ")
+        .nth(1)
+        .map(|(at, _)| &answer[at..])
+        .unwrap_or_else(|| panic!("two answers: {answer}"));
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert_eq!(raw_status(second), 400, "{second}");
+    assert!(
+        raw_json(second)["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed HTTP request"),
+        "{second}"
+    );
+}

@@ -276,7 +276,78 @@ async fn the_data_plane_sees_live_keys_and_effective_limits(store: Store) {
     );
 }
 
+/// Use is recorded at most once per key per minute, in one statement for many keys, without bumping the
+/// revision; the listing shows it, and only live keys idle long enough are cleanup candidates.
+async fn key_use_is_recorded_at_most_once_a_minute(store: Store) {
+    register_accounts(&store).await;
+    let (_, issued) = reconcile(&store, &declarations()).await;
+    let id = |name: &str| {
+        issued
+            .iter()
+            .find(|k| k.api_key == name)
+            .unwrap()
+            .token
+            .key_id()
+            .to_owned()
+    };
+    let (rw, ro) = (id("rw"), id("ro"));
+    let revision = store.revision().await.unwrap();
+    let t0 = 1_800_000_000;
+    let statements = store.statements();
+    let written = store
+        .record_key_use(&[
+            (rw.as_str(), t0),
+            (ro.as_str(), t0 - 10),
+            (rw.as_str(), t0 - 5),
+            ("k_unknown", t0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(written, 2, "two known keys, each once");
+    assert_eq!(store.statements() - statements, 1, "one statement for the batch");
+    assert_eq!(
+        store.record_key_use(&[(rw.as_str(), t0 + 59)]).await.unwrap(),
+        0,
+        "within the minute"
+    );
+    assert_eq!(
+        store.record_key_use(&[(rw.as_str(), t0 - 600)]).await.unwrap(),
+        0,
+        "never backwards"
+    );
+    assert_eq!(
+        store.record_key_use(&[(rw.as_str(), t0 + 60)]).await.unwrap(),
+        1,
+        "a minute later"
+    );
+    assert_eq!(
+        store.revision().await.unwrap(),
+        revision,
+        "use is not tenancy: no reload for anyone"
+    );
+
+    let keys = store.list_keys().await.unwrap();
+    assert_eq!(keys.len(), 3);
+    let last_used = |key_id: &str| keys.iter().find(|k| k.key_id == key_id).unwrap().last_used_at;
+    assert_eq!(last_used(&rw), Some(t0 + 60));
+    assert_eq!(last_used(&ro), Some(t0 - 10));
+    assert_eq!(last_used(&id("qa")), None);
+    let qa = keys.iter().find(|k| k.api_key == "qa").unwrap();
+    assert_eq!((qa.environment.as_str(), qa.organization.name.as_str()), ("qa", "acme"));
+    let idle: Vec<&str> = keys
+        .iter()
+        .filter(|k| k.is_unused_for(std::time::Duration::from_secs(30), t0 + 60))
+        .map(|k| k.api_key.as_str())
+        .collect();
+    assert_eq!(
+        idle,
+        ["ro", "qa"],
+        "rw was used at the clock's now; ro 70 s before; qa never, and was issued before t0"
+    );
+}
+
 on_both_backends!(
+    key_use_is_recorded_at_most_once_a_minute,
     the_data_plane_sees_live_keys_and_effective_limits,
     a_reconciled_store_plans_nothing_and_writes_nothing,
     only_a_hash_of_each_key_is_stored,
@@ -342,8 +413,9 @@ async fn the_apply_that_loses_a_race_to_create_says_so(postgres: bool) {
     assert_eq!(first.revision().await.unwrap(), 1, "one apply committed");
 }
 
-/// SQLite only: a transaction that read the store before another apply committed cannot write from its
-/// stale snapshot ("database is locked", BUSY_SNAPSHOT); it is told another apply ran, too.
+/// SQLite only: a transaction that has read the store cannot start writing while another apply holds the
+/// write lock; SQLite refuses at once rather than wait ("database is locked", the raw error users saw), and
+/// the loser is told another apply ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_whose_snapshot_went_stale_says_another_apply_ran() {
     let (first, second, _dir) = two_writers(false).await;
@@ -470,4 +542,82 @@ async fn an_existing_store_others_can_read_is_warned_about() {
     };
     store.close().await;
     assert!(!quiet.text().contains("WARN"), "{}", quiet.text());
+}
+
+/// `orgkeeper keys list` prints every key; `--unused-for` only the live keys idle that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_list_shows_last_use_and_finds_the_idle_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    register_accounts(&store).await;
+    let (_, issued) = reconcile(&store, &declarations()).await;
+    let rw = issued
+        .iter()
+        .find(|k| k.api_key == "rw")
+        .unwrap()
+        .token
+        .key_id()
+        .to_owned();
+    let ro = issued
+        .iter()
+        .find(|k| k.api_key == "ro")
+        .unwrap()
+        .token
+        .key_id()
+        .to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // The read-only key was last used 40 days ago, the read-write key just now; qa never.
+    let forty_days_ago = now - 40 * 86_400;
+    store
+        .record_key_use(&[(ro.as_str(), forty_days_ago), (rw.as_str(), now)])
+        .await
+        .unwrap();
+    store.close().await;
+
+    let keys = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_orgkeeper"))
+            .args(["keys", "list", "--database-url", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let all = keys(&[]);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three keys:\n{all}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("LAST USED") && lines[0].ends_with("STATE"),
+        "{all}"
+    );
+    let line_of = |key_id: &str| *lines.iter().find(|l| l.starts_with(key_id)).unwrap();
+    let last_used = k8s_openapi::jiff::Timestamp::from_second(forty_days_ago)
+        .unwrap()
+        .to_string();
+    assert!(
+        line_of(&ro).contains(&last_used) && line_of(&ro).contains("team/acme"),
+        "{all}"
+    );
+    assert!(
+        line_of(&ro).contains("ReadOnly") && line_of(&ro).ends_with("live"),
+        "{all}"
+    );
+    let qa = lines.iter().find(|l| l.contains(" qa ")).unwrap();
+    assert!(qa.contains("never"), "{all}");
+
+    let idle = keys(&["--unused-for", "30d"]);
+    assert_eq!(idle.lines().count(), 2, "only the read-only key:\n{idle}");
+    assert!(idle.lines().nth(1).unwrap().starts_with(&ro), "{idle}");
+
+    let json: serde_json::Value = serde_json::from_str(&keys(&["--unused-for", "30d", "-o", "json"])).unwrap();
+    assert_eq!(json[0]["keyId"], ro.as_str());
+    assert_eq!(json[0]["lastUsed"], last_used.as_str());
+    assert!(
+        keys(&["--unused-for", "60d"]).lines().count() == 1,
+        "nobody idle for 60 days"
+    );
 }

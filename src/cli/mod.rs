@@ -10,6 +10,7 @@ mod crds;
 mod demo;
 mod duration;
 mod facts;
+mod keys;
 mod output;
 mod plan;
 mod secrets_dir;
@@ -73,6 +74,8 @@ pub enum Command {
     Crds(crds::Args),
     /// Try orgkeeper on the embedded SQLite store: register the example accounts, apply the examples, plan again.
     Demo(demo::Args),
+    /// List the API keys in the store with when each was issued and last used (`keys list --unused-for 30d`).
+    Keys(keys::Args),
     /// Serve the fact API (the built-in upstream): facts per environment in the store, official-client compatible.
     Facts(facts::Args),
     /// Authenticate API keys, enforce per-environment limits and forward to the fact API (Oso wire-compatible).
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
             Command::Crds(args) => crds::run(args),
             Command::Demo(args) => demo::run(args).await,
             Command::Facts(args) => facts::run(args).await,
+            Command::Keys(args) => keys::run(args).await,
             Command::Sidecar(args) => sidecar::run(args).await,
         }
     });

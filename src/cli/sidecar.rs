@@ -55,6 +55,15 @@ pub struct Args {
     /// long as the outage lasts (availability over revocation).
     #[arg(long, env = "ORGKEEPER_MAX_KEY_STALENESS", default_value = "1m", value_parser = parse_staleness)]
     pub max_key_staleness: Staleness,
+    /// Client connections open at once. At the cap a new connection first closes the one waiting longest
+    /// for a request's headers; when every connection is busy with a request, it gets 503 and is closed.
+    #[arg(long, env = "ORGKEEPER_MAX_CONNECTIONS", default_value_t = sidecar::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// Client connections waiting for a request's headers at once (new, idle keep-alive, or part of a
+    /// request sent). Beyond it the one waiting longest is closed (with a 503 if it had sent part of a
+    /// request), so connections left half-sent cannot crowd out clients that send whole requests.
+    #[arg(long, env = "ORGKEEPER_MAX_PENDING_HEADERS", default_value_t = sidecar::DEFAULT_MAX_PENDING_HEADERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_pending_headers: usize,
 }
 
 impl Args {
@@ -103,6 +112,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             upstream_protocol: args.upstream_protocol,
             workers: args.workers,
             max_key_staleness: args.max_key_staleness.0,
+            max_connections: args.max_connections,
+            max_pending_headers: args.max_pending_headers,
         },
     };
     sidecar::run(options, shutdown).await.context("running the sidecar")?;

@@ -2,31 +2,17 @@
 //! Secret, when it was issued or revoked, and why it is not usable when it is not (`KeyLimitReached`,
 //! `SecretConflict`, `SecretMissing`, `Revoked`, ...).
 
-use super::reconcile::Managed;
+use super::resource::OrgkeeperResource;
 use super::status::{self, Outcome};
 use super::sync::Synced;
-use crate::crd::{ApiKey, ApiKeyStatus, Condition};
+use crate::crd::{ApiKey, ApiKeyStatus};
 use crate::domain::{KeyState, Kind, Problem, StoredOrganization};
 
-impl Managed for ApiKey {
+impl OrgkeeperResource for ApiKey {
     const KIND: Kind = Kind::ApiKey;
-    type Status = ApiKeyStatus;
 
-    fn organization_name(&self) -> String {
-        self.spec.organization_ref.name.clone()
-    }
-
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
-
-    fn finish(status: &mut Self::Status, generation: Option<i64>, conditions: Vec<Condition>) {
-        status.observed_generation = generation;
-        status.conditions = conditions;
+    fn organization_name(&self) -> &str {
+        &self.spec.organization_ref.name
     }
 
     fn observe(&self, synced: &Synced) -> (Self::Status, Outcome) {

@@ -2,31 +2,17 @@
 //! production environment, the limits the sidecar enforces after plan defaults and overrides, and how many
 //! live keys it has.
 
-use super::reconcile::Managed;
+use super::resource::OrgkeeperResource;
 use super::status::Outcome;
 use super::sync::Synced;
-use crate::crd::{Condition, Environment, EnvironmentStatus};
+use crate::crd::{Environment, EnvironmentStatus};
 use crate::domain::{EffectiveLimits, KeyState, Kind, MAX_LIVE_KEYS_PER_ENVIRONMENT, Problem, StoredOrganization};
 
-impl Managed for Environment {
+impl OrgkeeperResource for Environment {
     const KIND: Kind = Kind::Environment;
-    type Status = EnvironmentStatus;
 
-    fn organization_name(&self) -> String {
-        self.spec.organization_ref.name.clone()
-    }
-
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
-
-    fn finish(status: &mut Self::Status, generation: Option<i64>, conditions: Vec<Condition>) {
-        status.observed_generation = generation;
-        status.conditions = conditions;
+    fn organization_name(&self) -> &str {
+        &self.spec.organization_ref.name
     }
 
     fn observe(&self, synced: &Synced) -> (Self::Status, Outcome) {

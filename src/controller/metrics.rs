@@ -1,16 +1,20 @@
 //! The controller's Prometheus metrics, served on `/metrics` by [`crate::telemetry`] with the `orgkeeper_`
 //! prefix: reconciles, errors and durations per kind, status writes, keys issued and revoked, store
-//! writes, and whether this replica leads.
+//! writes, whether this replica leads, and the live keys of each environment (the leader's view after it
+//! last reconciled the organization), so that an alert can warn before an environment hits its 128 keys.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-use crate::domain::Kind;
+use crate::domain::{KeyState, Kind, OrgKey, StoredOrganization};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 
@@ -18,6 +22,13 @@ type KindLabel = [(&'static str, &'static str); 1];
 
 fn label(kind: Kind) -> KindLabel {
     [("kind", kind.as_str())]
+}
+
+/// The same label as the sidecar's and the fact store's per-environment metrics, so that one query can join them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvironmentLabels {
+    /// `namespace/organization/environment`.
+    environment: String,
 }
 
 #[derive(Clone)]
@@ -30,6 +41,9 @@ pub struct Metrics {
     keys_revoked: Counter,
     store_writes: Counter,
     leader: Gauge,
+    live_keys: Family<EnvironmentLabels, Gauge>,
+    /// The environments each organization has a `live_keys` series for, to drop the series of those gone.
+    environments_shown: Arc<Mutex<HashMap<OrgKey, BTreeSet<String>>>>,
 }
 
 impl Metrics {
@@ -44,6 +58,8 @@ impl Metrics {
             keys_revoked: Counter::default(),
             store_writes: Counter::default(),
             leader: Gauge::default(),
+            live_keys: Family::default(),
+            environments_shown: Arc::default(),
         };
         let mut registry = telemetry.registry.lock().unwrap_or_else(|e| e.into_inner());
         let registry = registry.sub_registry_with_prefix("controller");
@@ -83,6 +99,11 @@ impl Metrics {
             "1 while this replica holds the leader lease (or runs without leader election)",
             metrics.leader.clone(),
         );
+        registry.register(
+            "environment_live_keys",
+            "Live API keys of each environment (at most 128), as of the organization's last reconcile",
+            metrics.live_keys.clone(),
+        );
         metrics
     }
 
@@ -111,6 +132,34 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Shows the live keys of every environment of an organization as the store now holds it; the series of
+    /// an environment (or organization) no longer in the store are removed.
+    pub fn organization_keys(&self, key: &OrgKey, stored: Option<&StoredOrganization>) {
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+        if let Some(org) = stored {
+            for env in &org.environments {
+                counts.insert(&env.name, 0);
+            }
+            for api_key in org.api_keys.iter().filter(|k| k.state == KeyState::Live) {
+                *counts.entry(&api_key.environment).or_default() += 1;
+            }
+        }
+        let labels = |environment: &str| EnvironmentLabels {
+            environment: format!("{}/{}/{environment}", key.namespace, key.name),
+        };
+        let mut shown = self.environments_shown.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = shown.remove(key).unwrap_or_default();
+        for gone in previous.iter().filter(|env| !counts.contains_key(env.as_str())) {
+            self.live_keys.remove(&labels(gone));
+        }
+        for (environment, live) in &counts {
+            self.live_keys.get_or_create(&labels(environment)).set(*live);
+        }
+        if !counts.is_empty() {
+            shown.insert(key.clone(), counts.keys().map(|env| (*env).to_owned()).collect());
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod metrics;
 mod organization;
 mod rbac;
 mod reconcile;
+mod resource;
 mod secrets;
 mod status;
 mod sync;
@@ -29,12 +30,13 @@ mod view;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use kube::Client;
 use kube::runtime::Controller;
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store as Cache;
+use kube::runtime::reflector::{ObjectRef, Store as Cache};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -42,22 +44,27 @@ pub use context::Settings;
 pub use failpoint::{ENV as FAILPOINT_ENV, Step as FailpointStep};
 pub use leader::{LeaseSettings, default_identity};
 pub use reconcile::FINALIZER;
-pub use secrets::FIELD_MANAGER;
-pub use status::STATUS_MANAGER;
 
-use crate::crd::{ApiKey, Environment, Organization, User};
+use crate::crd::Organization;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Readiness, Telemetry};
-use caches::Feed;
+use caches::{Caches, Feed};
 use context::Context;
 use failpoint::Failpoint;
 use leader::Elector;
 use metrics::Metrics;
 use reconcile::{error_policy, reconcile};
+use resource::OrgkeeperResource;
 use triggers::{dependents_of_organization, keys_of_environment, spec_changes};
 
 /// The name the controller reports events under.
 pub const REPORTER: &str = "orgkeeper-controller";
+
+/// The field manager of everything the controller writes except statuses (finalizers, Secrets).
+pub const FIELD_MANAGER: &str = "orgkeeper-controller";
+
+/// The field manager of status writes, apart from the controller's other writes.
+pub const STATUS_MANAGER: &str = "orgkeeper-controller-status";
 
 /// Organizations and Environments only gather counts from their dependents: wait this long after a
 /// burst of changes before recounting.
@@ -160,60 +167,40 @@ async fn run_controllers(
         triggers,
         failpoint,
     ));
-    let stop = || shutdown.clone().cancelled_owned();
-
-    let organizations = Controller::for_shared_stream(
-        changes(&mut feeds.organizations, &caches.organizations),
-        caches.organizations.clone(),
-    )
-    .reconcile_on(streams.organizations)
-    .with_config(config.clone().debounce(COUNTS_DEBOUNCE))
-    .graceful_shutdown_on(stop())
-    .run(reconcile::<Organization>, error_policy::<Organization>, ctx.clone())
-    .for_each(report);
-
-    let environments = Controller::for_shared_stream(
-        changes(&mut feeds.environments, &caches.environments),
-        caches.environments.clone(),
-    )
-    .watches_shared_stream(
-        changes(&mut feeds.organizations, &caches.organizations),
-        dependents_of_organization(caches.environments.clone(), |e: &Environment| {
-            &e.spec.organization_ref.name
-        }),
-    )
-    .reconcile_on(streams.environments)
-    .with_config(config.clone().debounce(COUNTS_DEBOUNCE))
-    .graceful_shutdown_on(stop())
-    .run(reconcile::<Environment>, error_policy::<Environment>, ctx.clone())
-    .for_each(report);
-
-    let users = Controller::for_shared_stream(changes(&mut feeds.users, &caches.users), caches.users.clone())
-        .watches_shared_stream(
-            changes(&mut feeds.organizations, &caches.organizations),
-            dependents_of_organization(caches.users.clone(), |u: &User| &u.spec.organization_ref.name),
-        )
-        .reconcile_on(streams.users)
-        .with_config(config.clone())
-        .graceful_shutdown_on(stop())
-        .run(reconcile::<User>, error_policy::<User>, ctx.clone())
-        .for_each(report);
-
-    let api_keys =
-        Controller::for_shared_stream(changes(&mut feeds.api_keys, &caches.api_keys), caches.api_keys.clone())
-            .watches_shared_stream(
-                changes(&mut feeds.organizations, &caches.organizations),
-                dependents_of_organization(caches.api_keys.clone(), |k: &ApiKey| &k.spec.organization_ref.name),
-            )
+    let counts = config.clone().debounce(COUNTS_DEBOUNCE);
+    let run = Runner {
+        ctx: ctx.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let organizations = run.kind(
+        watching(&mut feeds.organizations, &caches.organizations),
+        streams.organizations,
+        counts.clone(),
+    );
+    let environments = run.kind(
+        belonging_to_organization(
+            &mut feeds.environments,
+            &caches.environments,
+            &mut feeds.organizations,
+            &caches,
+        ),
+        streams.environments,
+        counts,
+    );
+    let users = run.kind(
+        belonging_to_organization(&mut feeds.users, &caches.users, &mut feeds.organizations, &caches),
+        streams.users,
+        config.clone(),
+    );
+    let api_keys = run.kind(
+        belonging_to_organization(&mut feeds.api_keys, &caches.api_keys, &mut feeds.organizations, &caches)
             .watches_shared_stream(
                 changes(&mut feeds.environments, &caches.environments),
                 keys_of_environment(caches.api_keys.clone()),
-            )
-            .reconcile_on(streams.api_keys)
-            .with_config(config)
-            .graceful_shutdown_on(stop())
-            .run(reconcile::<ApiKey>, error_policy::<ApiKey>, ctx.clone())
-            .for_each(report);
+            ),
+        streams.api_keys,
+        config,
+    );
 
     // Subscriptions are complete: start watching.
     feeds.start(&caches, secret_changes, &mut watches);
@@ -222,6 +209,47 @@ async fn run_controllers(
     ctx.store.close().await;
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// Runs the controllers of every kind with the same context and shutdown.
+struct Runner {
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+}
+
+impl Runner {
+    /// Runs `controller` until shutdown: the shared reconcile for its kind, also woken by `triggers`.
+    fn kind<K: OrgkeeperResource>(
+        &self,
+        controller: Controller<K>,
+        triggers: UnboundedReceiver<ObjectRef<K>>,
+        config: ControllerConfig,
+    ) -> impl Future<Output = ()> + use<K> {
+        controller
+            .reconcile_on(triggers)
+            .with_config(config)
+            .graceful_shutdown_on(self.shutdown.clone().cancelled_owned())
+            .run(reconcile::<K>, error_policy::<K>, self.ctx.clone())
+            .for_each(report)
+    }
+}
+
+/// A controller of the objects of a kind, woken when their spec changes.
+fn watching<K: OrgkeeperResource>(feed: &mut Feed<K>, cache: &Cache<K>) -> Controller<K> {
+    Controller::for_shared_stream(changes(feed, cache), cache.clone())
+}
+
+/// A controller of a kind that belongs to an organization: also woken when its Organization changes.
+fn belonging_to_organization<K: OrgkeeperResource>(
+    feed: &mut Feed<K>,
+    cache: &Cache<K>,
+    organizations: &mut Feed<Organization>,
+    caches: &Caches,
+) -> Controller<K> {
+    watching(feed, cache).watches_shared_stream(
+        changes(organizations, &caches.organizations),
+        dependents_of_organization(cache.clone(), K::organization_name),
+    )
 }
 
 /// The objects of a kind whose spec changed (or that are new, or being deleted).

@@ -1,32 +1,16 @@
 //! Organizations: the status shows the organization's store id and how many environments and users it has.
 
-use kube::ResourceExt;
-
-use super::reconcile::Managed;
+use super::resource::OrgkeeperResource;
 use super::status::Outcome;
 use super::sync::Synced;
-use crate::crd::{Condition, Organization, OrganizationStatus};
+use crate::crd::{Organization, OrganizationStatus};
 use crate::domain::{Kind, StoredOrganization};
 
-impl Managed for Organization {
+impl OrgkeeperResource for Organization {
     const KIND: Kind = Kind::Organization;
-    type Status = OrganizationStatus;
 
-    fn organization_name(&self) -> String {
-        self.name_any()
-    }
-
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
-
-    fn finish(status: &mut Self::Status, generation: Option<i64>, conditions: Vec<Condition>) {
-        status.observed_generation = generation;
-        status.conditions = conditions;
+    fn organization_name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
     }
 
     fn observe(&self, synced: &Synced) -> (Self::Status, Outcome) {

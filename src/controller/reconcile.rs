@@ -2,63 +2,26 @@
 //! (`sync`), then either write the object's status or, when it is being deleted, release the finalizer once
 //! the store no longer holds what it declared.
 
-use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Api, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::Error;
 use super::context::Context;
-use super::secrets::FIELD_MANAGER;
+use super::resource::OrgkeeperResource;
 use super::status::{self, Outcome};
-use super::sync::{self, Synced};
+use super::sync;
 use super::view::is_deleting;
-use crate::crd::Condition;
-use crate::domain::{Kind, ObjectRef, OrgKey};
+use super::{Error, FIELD_MANAGER};
+use crate::domain::OrgKey;
 
 /// The finalizer that keeps a resource until the store is cleaned up after it.
 pub const FINALIZER: &str = "orgkeeper.dev/cleanup";
 
-/// What the shared reconcile needs from each kind.
-pub trait Managed:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
-    + Clone
-    + Debug
-    + Serialize
-    + DeserializeOwned
-    + Send
-    + Sync
-    + 'static
-{
-    const KIND: Kind;
-    type Status: Clone + Default + PartialEq + Serialize + Send + Sync;
-
-    /// The name of the organization the object belongs to (in its own namespace).
-    fn organization_name(&self) -> String;
-
-    fn current_status(&self) -> Option<&Self::Status>;
-
-    fn conditions(status: &Self::Status) -> &[Condition];
-
-    /// Sets what `status::publish` fills in.
-    fn finish(status: &mut Self::Status, generation: Option<i64>, conditions: Vec<Condition>);
-
-    /// The object's status fields and outcome after its organization was reconciled.
-    fn observe(&self, synced: &Synced) -> (Self::Status, Outcome);
-
-    fn domain_ref(&self) -> ObjectRef {
-        ObjectRef::new(Self::KIND, &self.namespace().unwrap_or_default(), &self.name_any())
-    }
-}
-
-pub async fn reconcile<K: Managed>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile<K: OrgkeeperResource>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.caches.ready().await;
     let started = Instant::now();
     tracing::debug!(object = %object.domain_ref(), "reconciling");
@@ -72,7 +35,7 @@ pub async fn reconcile<K: Managed>(object: Arc<K>, ctx: Arc<Context>) -> Result<
             let outcome = Outcome::Failed {
                 message: format!("reconcile failed and is retried: {error}"),
             };
-            let status = object.current_status().cloned().unwrap_or_default();
+            let status = object.status().cloned().unwrap_or_default();
             if let Err(error) = status::publish(&ctx, object.as_ref(), status, &outcome).await {
                 tracing::warn!(object = %object.domain_ref(), %error, "could not report the failure in status");
             }
@@ -81,13 +44,13 @@ pub async fn reconcile<K: Managed>(object: Arc<K>, ctx: Arc<Context>) -> Result<
     result
 }
 
-pub fn error_policy<K: Managed>(object: Arc<K>, _error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: OrgkeeperResource>(object: Arc<K>, _error: &Error, ctx: Arc<Context>) -> Action {
     ctx.retry(&object.domain_ref())
 }
 
-async fn run<K: Managed>(object: &K, ctx: &Context) -> Result<Action, Error> {
+async fn run<K: OrgkeeperResource>(object: &K, ctx: &Context) -> Result<Action, Error> {
     let me = object.domain_ref();
-    let organization = OrgKey::new(&me.namespace, &object.organization_name());
+    let organization = OrgKey::new(&me.namespace, object.organization_name());
     let deleting = is_deleting(object);
     let held = object.finalizers().iter().any(|f| f == FINALIZER);
     if deleting && !held {
@@ -116,7 +79,7 @@ async fn run<K: Managed>(object: &K, ctx: &Context) -> Result<Action, Error> {
 
 /// Adds or removes the finalizer. The patch carries the resourceVersion the list was read at, so a
 /// concurrent change to the finalizers fails (and is retried) instead of being overwritten.
-async fn set_finalizer<K: Managed>(ctx: &Context, object: &K, present: bool) -> Result<(), Error> {
+async fn set_finalizer<K: OrgkeeperResource>(ctx: &Context, object: &K, present: bool) -> Result<(), Error> {
     let mut finalizers: Vec<String> = object
         .finalizers()
         .iter()

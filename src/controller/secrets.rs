@@ -12,18 +12,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::caches::Caches;
+use super::FIELD_MANAGER;
 use crate::crd::ApiKey;
 use crate::crd::secret::{KeySecretSpec, key_id_for, key_secret};
 use crate::domain::issuance::secret_conflict;
 use crate::domain::{Kind, ObjectRef as DomainRef, Problem, SecretState};
 use crate::store::IssuedKey;
-
-/// The field manager of everything the controller writes except statuses.
-pub const FIELD_MANAGER: &str = "orgkeeper-controller";
 
 /// How long a Secret the controller created counts as present while the cache has not shown it yet.
 const CACHE_GRACE: Duration = Duration::from_secs(120);
@@ -66,11 +63,12 @@ impl RecentSecrets {
         );
     }
 
-    /// What the named Secret holds for `key`, from the cache, or from this process's memory of creating it.
-    pub fn state(&self, caches: &Caches, namespace: &str, name: &str, key: Option<&ApiKey>) -> SecretState {
+    /// What the named Secret holds for `key`, from the cache of Secrets, or from this process's memory of
+    /// creating it.
+    pub fn state(&self, cached: &Store<Secret>, namespace: &str, name: &str, key: Option<&ApiKey>) -> SecretState {
         let id = (namespace.to_owned(), name.to_owned());
         let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(secret) = caches.secrets.get(&ObjectRef::new(name).within(namespace)) {
+        if let Some(secret) = cached.get(&ObjectRef::new(name).within(namespace)) {
             created.remove(&id);
             return classify(&secret, key);
         }

@@ -9,14 +9,11 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::Error;
 use super::context::Context;
-use super::reconcile::Managed;
-use crate::crd::Condition;
+use super::resource::OrgkeeperResource;
+use super::{Error, STATUS_MANAGER};
+use crate::crd::{Condition, KstatusFields};
 use crate::domain::{Problem, Reason};
-
-/// The field manager of status writes, apart from the controller's other writes.
-pub const STATUS_MANAGER: &str = "orgkeeper-controller-status";
 
 /// Where an object stands after a reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,15 +69,9 @@ impl Outcome {
         matches!(self, Outcome::Ready { .. })
     }
 
-    /// Whether the object should be looked at again soon rather than at the next resync.
+    /// Whether the object is still on its way (the `Reconciling` condition), and so is looked at again
+    /// soon rather than at the next resync.
     pub fn wants_retry(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Waiting { .. } | Outcome::Progressing { .. } | Outcome::Failed { .. }
-        )
-    }
-
-    fn reconciling(&self) -> bool {
         matches!(
             self,
             Outcome::Waiting { .. } | Outcome::Progressing { .. } | Outcome::Failed { .. }
@@ -108,8 +99,8 @@ pub fn conditions(outcome: &Outcome, generation: Option<i64>, previous: &[Condit
         ("Ready", flag(outcome.is_ready()), message),
         (
             "Reconciling",
-            flag(outcome.reconciling()),
-            if outcome.reconciling() { message } else { "" },
+            flag(outcome.wants_retry()),
+            if outcome.wants_retry() { message } else { "" },
         ),
         (
             "Stalled",
@@ -144,20 +135,16 @@ pub fn now() -> String {
 
 /// Writes `status` (conditions and observed generation filled in from `outcome`) if it differs from what
 /// the object shows; returns whether it wrote.
-pub async fn publish<K: Managed>(
+pub async fn publish<K: OrgkeeperResource>(
     ctx: &Context,
     object: &K,
     mut status: K::Status,
     outcome: &Outcome,
 ) -> Result<bool, Error> {
     let generation = object.meta().generation;
-    let previous = object.current_status();
-    let previous_conditions = previous.map(K::conditions).unwrap_or_default();
-    K::finish(
-        &mut status,
-        generation,
-        conditions(outcome, generation, previous_conditions, &now()),
-    );
+    let previous = object.status();
+    let previous_conditions = previous.map(KstatusFields::conditions).unwrap_or_default();
+    status.set_observed(generation, conditions(outcome, generation, previous_conditions, &now()));
     if previous == Some(&status) {
         return Ok(false);
     }
@@ -193,7 +180,7 @@ fn flag_of(outcome: &Outcome) -> &'static str {
 }
 
 /// An event for a change of `Ready`. Failing to record it never fails the reconcile.
-async fn announce<K: Managed>(ctx: &Context, object: &K, outcome: &Outcome) {
+async fn announce<K: OrgkeeperResource>(ctx: &Context, object: &K, outcome: &Outcome) {
     let mut note = outcome.message().to_owned();
     if note.len() > 1000 {
         let mut end = 1000;

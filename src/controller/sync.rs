@@ -50,8 +50,12 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
     }
     problems.append(&mut plan.problems);
     let review = review_key_secrets(plan.changes, stored.as_ref(), |namespace, secret, api_key| {
-        ctx.recent_secrets
-            .state(&ctx.caches, namespace, secret, view.api_key(api_key).map(AsRef::as_ref))
+        ctx.recent_secrets.state(
+            &ctx.caches.secrets,
+            namespace,
+            secret,
+            view.api_key(api_key).map(AsRef::as_ref),
+        )
     });
     problems.extend(review.problems);
     let planned = started.elapsed();
@@ -73,6 +77,7 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
         changes,
         "organization reconciled"
     );
+    ctx.metrics.organization_keys(key, stored.as_ref());
     Ok(Synced { stored, problems })
 }
 

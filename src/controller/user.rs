@@ -1,31 +1,17 @@
 //! Users: the status shows the normalised account; an account that does not exist yet is `UnknownAccount`,
 //! retried with backoff until `orgkeeper accounts add` registers it.
 
-use super::reconcile::Managed;
+use super::resource::OrgkeeperResource;
 use super::status::Outcome;
 use super::sync::Synced;
-use crate::crd::{Condition, User, UserStatus};
+use crate::crd::{User, UserStatus};
 use crate::domain::{Account, Kind, Problem, Role, StoredOrganization};
 
-impl Managed for User {
+impl OrgkeeperResource for User {
     const KIND: Kind = Kind::User;
-    type Status = UserStatus;
 
-    fn organization_name(&self) -> String {
-        self.spec.organization_ref.name.clone()
-    }
-
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
-
-    fn finish(status: &mut Self::Status, generation: Option<i64>, conditions: Vec<Condition>) {
-        status.observed_generation = generation;
-        status.conditions = conditions;
+    fn organization_name(&self) -> &str {
+        &self.spec.organization_ref.name
     }
 
     fn observe(&self, synced: &Synced) -> (Self::Status, Outcome) {

@@ -15,6 +15,7 @@ mod environment;
 mod organization;
 mod schema;
 pub mod secret;
+mod status;
 mod user;
 
 pub use api_key::{ApiKey, ApiKeySecret, ApiKeySpec, ApiKeyStatus, SecretTemplate};
@@ -25,6 +26,7 @@ pub use convert::{ToDeclaration, namespace_of};
 pub use environment::{Environment, EnvironmentSpec, EnvironmentStatus};
 pub use organization::{Organization, OrganizationSpec, OrganizationStatus};
 pub use schema::{all_crds, crds_yaml, schema_for_kind};
+pub use status::KstatusFields;
 pub use user::{User, UserSpec, UserStatus};
 
 /// The API group of every orgkeeper resource.

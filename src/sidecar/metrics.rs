@@ -1,6 +1,7 @@
 //! The sidecar's Prometheus metrics: requests forwarded and rejected (by reason) per environment, fact writes
 //! admitted per environment, latency, requests in flight, and the state of the key copy (keys,
-//! environments, store revision, whether the last refresh reached the store, seconds since it did).
+//! environments, store revision, whether the last refresh reached the store, seconds since it did), and
+//! client connections (open, waiting for a request's headers, shed at the caps).
 //!
 //! Per-environment counters are looked up once per environment and cached, so the hot path touches only
 //! atomics. Environments are labelled `namespace/organization/environment`; requests without a valid key
@@ -114,6 +115,38 @@ pub struct SidecarMetrics {
     keys_stale: Gauge,
     since_refresh: Gauge<f64, AtomicU64>,
     cache: Arc<RwLock<HashMap<String, Arc<EnvironmentCounters>>>>,
+    pub connections: ConnectionMetrics,
+}
+
+/// Client connections: how many are open and waiting for headers, and how many were shed at the caps.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub waiting: Gauge,
+    /// Closed to make room because they had waited longest for a request's headers.
+    pub closed_waiting_longest: Counter,
+    /// Refused at accept: every open connection was busy with a request.
+    pub refused_at_capacity: Counter,
+    shed: Family<ShedLabels, Counter>,
+}
+
+impl Default for ConnectionMetrics {
+    fn default() -> Self {
+        let shed = Family::<ShedLabels, Counter>::default();
+        let counter = |reason| shed.get_or_create_owned(&ShedLabels { reason });
+        ConnectionMetrics {
+            open: Gauge::default(),
+            waiting: Gauge::default(),
+            closed_waiting_longest: counter("waited_longest"),
+            refused_at_capacity: counter("at_capacity"),
+            shed,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    reason: &'static str,
 }
 
 /// One environment's counters, cached.
@@ -163,6 +196,7 @@ impl SidecarMetrics {
             keys_stale: Gauge::default(),
             since_refresh: Gauge::default(),
             cache: Arc::default(),
+            connections: ConnectionMetrics::default(),
         };
         let mut registry = telemetry.registry.lock().unwrap_or_else(|e| e.into_inner());
         registry.register(
@@ -219,6 +253,22 @@ impl SidecarMetrics {
             "sidecar_seconds_since_store_refresh",
             "Seconds since keys and limits were last read from the store successfully",
             metrics.since_refresh.clone(),
+        );
+        registry.register(
+            "sidecar_connections",
+            "Client connections open",
+            metrics.connections.open.clone(),
+        );
+        registry.register(
+            "sidecar_connections_waiting_for_headers",
+            "Client connections waiting for a request's headers (new, idle keep-alive, or part of a request sent)",
+            metrics.connections.waiting.clone(),
+        );
+        registry.register(
+            "sidecar_connections_shed",
+            "Client connections closed at --max-pending-headers or --max-connections (waited_longest: it had \
+             waited longest for headers; at_capacity: refused at accept, every connection being busy)",
+            metrics.connections.shed.clone(),
         );
         metrics
     }

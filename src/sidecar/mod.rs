@@ -8,7 +8,8 @@
 //!   `body`: bounded and streamed bodies;
 //! - `answers`: every answer the sidecar gives itself (a `Refusal`); `headers`: `Retry-After` and
 //!   `RateLimit*`;
-//! - `metrics`: Prometheus metrics; `server`: connections, timeouts, graceful shutdown.
+//! - `metrics`: Prometheus metrics; `server`: connections, timeouts, graceful shutdown; `connections`: the
+//!   caps on open connections and on connections waiting for headers.
 //!
 //! The sidecar never opens the store: it is handed a [`KeyRing`] (kept fresh by the auth module, which
 //! polls the store's revision every second: [`KeyRing::follow`]) and a [`Limiter`] through
@@ -21,6 +22,7 @@
 mod answers;
 mod body;
 pub mod classify;
+mod connections;
 mod handler;
 pub mod headers;
 pub mod limits;
@@ -41,6 +43,7 @@ pub use proxy::UpstreamProtocol;
 
 use crate::auth::KeyRing;
 use crate::telemetry::{Health, Readiness, Telemetry};
+use connections::{Caps, Connections};
 use handler::Handler;
 use metrics::SidecarMetrics;
 use proxy::{Upstream, UpstreamUrlError};
@@ -64,12 +67,25 @@ pub struct Settings {
     /// Once the keys were last read from the store longer ago than this, every request is refused (503):
     /// a key revoked during a store outage stops working after at most this long. `None`: never.
     pub max_key_staleness: Option<Duration>,
+    /// Client connections open at once; beyond it (every connection busy with a request) a new one gets 503.
+    pub max_connections: usize,
+    /// Client connections waiting for a request's headers at once; beyond it the one waiting longest is
+    /// closed.
+    pub max_pending_headers: usize,
 }
 
 /// The default `max_key_staleness`: outages shorter than a minute go unnoticed by clients (the built-in
 /// fact store needs the same store for every request anyway); a revocation is enforced within a minute
 /// even when the store cannot be reached.
 pub const DEFAULT_MAX_KEY_STALENESS: Duration = Duration::from_secs(60);
+
+/// The default `max_connections`: far more than an application's connection pool needs (a few dozen),
+/// and with at most `DEFAULT_MAX_PENDING_HEADERS` of them idle or half-sent, inside the chart's 128 Mi.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The default `max_pending_headers`: a waiting connection holds up to a request head's worth of buffer
+/// (`MAX_REQUEST_HEAD_BYTES`, 32 KiB). Measured: 15,000 half-sent requests against these defaults keep the
+/// sidecar at 57 MiB (62 MiB peak, 23 MiB idle; debug build).
+pub const DEFAULT_MAX_PENDING_HEADERS: usize = 1024;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -81,6 +97,8 @@ impl Default for Settings {
             upstream_protocol: UpstreamProtocol::Auto,
             workers: 1,
             max_key_staleness: Some(DEFAULT_MAX_KEY_STALENESS),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_headers: DEFAULT_MAX_PENDING_HEADERS,
         }
     }
 }
@@ -100,6 +118,7 @@ pub enum SidecarError {
 pub struct Sidecar {
     handler: Arc<Handler>,
     connection: ConnectionLimits,
+    connections: Arc<Connections>,
     workers: usize,
     health: Health,
 }
@@ -124,8 +143,16 @@ impl Sidecar {
             body_timeout: settings.body_timeout,
             max_key_staleness: settings.max_key_staleness,
         };
+        let connections = Connections::new(
+            Caps {
+                max_connections: settings.max_connections.max(1),
+                max_pending_headers: settings.max_pending_headers.max(1),
+            },
+            handler.metrics.connections.clone(),
+        );
         Ok(Sidecar {
             handler: Arc::new(handler),
+            connections,
             connection: ConnectionLimits {
                 header_read_timeout: settings.header_read_timeout,
             },
@@ -144,6 +171,7 @@ impl Sidecar {
             listener,
             || Arc::new(handler.for_worker()),
             self.connection,
+            self.connections.clone(),
             self.workers,
             shutdown,
         )

@@ -22,6 +22,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("migrations/sqlite/0002_facts.sql"),
         include_str!("migrations/postgres/0002_facts.sql"),
     ),
+    (
+        3,
+        "key last used",
+        include_str!("migrations/sqlite/0003_key_last_used.sql"),
+        include_str!("migrations/postgres/0003_key_last_used.sql"),
+    ),
 ];
 
 pub(super) fn migrator(backend: Backend) -> Migrator {

@@ -9,6 +9,7 @@ mod accounts;
 mod apply;
 mod auth;
 mod facts;
+mod key_use;
 mod migrations;
 mod readers;
 mod snapshot;
@@ -25,6 +26,7 @@ use sqlx::{Any, AnyPool, Executor};
 pub use apply::{ApplyOutcome, IssuedKey, StoreTx};
 pub use auth::{AuthSnapshot, EnvironmentLimits, LiveKey};
 pub use facts::{ARG_COLUMNS, FactStoreError, FactWrite};
+pub use key_use::{KEY_USE_RESOLUTION, KeyRecord};
 
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

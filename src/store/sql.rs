@@ -52,25 +52,25 @@ fn limit_value(value: Option<u64>) -> Value {
     Value::Int(value.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
 }
 
-/// SQL text and its values, numbered together.
+/// SQL text and its values, numbered together: for statements the builders below do not cover.
 #[derive(Default)]
-struct Sql {
+pub(super) struct Sql {
     text: String,
     values: Vec<Value>,
 }
 
 impl Sql {
-    fn push(&mut self, text: &str) {
+    pub(super) fn push(&mut self, text: &str) {
         self.text.push_str(text);
     }
 
-    fn bind(&mut self, value: Value) {
-        self.values.push(value);
+    pub(super) fn bind(&mut self, value: impl Into<Value>) {
+        self.values.push(value.into());
         self.text.push('$');
         self.text.push_str(&self.values.len().to_string());
     }
 
-    fn build(self) -> sqlx::query::Query<'static, Any, AnyArguments> {
+    pub(super) fn build(self) -> sqlx::query::Query<'static, Any, AnyArguments> {
         let query = sqlx::query(AssertSqlSafe(self.text));
         self.values.into_iter().fold(query, |query, value| match value {
             Value::Text(text) => query.bind(text),

@@ -56,6 +56,9 @@ start_controller() {
   install_release "$RELEASE" "$RELEASE_NS" >/dev/null
   KUBECTL="$KUBECTL" "$CHART_TESTS_DIR/sa-kubeconfig.sh" "$RELEASE_NS" "$RELEASE" "$CONVERGE_DIR/controller.kubeconfig" 2h >/dev/null
   DATABASE_URL="sqlite://$CONVERGE_DIR/orgkeeper.db"
+  # The OSO_URL the chart gives the controller: the data plane's Service.
+  OSO_URL="$(k -n "$RELEASE_NS" get deployment "$RELEASE-controller" \
+    -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="ORGKEEPER_OSO_URL")].value}')"
   METRICS_ADDR="127.0.0.1:$(free_port)"
   # shellcheck disable=SC2046  # one account per word
   "$BIN" accounts add --database-url "$DATABASE_URL" $(example_accounts) >&2
@@ -65,6 +68,7 @@ start_controller() {
     --database-url "$DATABASE_URL" \
     --namespace all \
     --metrics-addr "$METRICS_ADDR" \
+    --oso-url "$OSO_URL" \
     > "$CONVERGE_DIR/controller.log" 2>&1 &
   CONTROLLER_PID=$!
   echo "$CONTROLLER_PID" > "$CONVERGE_DIR/controller.pid"
@@ -107,15 +111,16 @@ check_examples_converge() {
   k get -n "$ORG_NS" "$KINDS"
 }
 
-# Each ApiKey's Secret: the key and URL, immutable, owned by its ApiKey, orgkeeper's labels plus the template's,
+# Each ApiKey's Secret: the key and the data plane's Service as URL (from the chart's values), immutable, owned by its ApiKey, orgkeeper's labels plus the template's,
 # and no GitOps tracking label or annotation (Argo CD or Flux would otherwise treat it as theirs and prune it).
 check_secrets() {
   skip_without_controller
   k get -n "$ORG_NS" apikeys.orgkeeper.dev -o json > "$CONVERGE_DIR/apikeys.json"
   k get -n "$ORG_NS" secrets -o json > "$CONVERGE_DIR/secrets.json"
-  "$PY" - "$CONVERGE_DIR/apikeys.json" "$CONVERGE_DIR/secrets.json" <<'EOF'
+  "$PY" - "$CONVERGE_DIR/apikeys.json" "$CONVERGE_DIR/secrets.json" "http://$RELEASE-data-plane.$RELEASE_NS.svc:8080" <<'EOF'
 import base64, json, re, sys
 keys = json.load(open(sys.argv[1]))["items"]
+oso_url = sys.argv[3]
 secrets = {s["metadata"]["name"]: s for s in json.load(open(sys.argv[2]))["items"]}
 tracking = re.compile(r"^(app\.kubernetes\.io/instance|argocd\.argoproj\.io/|kustomize\.toolkit\.fluxcd\.io/|helm\.toolkit\.fluxcd\.io/)")
 problems = []
@@ -130,8 +135,8 @@ for key in keys:
     # never print the key itself
     if not re.fullmatch(r"e_[A-Za-z0-9]+_[A-Za-z0-9]+_[A-Za-z0-9_-]{16,}", data.get("OSO_AUTH", "")):
         problems.append(f"Secret {secret_name}: OSO_AUTH is not an orgkeeper key")
-    if data.get("OSO_URL") != "http://127.0.0.1:8080":
-        problems.append(f"Secret {secret_name}: OSO_URL is {data.get('OSO_URL')!r}")
+    if data.get("OSO_URL") != oso_url:
+        problems.append(f"Secret {secret_name}: OSO_URL is {data.get('OSO_URL')!r}, not the data plane's Service {oso_url}")
     if s.get("immutable") is not True:
         problems.append(f"Secret {secret_name}: not immutable")
     owners = [(o["kind"], o["name"]) for o in s["metadata"].get("ownerReferences", [])]
@@ -167,6 +172,15 @@ check_leader_lease() {
   grep -q '=.' <<<"$holders"
 }
 
+# scrape ADDR FILE: saves /metrics of a running binary.
+scrape() {
+  "$PY" - "$1" "$2" <<'EOF'
+import sys, urllib.request
+with urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5) as r, open(sys.argv[2], "w") as out:
+    out.write(r.read().decode())
+EOF
+}
+
 check_metrics_and_health() {
   skip_without_controller
   "$PY" - "$METRICS_ADDR" <<'EOF'
@@ -180,6 +194,86 @@ for path in ("/healthz", "/readyz", "/metrics"):
 EOF
 }
 
+# live_keys ENVIRONMENT: the controller's orgkeeper_controller_environment_live_keys for acme/acme/ENVIRONMENT.
+live_keys() {
+  scrape "$METRICS_ADDR" "$CONVERGE_DIR/controller.metrics"
+  "$PY" - "$CONVERGE_DIR/controller.metrics" "$ORG_NS/acme/$1" <<'EOF'
+import re, sys
+pattern = re.compile(r'^orgkeeper_controller_environment_live_keys\{environment="' + re.escape(sys.argv[2]) + r'"\} (\S+)$', re.M)
+found = pattern.findall(open(sys.argv[1]).read())
+print(found[0] if found else "none")
+EOF
+}
+
+# The live keys per environment the alert OrgkeeperEnvironmentKeysNearLimit watches: what the examples declare.
+check_live_keys_metric() {
+  skip_without_controller
+  local env want got
+  for env in production:2 staging:1 development:1; do
+    want="${env#*:}"
+    got="$(live_keys "${env%%:*}")"
+    [[ "$got" == "$want" ]] || { echo "live keys of ${env%%:*}: metric says $got, the examples declare $want"; return 1; }
+    echo "orgkeeper_controller_environment_live_keys{environment=\"$ORG_NS/acme/${env%%:*}\"} $got"
+  done
+}
+
+# The Grafana dashboard and the alerts name only metrics the binaries export: the running controller's
+# /metrics, and a sidecar and a fact store started on the store the controller just filled.
+check_dashboard_and_alert_metrics_exported() {
+  skip_without_controller
+  local sidecar_listen sidecar_metrics facts_metrics facts_port pids=() status=0
+  facts_port="$(free_port)"
+  sidecar_metrics="127.0.0.1:$(free_port)"
+  facts_metrics="127.0.0.1:$(free_port)"
+  setsid "$BIN" facts --database-url "$DATABASE_URL" --listen "127.0.0.1:$facts_port" \
+    --metrics-addr "$facts_metrics" > "$CONVERGE_DIR/facts.log" 2>&1 &
+  pids+=("$!")
+  sidecar_listen="127.0.0.1:$(free_port)"
+  setsid "$BIN" sidecar --database-url "$DATABASE_URL" --listen "$sidecar_listen" \
+    --upstream "http://127.0.0.1:$facts_port" --metrics-addr "$sidecar_metrics" > "$CONVERGE_DIR/sidecar.log" 2>&1 &
+  pids+=("$!")
+  # Traffic through the sidecar, so that its and the fact store's labelled families have samples: one request
+  # without a key (401), one write and one read with the backend's key (read from its Secret, never printed).
+  k -n "$ORG_NS" get secret backend-oso -o jsonpath='{.data.OSO_AUTH}' | base64 -d > "$CONVERGE_DIR/key"
+  "$PY" - "$sidecar_listen" "$CONVERGE_DIR/key" <<'EOF' || status=$?
+import json, sys, time, urllib.error, urllib.request
+base, key = f"http://{sys.argv[1]}", open(sys.argv[2]).read().strip()
+def call(method, path, body=None, auth=True):
+    request = urllib.request.Request(base + path, method=method, data=None if body is None else json.dumps(body).encode())
+    request.add_header("Content-Type", "application/json")
+    if auth:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+for _ in range(100):  # until the sidecar has loaded the keys
+    try:
+        if call("GET", "/api/facts?predicate=has_role") == 200:
+            break
+    except OSError:
+        pass
+    time.sleep(0.1)
+fact = {"predicate": "has_role", "args": [{"type": "User", "id": "alice"}, {"type": "String", "id": "admin"}]}
+answers = {"no key": call("GET", "/api/facts?predicate=has_role", auth=False),
+           "write": call("POST", "/api/batch", [{"inserts": [fact]}]),
+           "read": call("GET", "/api/facts?predicate=has_role")}
+print("through the sidecar:", answers)
+assert answers == {"no key": 401, "write": 200, "read": 200}, answers
+EOF
+  rm -f "$CONVERGE_DIR/key"
+  local addr _
+  for addr in "$METRICS_ADDR" "$sidecar_metrics" "$facts_metrics"; do
+    for _ in $(seq 100); do scrape "$addr" "$CONVERGE_DIR/$addr.metrics" 2>/dev/null && break; sleep 0.1; done
+  done
+  "$PY" "$CHART_TESTS_DIR/monitoring.py" names "$CONVERGE_DIR/$METRICS_ADDR.metrics" \
+    "$CONVERGE_DIR/$sidecar_metrics.metrics" "$CONVERGE_DIR/$facts_metrics.metrics" || status=$?
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  return "$status"
+}
+
 # Revoke a key as the guides say (spec.revoked: true): the status says Revoked, and the health checks treat a
 # key revoked on purpose as healthy.
 check_revoke_key() {
@@ -190,6 +284,10 @@ check_revoke_key() {
   k -n "$ORG_NS" get apikeys.orgkeeper.dev ci-development -o json | "$PY" -c '
 import json, sys; print(json.dumps({"items": [json.load(sys.stdin)]}))' > "$CONVERGE_DIR/revoked.json"
   "$PY" "$CHART_TESTS_DIR/health_test.py" --live "$CONVERGE_DIR/revoked.json"
+  local _ got
+  for _ in $(seq 50); do got="$(live_keys development)"; [[ "$got" == 0 ]] && break; sleep 0.2; done
+  [[ "$got" == 0 ]] || { echo "live keys of development after the revocation: $got, expected 0"; return 1; }
+  echo "orgkeeper_controller_environment_live_keys of development: 0 after the revocation"
 }
 
 # Remove a user: the controller's finalizer lets the resource go once the store is updated.
@@ -229,6 +327,8 @@ converge_checks() {
   run_check "Argo CD and Flux health checks say healthy" check_health_checks_say_healthy
   run_check "leader election holds a Lease in the release namespace" check_leader_lease
   run_check "controller /healthz, /readyz, /metrics" check_metrics_and_health
+  run_check "controller metric: live keys per environment" check_live_keys_metric
+  run_check "dashboard and alerts use only metrics the binaries export" check_dashboard_and_alert_metrics_exported
   run_check "revoke a key" check_revoke_key
   run_check "remove a user" check_remove_user
   run_check "delete the organization's namespace" check_delete_organization_namespace

@@ -8,7 +8,8 @@ usage: manifests.py RENDERED.yaml --release-namespace NS [--watch-namespaces a,b
   escalation, all capabilities dropped, RuntimeDefault seccomp), with a memory limit, liveness and readiness
   probes on /healthz and /readyz, and the database URL only through a secretKeyRef.
 - Nothing renders a Secret: the chart never holds credentials.
-- RBAC: the controller's ServiceAccount is bound to exactly the rules the controller needs, as a ClusterRole
+- RBAC: the controller's ServiceAccount is bound to exactly the rules of docs/controller-rbac.yaml (the role the
+  controller's end-to-end tests run under), as a ClusterRole
   when no namespaces are watched and as a Role in each watched namespace (then nothing cluster-wide); leader
   election is a Role in the release namespace.
 Prints what it checked; exits 1 with the list of problems otherwise.
@@ -16,24 +17,20 @@ Prints what it checked; exits 1 with the list of problems otherwise.
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
-RESOURCES = ["organizations", "environments", "users", "apikeys"]
+# The role the controller's end-to-end tests run under: the chart must grant exactly these rules.
+CONTROLLER_RBAC = Path(__file__).resolve().parents[2] / "docs/controller-rbac.yaml"
 
 
-def controller_rules():
-    rules = set()
-    for r in RESOURCES:
-        rules |= {("orgkeeper.dev", r, v) for v in ("get", "list", "watch", "patch", "update")}
-        rules |= {("orgkeeper.dev", f"{r}/status", v) for v in ("get", "patch", "update")}
-        rules.add(("orgkeeper.dev", f"{r}/finalizers", "update"))
-    rules |= {("", "secrets", v) for v in ("get", "list", "watch", "create")}
-    rules |= {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
-    return rules
-
-
-LEADER_ELECTION_RULES = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+def documented_rules():
+    """(reconcile rules, leader-election rules) of docs/controller-rbac.yaml."""
+    role = yaml.safe_load(CONTROLLER_RBAC.read_text())
+    rules = flatten(role["rules"])
+    leases = {r for r in rules if r[1] == "leases"}
+    return rules - leases, leases
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -142,14 +139,14 @@ def main():
             continue
         granted.setdefault(ns, set()).update(roles[key])
 
-    needed = controller_rules()
+    needed, leader_election_rules = documented_rules()
     expected = {}
     if watched:
         for ns in watched:
             expected[ns] = set(needed)
     else:
         expected[None] = set(needed)
-    expected.setdefault(args.release_namespace, set()).update(LEADER_ELECTION_RULES)
+    expected.setdefault(args.release_namespace, set()).update(leader_election_rules)
     for ns in sorted(set(expected) | set(granted), key=lambda n: n or ""):
         where = "cluster-wide" if ns is None else f"in namespace {ns}"
         got, want = granted.get(ns, set()), expected.get(ns, set())

@@ -46,8 +46,8 @@ render_and_validate() {
     rm -f "$out"
     return 1
   }
-  # Only custom kinds may lack a schema (ServiceMonitor: Prometheus Operator).
-  if printf '%s\n' "$report" | grep '^WARN' | grep -v 'kind ServiceMonitor with api version monitoring.coreos.com/v1'; then
+  # Only custom kinds may lack a schema (ServiceMonitor, PrometheusRule: Prometheus Operator).
+  if printf '%s\n' "$report" | grep '^WARN' | grep -Ev 'kind (ServiceMonitor|PrometheusRule) with api version monitoring.coreos.com/v1'; then
     rm -f "$out"
     return 1
   fi
@@ -57,6 +57,9 @@ render_and_validate() {
 }
 
 check_template_default() { render_and_validate default -- ; }
+check_template_controller_only() {
+  render_and_validate controller-only -- --set dataPlane.enabled=false --set controller.osoUrl=https://oso.example.com
+}
 check_template_full() {
   render_and_validate full --watch-namespaces acme,globex -- -f "$CHART_DIR/ci/full-values.yaml"
 }
@@ -68,6 +71,28 @@ check_template_namespaced() {
   render_and_validate namespaced --watch-namespaces team-a,team-b -- \
     --set 'controller.watchNamespaces={team-a,team-b}'
 }
+# The default topology: the fact store bound to the data-plane pod's loopback behind the sidecar, no Service
+# port for it, NetworkPolicies on, metrics open to the monitoring namespace only, new keys pointing at the
+# data plane's Service (tests/chart/topology.py says what exactly).
+check_topology_default() {
+  local out
+  out="$(mktemp --suffix .topology.yaml)"
+  helm_template > "$out"
+  "$PY" "$CHART_TESTS_DIR/topology.py" "$out" --release-namespace "$RELEASE_NS"
+  rm -f "$out"
+}
+check_topology_exposed_facts() {
+  local out
+  out="$(mktemp --suffix .topology.yaml)"
+  helm_template --set dataPlane.service.exposeFacts=true \
+    --set 'networkPolicy.factsFrom[0].namespaceSelector.matchLabels.kubernetes\.io/metadata\.name=fact-loaders' > "$out"
+  "$PY" "$CHART_TESTS_DIR/topology.py" "$out" --release-namespace "$RELEASE_NS" --exposed-facts-from fact-loaders
+  rm -f "$out"
+}
+check_app_needs_no_store_credentials() {
+  "$PY" "$CHART_TESTS_DIR/topology.py" --app "$REPO_ROOT/examples/app/backend.yaml"
+}
+
 check_template_external_upstream() {
   local out
   out="$(helm_template --set dataPlane.enabled=true --set dataPlane.facts.enabled=false \
@@ -95,6 +120,10 @@ check_schema_refuses_bad_values() {
     "an OSO_URL that is not a URL|controller.osoUrl|--set controller.osoUrl=sidecar:8080"
     "a database URL as a plain value|controller.extraEnv.0.name|--set controller.extraEnv[0].name=ORGKEEPER_DATABASE_URL --set controller.extraEnv[0].value=postgres://u:p@db/x"
     "no upstream without the fact store|dataPlane.sidecar|--set dataPlane.enabled=true --set dataPlane.facts.enabled=false"
+    "the fact store exposed without a NetworkPolicy peer|networkPolicy.factsFrom|--set dataPlane.service.exposeFacts=true"
+    "the fact store exposed with NetworkPolicies off|networkPolicy.enabled=true|--set dataPlane.service.exposeFacts=true --set networkPolicy.enabled=false --set networkPolicy.factsFrom[0].ipBlock.cidr=10.0.0.0/8"
+    "no OSO_URL without the data plane|controller.osoUrl|--set dataPlane.enabled=false"
+    "a metrics namespace that is not a DNS label|networkPolicy.metricsNamespaces|--set networkPolicy.metricsNamespaces={Monitoring}"
     "colliding data plane ports|ports must differ|--set dataPlane.enabled=true --set dataPlane.facts.port=8080"
     "an existing ServiceAccount without a name|serviceAccount|--set serviceAccount.create=false"
     "a bad scrape interval|metrics.serviceMonitor.interval|--set metrics.serviceMonitor.interval=soon"
@@ -107,6 +136,24 @@ check_schema_refuses_bad_values() {
     expect_failure "$what" "$expected" helm_template $args || failures=$((failures + 1))
   done
   ((failures == 0))
+}
+
+# The alerts: promtool accepts the rule file and its unit tests pass (each alert fires when it should and not
+# before); the chart's PrometheusRule and dashboard ConfigMap carry exactly those files, and every dashboard
+# query is valid PromQL. Which metric names they may use is checked against the running binaries in
+# converge.sh.
+check_alert_rules() {
+  command -v promtool >/dev/null || { echo "promtool is needed (Debian: apt-get install -y prometheus)"; return 1; }
+  promtool check rules "$CHART_DIR/alerts/orgkeeper.rules.yaml"
+  promtool test rules "$CHART_TESTS_DIR/monitoring/alerts_test.yaml"
+}
+check_monitoring_rendered() {
+  command -v promtool >/dev/null || { echo "promtool is needed (Debian: apt-get install -y prometheus)"; return 1; }
+  local out
+  out="$(mktemp --suffix .monitoring.yaml)"
+  helm_template --set metrics.dashboard.enabled=true --set metrics.prometheusRule.enabled=true > "$out"
+  "$PY" "$CHART_TESTS_DIR/monitoring.py" chart "$out"
+  rm -f "$out"
 }
 
 check_health_checks() { "$PY" "$CHART_TESTS_DIR/health_test.py"; }
@@ -148,11 +195,17 @@ static_checks() {
   run_check "chart CRDs are a copy of crds/" check_chart_crds_match_generated
   run_check "helm lint --strict (default and ci/ values)" check_helm_lint
   run_check "helm template, default values, validates" check_template_default
+  run_check "helm template, controller only (no data plane), validates" check_template_controller_only
   run_check "helm template, every option set, validates" check_template_full
   run_check "helm template, data plane, NetworkPolicy and ServiceMonitor, validates" check_template_data_plane
   run_check "helm template, watched namespaces use Roles only, validates" check_template_namespaced
   run_check "helm template, sidecar in front of another upstream" check_template_external_upstream
+  run_check "topology: fact store on loopback, no Service port, NetworkPolicy on, OSO_URL the data plane" check_topology_default
+  run_check "topology: an exposed fact store admits only networkPolicy.factsFrom" check_topology_exposed_facts
+  run_check "topology: the example application needs no store credentials" check_app_needs_no_store_credentials
   run_check "values.schema.json refuses bad values" check_schema_refuses_bad_values
+  run_check "alerts: promtool check rules and promtool test rules" check_alert_rules
+  run_check "PrometheusRule and Grafana dashboard rendered from the chart's files; valid PromQL" check_monitoring_rendered
   run_check "Argo CD health checks (Lua) and Flux healthCheckExprs (CEL)" check_health_checks
   run_check "examples validate" check_examples_validate
   run_check "Dockerfile lint" check_dockerfile

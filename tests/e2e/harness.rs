@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::object::HasStatus;
 use kube::{Api, Client, Config};
-use orgkeeper::crd::{ApiKey, Condition, Environment, Organization, User};
+use orgkeeper::crd::KstatusFields;
 use orgkeeper::store::Store;
 use serde::de::DeserializeOwned;
 
@@ -557,41 +558,32 @@ where
 /// The default bound for waits in the tests.
 pub const WAIT: Duration = Duration::from_secs(120);
 
-/// The conditions of an orgkeeper resource.
+/// An orgkeeper resource, whose status carries kstatus conditions.
 pub trait Conditions:
     kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + HasStatus<Status: KstatusFields>
     + Clone
     + DeserializeOwned
     + std::fmt::Debug
 {
-    fn conditions(&self) -> &[Condition];
-    fn observed_generation(&self) -> Option<i64>;
 }
 
-macro_rules! conditions {
-    ($($kind:ty),*) => {$(
-        impl Conditions for $kind {
-            fn conditions(&self) -> &[Condition] {
-                self.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()
-            }
-            fn observed_generation(&self) -> Option<i64> {
-                self.status.as_ref().and_then(|s| s.observed_generation)
-            }
-        }
-    )*};
+impl<K> Conditions for K where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + HasStatus<Status: KstatusFields>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+{
 }
-conditions!(Organization, Environment, User, ApiKey);
 
 /// `(status, reason)` of the Ready condition, once the status reflects the current generation.
 pub fn ready_of<K: Conditions>(object: &K) -> Option<(String, String)> {
-    if object.observed_generation() != object.meta().generation {
+    let status = object.status()?;
+    if status.observed_generation() != object.meta().generation {
         return None;
     }
-    object
-        .conditions()
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone()))
+    status.condition("Ready").map(|c| (c.status.clone(), c.reason.clone()))
 }
 
 /// Waits until the object's Ready condition has `reason` (for the current generation); returns the object.

@@ -118,17 +118,19 @@ readinessProbe:
 {{- end }}
 
 {{/* The controller's rules on orgkeeper resources, Secrets and Events: the same in a ClusterRole (all
-namespaces) or in a Role per watched namespace. Why each verb is needed: docs/helm.md#permissions. */}}
+namespaces) or in a Role per watched namespace. They are docs/controller-rbac.yaml's, the role the controller's
+end-to-end tests run under (tests/chart checks that the two agree). Why each verb: docs/helm.md#permissions. */}}
 {{- define "orgkeeper.controllerRules" -}}
 - apiGroups: ["orgkeeper.dev"]
   resources: ["organizations", "environments", "users", "apikeys"]
-  # watch the resources; patch/update only to add and remove the controller's finalizer (never spec)
-  verbs: ["get", "list", "watch", "patch", "update"]
+  # watch the resources; patch only to add and remove the controller's finalizer (never spec)
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["orgkeeper.dev"]
   resources: ["organizations/status", "environments/status", "users/status", "apikeys/status"]
-  verbs: ["get", "patch", "update"]
+  # statuses, written with server-side apply
+  verbs: ["get", "patch"]
 - apiGroups: ["orgkeeper.dev"]
-  resources: ["organizations/finalizers", "environments/finalizers", "users/finalizers", "apikeys/finalizers"]
+  resources: ["apikeys/finalizers"]
   # lets the key Secrets carry an owner reference with blockOwnerDeletion
   verbs: ["update"]
 - apiGroups: ["orgkeeper.dev"]
@@ -158,9 +160,6 @@ namespaces) or in a Role per watched namespace. Why each verb is needed: docs/he
   # create a key's Secret once (never update or delete: garbage collection follows the owner reference);
   # watch Secrets as metadata only, so a deleted Secret shows as SecretMissing at once
   verbs: ["get", "list", "watch", "create"]
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -187,5 +186,32 @@ tolerations:
 {{- with .pod.topologySpreadConstraints }}
 topologySpreadConstraints:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The OSO_URL new keys' Secrets carry: controller.osoUrl, else the data plane's Service (the enforcing
+sidecar). validate.yaml refuses an empty osoUrl without the data plane. */}}
+{{- define "orgkeeper.osoUrl" -}}
+{{- if .Values.controller.osoUrl }}
+{{- .Values.controller.osoUrl }}
+{{- else }}
+{{- printf "http://%s.%s.svc:%v" (include "orgkeeper.dataPlane.fullname" .) .Release.Namespace .Values.dataPlane.sidecar.port }}
+{{- end }}
+{{- end }}
+
+{{/* Peers that may scrape the metrics ports: the namespaces named in networkPolicy.metricsNamespaces (by the
+kubernetes.io/metadata.name label the API server sets) and networkPolicy.metricsFrom. Empty: nobody. */}}
+{{- define "orgkeeper.metricsPeers" -}}
+{{- $np := .Values.networkPolicy }}
+{{- with $np.metricsNamespaces }}
+- namespaceSelector:
+    matchExpressions:
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values:
+          {{- toYaml . | nindent 10 }}
+{{- end }}
+{{- with $np.metricsFrom }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}

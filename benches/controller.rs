@@ -9,10 +9,10 @@
 //! (`ORGKEEPER_E2E_DATABASE=postgres` with `ORGKEEPER_TEST_POSTGRES_URL` for PostgreSQL;
 //! `ORGKEEPER_BENCH_KEYS` and `ORGKEEPER_BENCH_IDLE_SECONDS` to change the sizes).
 
-#[path = "../support/mod.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
-#[path = "../e2e/harness.rs"]
+#[path = "../tests/e2e/harness.rs"]
 mod harness;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,41 @@
+//! The four custom resources as the shared reconcile (`reconcile`) and status writer (`status`) see them:
+//! what each kind must tell (its organization, what its status shows after a sync) and what they all have
+//! in common (a kstatus status, a domain reference).
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::core::object::HasStatus;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::status::Outcome;
+use super::sync::Synced;
+use crate::crd::KstatusFields;
+use crate::domain::{Kind, ObjectRef};
+
+/// One of orgkeeper's custom resource kinds (Organization, Environment, User, ApiKey).
+pub trait OrgkeeperResource:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + HasStatus<Status: KstatusFields + Clone + Default + PartialEq + Serialize + Send + Sync>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: Kind;
+
+    /// The name of the organization the object belongs to (in its own namespace).
+    fn organization_name(&self) -> &str;
+
+    /// The object's status fields and outcome after its organization was reconciled.
+    fn observe(&self, synced: &Synced) -> (Self::Status, Outcome);
+
+    fn domain_ref(&self) -> ObjectRef {
+        ObjectRef::new(Self::KIND, &self.namespace().unwrap_or_default(), &self.name_any())
+    }
+}

@@ -109,8 +109,12 @@ async fn wait_can_i(ns: &TestNamespace, user: &str, verb: &str, resource: &str, 
 
 /// Retries while the freshly installed policy is not yet enforced (policies load asynchronously).
 async fn refused_as(ns: &TestNamespace, user: &str, yaml: &str, within: Duration) -> String {
+    refused(ns, || apply_as(ns, user, yaml), yaml, within).await
+}
+
+async fn refused(ns: &TestNamespace, apply: impl Fn() -> Result<(), String>, yaml: &str, within: Duration) -> String {
     eventually("the admission policy to refuse", within, || async {
-        match apply_as(ns, user, yaml) {
+        match apply() {
             Err(message) => Some(message),
             Ok(()) => {
                 // Undo the change that should not have passed, so the next try is the same request.
@@ -304,4 +308,31 @@ async fn two_users_on_one_kubernetes_name_bind_nobody_and_say_why() {
     let bindings = ns.kubectl_ok(&["get", "rolebindings", "-o", "name"]);
     assert!(!bindings.contains("orgkeeper:acme"), "nothing is bound: {bindings}");
     assert!(!can_i(&ns, "gus@acme.example", "get", "environments.orgkeeper.dev"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_129th_key_is_refused_at_admission() {
+    let ns = TestNamespace::create("roles-limit");
+    install_policies(&ns);
+    let store = TestStore::new().await;
+    let _controller = ControllerProcess::start(&ns, &store, Options::default());
+    let keys = (0..128).map(|i| api_key(&format!("key-{i:03}"), "acme", "development"));
+    ns.apply_ok(&documents(std::iter::once(organization("acme", "Retain")).chain(keys)));
+    let client = ns.cluster.client().await;
+    let configmaps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = ns.api(&client);
+    eventually("the admission parameters to count 128 live keys", WAIT, || async {
+        let params = configmaps.get_opt("orgkeeper-admission.acme").await.ok()??;
+        (params.data?.get("liveKeys.development")? == "128").then_some(())
+    })
+    .await;
+    let key = api_key("key-128", "acme", "development");
+    // As the cluster admin: the limit holds for everyone.
+    let refused = refused(&ns, || ns.apply(&key).map(drop), &key, WITHIN).await;
+    assert!(
+        refused.contains("KeyLimitReached: environment development of organization acme already has 128 live keys"),
+        "{refused}"
+    );
+    // A revoked key takes no slot, so it is admitted.
+    let revoked = format!("{}  revoked: true\n", api_key("key-revoked", "acme", "development"));
+    ns.apply_ok(&revoked);
 }

@@ -25,8 +25,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::Error;
+use super::FIELD_MANAGER;
 use super::context::Context;
-use super::secrets::FIELD_MANAGER;
 use super::view::OrgView;
 use crate::crd::Organization;
 use crate::domain::{

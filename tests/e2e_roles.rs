@@ -134,7 +134,8 @@ async fn members_manage_non_production_admins_everything_and_changes_take_effect
     install_policies(&ns);
     let store = TestStore::new().await;
     store.register(&["github:ada", "github:mel", "github:newbie"]);
-    let _controller = ControllerProcess::start(&ns, &store, Options::default());
+    let options = Options::default().with("--resync-interval", "5s");
+    let _controller = ControllerProcess::start(&ns, &store, options);
     ns.apply_ok(&documents([
         organization("acme", "Retain"),
         user_with_role("ada", "ada", "Admin"),
@@ -249,6 +250,11 @@ async fn members_manage_non_production_admins_everything_and_changes_take_effect
     ns.delete("user", "mel");
     wait_can_i(&ns, "github:mel", "get", "environments.orgkeeper.dev", false, WITHIN).await;
     assert!(!can_i(&ns, "github:mel", "create", "apikeys.orgkeeper.dev"));
+
+    // A binding deleted by hand is put back within the resync interval.
+    ns.kubectl_ok(&["delete", "rolebinding", "orgkeeper:acme:member"]);
+    assert!(!can_i(&ns, "github:ada", "get", "environments.orgkeeper.dev"));
+    wait_can_i(&ns, "github:ada", "get", "environments.orgkeeper.dev", true, WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

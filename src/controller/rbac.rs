@@ -4,9 +4,10 @@
 //! environments are production and how many live keys each has.
 //!
 //! Everything is built from what the store holds after the reconcile (so a User whose account does not exist
-//! yet is bound to nothing), server-side applied with a forced field manager (an edit by hand is put back),
-//! and owned by the Organization (garbage collection removes it with the Organization). Subjects are the whole
-//! list each time, so a removed User or a changed role leaves the bindings with the next reconcile.
+//! yet is bound to nothing), server-side applied with a forced field manager (an edit or deletion by hand is put
+//! back within the resync interval), and owned by the Organization (garbage collection removes it with the
+//! Organization). Subjects are the whole list each time, so a removed User or a changed role leaves the
+//! bindings with the next reconcile. Each object is applied only when it differs from what was applied last.
 //!
 //! The Admin-only rights are custom verbs (`manage-production` on environments, `manage-users` on users,
 //! `manage-organization` on organizations): RBAC does nothing with them by itself, the admission policy asks
@@ -14,15 +15,20 @@
 //! bind a Role only then), so it needs neither `escalate` nor `bind`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role as K8sRole, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::Error;
 use super::FIELD_MANAGER;
@@ -181,25 +187,32 @@ fn owner(organization: &Organization) -> OwnerReference {
     }
 }
 
-/// What was last applied per organization, so that a reconcile that changes nothing costs no API calls.
+/// What was last applied, per object, and when: a reconcile that changes nothing costs no API calls, and an
+/// object is applied again at least once per resync interval, which puts back a hand edit or deletion.
 #[derive(Default)]
-pub struct Applied(Mutex<HashMap<OrgKey, u64>>);
+pub struct Applied(Mutex<HashMap<Slot, (u64, Instant)>>);
+
+/// An organization's object by kind and name.
+type Slot = (OrgKey, &'static str, String);
 
 impl Applied {
-    fn unchanged(&self, key: &OrgKey, fingerprint: u64) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(key) == Some(&fingerprint)
+    fn unchanged(&self, slot: &Slot, fingerprint: u64, max_age: Duration) -> bool {
+        let applied = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        applied
+            .get(slot)
+            .is_some_and(|(last, at)| *last == fingerprint && at.elapsed() < max_age)
     }
 
-    fn record(&self, key: &OrgKey, fingerprint: u64) {
+    fn record(&self, slot: Slot, fingerprint: u64) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), fingerprint);
+            .insert(slot, (fingerprint, Instant::now()));
     }
 }
 
 /// Brings the organization's Roles, bindings and admission parameters in line with the store. Called after
-/// every reconcile of the organization; applies only when something differs from what it applied last.
+/// every reconcile of the organization; applies only the objects that differ from what it applied last.
 pub async fn keep(ctx: &Context, view: &OrgView, stored: Option<&StoredOrganization>) -> Result<(), Error> {
     let (Some(organization), Some(stored)) = (view.declared_organization(), stored) else {
         return Ok(());
@@ -207,13 +220,15 @@ pub async fn keep(ctx: &Context, view: &OrgView, stored: Option<&StoredOrganizat
     if !stored.managed || organization.uid().is_none() {
         return Ok(());
     }
+    let max_age = ctx.settings.resync_interval;
     let access = match desired(organization, stored, &ctx.settings.kubernetes_users) {
         Ok(access) => access,
         Err(collision) => {
             // Nothing is applied: the bindings stay as they were until the Users or the templates change.
             tracing::warn!(organization = %view.key, %collision, "not updating the generated RBAC");
+            let slot = (view.key.clone(), "KubernetesUserCollision", String::new());
             let fingerprint = fingerprint(&collision.to_string());
-            if !ctx.rbac.unchanged(&view.key, fingerprint) {
+            if !ctx.rbac.unchanged(&slot, fingerprint, max_age) {
                 let event = Event {
                     type_: EventType::Warning,
                     reason: "KubernetesUserCollision".to_owned(),
@@ -224,36 +239,42 @@ pub async fn keep(ctx: &Context, view: &OrgView, stored: Option<&StoredOrganizat
                 if let Err(error) = ctx.recorder.publish(&event, &organization.object_ref(&())).await {
                     tracing::warn!(%error, "could not record an event");
                 }
-                ctx.rbac.record(&view.key, fingerprint);
+                ctx.rbac.record(slot, fingerprint);
             }
             return Ok(());
         }
     };
-    let fingerprint = fingerprint(
-        &serde_json::to_string(&(&access.roles, &access.bindings, &access.admission_params)).unwrap_or_default(),
-    );
-    if ctx.rbac.unchanged(&view.key, fingerprint) {
+    // Roles before the bindings that refer to them.
+    for role in &access.roles {
+        apply(ctx, &view.key, role).await?;
+    }
+    for binding in &access.bindings {
+        apply(ctx, &view.key, binding).await?;
+    }
+    apply(ctx, &view.key, &access.admission_params).await
+}
+
+/// Server-side applies one object in the organization's namespace, unless it is unchanged and applied recently.
+async fn apply<K>(ctx: &Context, organization: &OrgKey, object: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = object.name_any();
+    let slot = (organization.clone(), <K as k8s_openapi::Resource>::KIND, name.clone());
+    let fingerprint = fingerprint(&serde_json::to_string(object).unwrap_or_default());
+    if ctx.rbac.unchanged(&slot, fingerprint, ctx.settings.resync_interval) {
         return Ok(());
     }
-    let namespace = &view.key.namespace;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let roles: Api<K8sRole> = Api::namespaced(ctx.client.clone(), namespace);
-    for role in &access.roles {
-        roles.patch(&role.name_any(), &params, &Patch::Apply(role)).await?;
-    }
-    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), namespace);
-    for binding in &access.bindings {
-        bindings
-            .patch(&binding.name_any(), &params, &Patch::Apply(binding))
-            .await?;
-    }
-    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-    let config = &access.admission_params;
-    configmaps
-        .patch(&config.name_any(), &params, &Patch::Apply(config))
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &organization.namespace);
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
         .await?;
-    ctx.rbac.record(&view.key, fingerprint);
-    tracing::debug!(organization = %view.key, "generated RBAC and admission parameters applied");
+    tracing::debug!(%organization, kind = <K as k8s_openapi::Resource>::KIND, %name, "generated object applied");
+    ctx.rbac.record(slot, fingerprint);
     Ok(())
 }
 

@@ -133,15 +133,26 @@ async fn the_examples_converge_to_ready_with_each_key_in_one_secret() {
 
     // Each issuance is announced on its ApiKey.
     let events: Api<Event> = ns.api(&client);
-    let issued = eventually("an Issued event", WAIT, || async {
-        let list = events.list(&Default::default()).await.ok()?.items;
-        list.into_iter().find(|e| {
-            e.reason.as_deref() == Some("Issued")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("backend-production")
-        })
-    })
-    .await;
+    let issued = wait_event(&events, "Issued", "backend-production").await;
     assert_eq!(issued.reporting_controller.as_deref(), Some("orgkeeper-controller"));
+
+    // `kubectl get orgkeeper` lists every kind (the plural names users and environments collide with
+    // other CRDs in real clusters; the category and the short names do not).
+    let everything = ns.kubectl_ok(&["get", "orgkeeper", "-o", "name"]);
+    for object in [
+        "organization.orgkeeper.dev/acme",
+        "environment.orgkeeper.dev/production",
+        "user.orgkeeper.dev/alice",
+        "apikey.orgkeeper.dev/backend-production",
+    ] {
+        assert!(everything.lines().any(|l| l == object), "{object} in:\n{everything}");
+    }
+    assert_eq!(everything.lines().count(), 1 + 3 + 5 + 4);
+    let short = ns.kubectl_ok(&["get", "okorg,okenv,okuser,okkey", "-o", "name"]);
+    assert_eq!(
+        short.lines().collect::<BTreeSet<_>>(),
+        everything.lines().collect::<BTreeSet<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,13 +233,175 @@ async fn a_key_waits_for_its_organization_and_environment() {
     let keys: Api<ApiKey> = ns.api(&client);
 
     ns.apply_ok(&api_key("backend", "acme", "staging"));
-    wait_reason(&keys, "backend", "OrganizationNotFound").await;
+    let waiting = wait_reason(&keys, "backend", "OrganizationNotFound").await;
+    let message = &waiting.status.as_ref().unwrap().conditions[0].message;
+    assert!(
+        message.contains("create it") && message.contains("organizationRef cannot be changed"),
+        "the remedy is one the API server accepts: {message}"
+    );
     ns.apply_ok(&organization("acme", "Retain"));
     wait_reason(&keys, "backend", "EnvironmentNotFound").await;
     ns.apply_ok(&environment("staging", "acme", "Retain"));
     let ready = wait_reason(&keys, "backend", "Issued").await;
     let rows = key_rows(&store.open().await, &ns.name).await;
     assert_secret_holds_stored_key(&ns.api(&client), &ready, &rows).await;
+
+    // Waiting for a dependency that shows up moments later (apply order) is normal, not a warning.
+    let about_backend = events_about(&ns.api(&client), "backend").await;
+    let type_of = |reason: &str| {
+        about_backend
+            .iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+            .and_then(|e| e.type_.clone())
+    };
+    assert_eq!(
+        type_of("OrganizationNotFound").as_deref(),
+        Some("Normal"),
+        "{about_backend:?}"
+    );
+    assert_eq!(
+        type_of("EnvironmentNotFound").as_deref(),
+        Some("Normal"),
+        "{about_backend:?}"
+    );
+    assert!(
+        about_backend.iter().all(|e| e.type_.as_deref() == Some("Normal")),
+        "no warning for a wait of seconds: {about_backend:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_fields_can_be_corrected_until_it_is_issued_and_not_after() {
+    let ns = TestNamespace::create("mutable");
+    let store = TestStore::new().await;
+    let _controller = ControllerProcess::start(&ns, &store, Options::default());
+    let client = ns.cluster.client().await;
+    let keys: Api<ApiKey> = ns.api(&client);
+    let secrets: Api<Secret> = ns.api(&client);
+    ns.apply_ok(&documents([
+        organization("acme", "Retain"),
+        api_key("backend", "acme", "stagin"),
+    ]));
+
+    // A typo while nothing was issued: the API server takes the fix and the key is issued.
+    wait_reason(&keys, "backend", "EnvironmentNotFound").await;
+    assert!(key_rows(&store.open().await, &ns.name).await.is_empty());
+    let fixed = format!(
+        "{}  access: ReadOnly\n  secret:\n    name: backend-oso\n",
+        api_key("backend", "acme", "development")
+    );
+    ns.apply(&fixed)
+        .expect("a field of a key never issued can be corrected");
+    let issued = wait_reason(&keys, "backend", "Issued").await;
+    let rows = key_rows(&store.open().await, &ns.name).await;
+    assert_eq!(rows[0].access, "ReadOnly");
+    let secret = assert_secret_holds_stored_key(&secrets, &issued, &rows).await;
+    assert_eq!(secret.name_any(), "backend-oso");
+
+    // Once issued, a change is accepted by the API server but refused in status, and the key is untouched.
+    let moved = format!(
+        "{}  access: ReadOnly\n  secret:\n    name: backend-oso\n",
+        api_key("backend", "acme", "production")
+    );
+    ns.apply(&moved)
+        .expect("the API server cannot tell whether the key was issued");
+    let refused = wait_reason(&keys, "backend", "ImmutableField").await;
+    let status = refused.status.as_ref().unwrap();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready
+            .message
+            .contains("spec.environment cannot change after the key is issued"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True")
+    );
+    assert_eq!(
+        key_rows(&store.open().await, &ns.name).await,
+        rows,
+        "the issued key is left as it was"
+    );
+    let after = secrets.get("backend-oso").await.unwrap();
+    assert_eq!(after.metadata.resource_version, secret.metadata.resource_version);
+
+    // Undoing the change brings it back; organizationRef is refused by the API server outright.
+    ns.apply_ok(&fixed);
+    wait_reason(&keys, "backend", "Issued").await;
+    let error = ns
+        .apply(&format!(
+            "{}  access: ReadOnly\n  secret:\n    name: backend-oso\n",
+            api_key("backend", "beta", "development")
+        ))
+        .expect_err("organizationRef is immutable");
+    assert!(error.contains("spec.organizationRef: Invalid value"), "{error}");
+    assert!(error.contains("delete this ApiKey and create it again"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_written_for_another_organizations_key_is_never_taken_over() {
+    let ns = TestNamespace::create("clash");
+    let store = TestStore::new().await;
+    let _controller = ControllerProcess::start(&ns, &store, Options::default());
+    let client = ns.cluster.client().await;
+    let keys: Api<ApiKey> = ns.api(&client);
+    let secrets: Api<Secret> = ns.api(&client);
+    let into_shared = |name: &str, organization: &str| {
+        format!(
+            "{}  secret:\n    name: shared\n",
+            api_key(name, organization, "development")
+        )
+    };
+    ns.apply_ok(&documents([
+        organization("acme", "Retain"),
+        organization("beta", "Retain"),
+        into_shared("acme-key", "acme"),
+    ]));
+    let first = wait_reason(&keys, "acme-key", "Issued").await;
+    let before = secrets.get("shared").await.unwrap();
+    assert_eq!(before.labels()["orgkeeper.dev/organization"], "acme");
+
+    // Another organization's key pointed at the same Secret: reported naming both, the Secret untouched.
+    ns.apply_ok(&into_shared("beta-key", "beta"));
+    let clash = wait_reason(&keys, "beta-key", "SecretConflict").await;
+    let message = &clash.status.as_ref().unwrap().conditions[0].message;
+    assert!(message.contains("ApiKey acme-key of organization acme"), "{message}");
+    assert!(message.contains("ApiKey beta-key of organization beta"), "{message}");
+    let rows = key_rows(&store.open().await, &ns.name).await;
+    assert!(!rows.iter().any(|r| r.resource_name == "beta-key"), "{rows:?}");
+    let after = secrets.get("shared").await.unwrap();
+    assert_eq!(after.metadata.resource_version, before.metadata.resource_version);
+    assert_secret_holds_stored_key(&secrets, &first, &rows).await;
+
+    // The same ApiKey name in the other organization, after the first was deleted without its Secret.
+    ns.kubectl_ok(&["delete", "apikey", "acme-key", "--cascade=orphan", "--wait=true"]);
+    let orphaned = eventually("the Secret orphaned", WAIT, || async {
+        let secret = secrets.get_opt("shared").await.ok()??;
+        secret.owner_references().is_empty().then_some(secret)
+    })
+    .await;
+    ns.delete("apikey", "beta-key");
+    ns.apply_ok(&into_shared("acme-key", "beta"));
+    let clash = wait_reason(&keys, "acme-key", "SecretConflict").await;
+    let message = &clash.status.as_ref().unwrap().conditions[0].message;
+    assert!(message.contains("ApiKey acme-key of organization acme"), "{message}");
+    assert!(message.contains("ApiKey acme-key of organization beta"), "{message}");
+    let after = secrets.get("shared").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, orphaned.metadata.resource_version,
+        "untouched"
+    );
+    let stored_beta = stored(&store.open().await, &ns.name, "beta").await.unwrap();
+    assert!(
+        stored_beta.api_keys.is_empty(),
+        "no key is issued for beta: {:?}",
+        stored_beta.api_keys
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,17 +461,30 @@ async fn invalid_manifests_are_rejected_by_the_api_server() {
     rejected(&both, "set exactly one of github or google");
     let bad_email = "apiVersion: orgkeeper.dev/v1alpha1\nkind: User\nmetadata:\n  name: bob\nspec:\n  organizationRef:\n    name: acme\n  google: not-an-email\n";
     rejected(bad_email, "spec.google");
+    // Rules about the whole object name the field they are about.
     let not_production = format!("{}  production: false\n", environment("production", "acme", "Retain"));
-    rejected(&not_production, "always a production environment");
+    rejected(
+        &not_production,
+        "spec.production: Invalid value: production is a default environment and is always a production environment",
+    );
     rejected(
         &environment("development", "acme", "Delete"),
-        "default environments can never be deleted",
+        "spec.deletionPolicy: Invalid value: default environments can never be deleted",
     );
+    rejected(
+        &organization("a.b", "Retain"),
+        "metadata.name: Invalid value: metadata.name must be a DNS label",
+    );
+    for yaml in [not_production, organization("a.b", "Retain")] {
+        let error = ns.apply(&yaml).unwrap_err();
+        assert!(!error.contains("<nil>"), "{error}");
+    }
 
     ns.apply_ok(&api_key("backend", "acme", "production"));
-    rejected(&api_key("backend", "acme", "development"), "environment is immutable");
-    let read_only = format!("{}  access: ReadOnly\n", api_key("backend", "acme", "production"));
-    rejected(&read_only, "access is immutable");
+    rejected(
+        &api_key("backend", "beta", "production"),
+        "organizationRef is immutable",
+    );
     ns.apply_ok(&format!(
         "{}  revoked: true\n",
         api_key("backend", "acme", "production")
@@ -391,6 +577,10 @@ async fn deleting_resources_cleans_the_store_according_to_deletion_policy() {
     })
     .await;
     assert_eq!(state_of("p1").await.as_deref(), Some("live"), "its keys keep working");
+    let reset = wait_event(&ns.api(&client), "Reset", "production").await;
+    let note = reset.note.unwrap_or_default();
+    assert!(note.contains("displayName, limits.maxBatchFacts"), "{note}");
+    assert_eq!(reset.type_.as_deref(), Some("Normal"));
 
     // An ApiKey: its key is revoked and forgotten, and Kubernetes collects its Secret.
     ns.delete("apikey", "p1");
@@ -454,6 +644,12 @@ async fn revocation_is_final_and_a_lost_secret_is_reported_not_reissued() {
     ns.apply_ok(&format!("{}  revoked: true\n", api_key("a", "acme", "development")));
     let revoked = wait_reason(&keys, "a", "Revoked").await;
     assert!(revoked.status.as_ref().unwrap().revoked_at.is_some());
+    assert_eq!(
+        ready_of(&revoked),
+        Some(("True".to_owned(), "Revoked".to_owned())),
+        "revoked as declared: the desired state is reached"
+    );
+    ns.kubectl_ok(&["wait", "--for=condition=Ready", "apikey", "--all", "--timeout=60s"]);
     let rows = key_rows(&db, &ns.name).await;
     assert_eq!(rows[0].state, "revoked");
     assert_eq!(rows[0].key_id, before[0].key_id);

@@ -378,3 +378,68 @@ async fn a_malformed_request_after_a_good_one_on_the_same_connection_gets_json_t
         "{second}"
     );
 }
+
+#[tokio::test]
+async fn at_max_connections_with_every_connection_busy_a_new_one_gets_503_and_idle_ones_make_room() {
+    let setup = setup(|s| {
+        s.max_connections = 2;
+        s.max_pending_headers = 100;
+    })
+    .await;
+    let addr = setup.sidecar.addr;
+    // Two requests held by the upstream keep both connections busy.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = setup.head("GET", "/api/facts", "x-test-hold: 1\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        busy.push(stream);
+    }
+    wait_for("both requests to reach the upstream", Duration::from_secs(10), || {
+        setup.upstream.count() == 2
+    })
+    .await;
+    let refused = raw(
+        addr,
+        setup.head("GET", "/api/facts", "").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(raw_status(&refused), 503, "{refused}");
+    assert!(refused.to_ascii_lowercase().contains("retry-after: 1"), "{refused}");
+    assert!(
+        raw_json(&refused)["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-connections"),
+        "{refused}"
+    );
+    assert_eq!(setup.upstream.count(), 2, "the refused request went nowhere");
+
+    // Once answered, the two connections idle on keep-alive: a newcomer closes the one idle longest.
+    setup.upstream.release();
+    for stream in &mut busy {
+        let mut head = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(stream, &mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let http = Http::new(&setup.sidecar);
+    assert_eq!(http.get("/api/facts", Some(setup.key())).await.status, StatusCode::OK);
+    let text = metrics(&setup.sidecar).await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"orgkeeper_sidecar_connections_shed_total{reason="at_capacity"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"orgkeeper_sidecar_connections_shed_total{reason="waited_longest"}"#
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, "orgkeeper_sidecar_connections"), 2.0);
+}

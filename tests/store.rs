@@ -358,6 +358,30 @@ on_both_backends!(
     accounts_register_idempotently,
 );
 
+/// Runs each named `async fn(postgres: bool)` twice: on a SQLite file, then on PostgreSQL (for tests that need
+/// two handles on one database, which `on_both_backends!`'s single store cannot give).
+macro_rules! on_both_backends_with_two_writers {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$test(false).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$test(true).await
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends_with_two_writers!(
+    the_apply_that_loses_a_race_to_create_says_so,
+    an_apply_planned_before_its_organization_was_deleted_says_so,
+);
+
 /// Two handles on one database, as two `orgkeeper apply` processes have. The SQLite file lives in the
 /// returned directory (an in-memory database cannot be shared between pools).
 async fn two_writers(postgres: bool) -> (Store, Store, Option<tempfile::TempDir>) {
@@ -444,15 +468,23 @@ async fn an_apply_whose_snapshot_went_stale_says_another_apply_ran() {
     assert_eq!(stored(&first).await.settings.display_name, "Acme A");
 }
 
-mod the_apply_that_loses_a_race_to_create_says_so {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        super::the_apply_that_loses_a_race_to_create_says_so(false).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        super::the_apply_that_loses_a_race_to_create_says_so(true).await
-    }
+/// An apply planned while the organization existed, committed after another writer deleted it (the
+/// controller's finalizer): told another apply ran, not that the store was edited by hand.
+async fn an_apply_planned_before_its_organization_was_deleted_says_so(postgres: bool) {
+    let (first, second, _dir) = two_writers(postgres).await;
+    register_accounts(&first).await;
+    reconcile(&first, &declarations()).await;
+    let current = first.load_organizations(&[OrgKey::new(NS, "acme")]).await.unwrap();
+    let mut renamed = declarations();
+    renamed.organizations[0].settings.display_name = "Acme Renamed".into();
+    let late = plan(&renamed, &current, &first.known_accounts().await.unwrap());
+    let removal = plan_organization_removal(current.values().next(), DeletionPolicy::Delete);
+    let mut tx = first.begin().await.unwrap();
+    tx.apply(&removal, KeyState::Live).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = second.begin().await.unwrap();
+    let error = tx.apply(&late.changes, KeyState::Live).await.unwrap_err();
+    assert_lost_the_race(&error);
 }
 
 /// What a test's code logs, as text.

@@ -9,6 +9,13 @@
 //! outage shows in the status within about one refresh interval instead of after the store pool's own
 //! acquire timeout. [`KeyRing::follow`] is how a data-plane process gets its ring: it opens the store
 //! (retrying with backoff) and then keeps the ring fresh, so the process itself never opens the store.
+//!
+//! The ring also gathers when each key was used ([`KeyRing::record_use`], `key_use.rs`) and writes that to
+//! the store from the same background task, off the request path.
+
+mod key_use;
+
+pub use key_use::{DEFAULT_KEY_USE_FLUSH_INTERVAL, KeyUses};
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -17,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Access, ApiKeyToken, EffectiveLimits};
-use crate::store::{AuthSnapshot, EnvironmentLimits, Store, StoreError};
+use crate::store::{AuthSnapshot, EnvironmentLimits, Store, StoreError, now};
 
 /// Who is calling, once the key checks out.
 #[derive(Clone, Debug)]
@@ -64,6 +71,8 @@ pub fn poll_timeout(interval: Duration) -> Duration {
 
 /// How long loading the whole key snapshot may take (it is read only when the revision moved).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the last write of key uses may take at shutdown.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long opening the store may take before the attempt is retried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -100,6 +109,9 @@ struct State {
 #[derive(Clone, Default)]
 pub struct KeyRing {
     state: Arc<RwLock<State>>,
+    uses: Arc<KeyUses>,
+    /// How often [`KeyRing::keep_fresh`] writes gathered key uses; `None`: [`DEFAULT_KEY_USE_FLUSH_INTERVAL`].
+    key_use_flush_interval: Option<Duration>,
 }
 
 impl KeyRing {
@@ -108,6 +120,22 @@ impl KeyRing {
         let ring = KeyRing::default();
         ring.install(snapshot);
         ring
+    }
+
+    /// The same ring, writing gathered key uses every `interval` instead of every minute.
+    pub fn with_key_use_flush_interval(mut self, interval: Duration) -> Self {
+        self.key_use_flush_interval = Some(interval);
+        self
+    }
+
+    /// Notes that `principal`'s key was just used (for its last-used time); cheap, never waits on the store.
+    pub fn record_use(&self, principal: &Principal) {
+        self.uses.record(&principal.key_id, now());
+    }
+
+    /// The uses gathered and not yet written.
+    pub fn key_uses(&self) -> &KeyUses {
+        &self.uses
     }
 
     fn install(&self, snapshot: AuthSnapshot) {
@@ -202,8 +230,40 @@ impl KeyRing {
         self.keep_fresh(store, interval, shutdown).await;
     }
 
-    /// Refreshes every `interval` until `shutdown` fires.
+    /// Refreshes every `interval`, and writes gathered key uses every flush interval, until `shutdown`
+    /// fires; then writes the uses gathered since the last flush.
     pub async fn keep_fresh(self, store: Store, interval: Duration, shutdown: CancellationToken) {
+        tokio::join!(
+            self.refresh_every(&store, interval, &shutdown),
+            self.flush_key_use(&store, &shutdown)
+        );
+    }
+
+    async fn flush_key_use(&self, store: &Store, shutdown: &CancellationToken) {
+        let interval = self.key_use_flush_interval.unwrap_or(DEFAULT_KEY_USE_FLUSH_INTERVAL);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = shutdown.cancelled() => true,
+                _ = ticker.tick() => false,
+            };
+            // At shutdown the pod's grace period is running out.
+            let limit = if stopping { FINAL_FLUSH_TIMEOUT } else { LOAD_TIMEOUT };
+            match bounded(limit, self.uses.flush(store)).await {
+                Ok(written) if written > 0 => tracing::debug!(keys = written, "recorded key use"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, keys = self.uses.pending(), "cannot record key use; keeping it for the next flush")
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    async fn refresh_every(&self, store: &Store, interval: Duration, shutdown: &CancellationToken) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let poll_timeout = poll_timeout(interval);
@@ -212,7 +272,7 @@ impl KeyRing {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            match self.refresh_within(&store, poll_timeout).await {
+            match self.refresh_within(store, poll_timeout).await {
                 Ok(true) => {
                     let status = self.status();
                     tracing::info!(

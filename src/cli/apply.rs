@@ -1,12 +1,20 @@
 //! `orgkeeper apply`: make the store match a folder of manifests, all or nothing.
+//!
+//! A plan that takes away more than [`DEFAULT_ALLOWED_REVOCATIONS`] live keys is carried out only when
+//! `--allow-revocations N` allows at least that many: a folder missing a file, or a typo, must not cut off
+//! every client at once.
 
 use anyhow::Context;
 
 use super::exit;
 use super::output::{self, OutputFormat};
-use super::plan::{CommonArgs, prepare};
-use super::secrets_dir::remove_all;
-use crate::domain::KeyState;
+use super::prepared::{CommonArgs, prepare};
+use super::secrets_dir::{failpoints, remove_all};
+use crate::domain::{KeyState, live_keys_revoked};
+use crate::store::StoreError;
+
+/// How many live keys one apply may revoke or remove without `--allow-revocations`.
+pub const DEFAULT_ALLOWED_REVOCATIONS: usize = 3;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,6 +23,10 @@ pub struct Args {
     /// The URL clients reach the sidecar at, written as OSO_URL next to each key.
     #[arg(long, env = "ORGKEEPER_OSO_URL", default_value = "http://127.0.0.1:8080")]
     pub oso_url: String,
+    /// The most live keys this apply may revoke or remove (revoked: true, a deleted ApiKey, Environment or
+    /// Organization). A plan that revokes more is refused and nothing is changed; `plan` shows the count.
+    #[arg(long, env = "ORGKEEPER_ALLOW_REVOCATIONS", value_name = "N", default_value_t = DEFAULT_ALLOWED_REVOCATIONS)]
+    pub allow_revocations: usize,
     /// Output format.
     #[arg(short, long, env = "ORGKEEPER_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -23,7 +35,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let prepared = match prepare(&args.common).await? {
         Ok(p) => p,
-        Err(code) => return Ok(code),
+        Err(errors) => return Ok(output::print_errors(&errors)),
     };
     let Some(store) = &prepared.store else {
         anyhow::bail!("apply needs a store to change");
@@ -33,25 +45,38 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         store.close().await;
         return Ok(if code == exit::CHANGES { exit::OK } else { code });
     }
-    let mut tx = store.begin().await?;
+    let revoked = live_keys_revoked(&prepared.plan.changes, prepared.stored.values()).len();
+    if revoked > args.allow_revocations {
+        output::print_plan(&prepared, args.output, false);
+        eprintln!(
+            "error: this plan revokes {revoked} live key(s), more than the {} an apply may revoke without a flag; if that is intended, run again with --allow-revocations {revoked}; nothing was changed",
+            args.allow_revocations
+        );
+        store.close().await;
+        return Ok(exit::ERROR);
+    }
+    let mut tx = match store.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return refused(e, "starting the transaction", &[]),
+    };
     // Keys are recorded live and their files written before the commit: if anything fails before the
     // commit, the transaction rolls back and the files are removed, so no key is live without its Secret.
-    let outcome = tx
-        .apply(&prepared.plan.changes, KeyState::Live)
-        .await
-        .context("applying the plan")?;
+    let outcome = match tx.apply(&prepared.plan.changes, KeyState::Live).await {
+        Ok(outcome) => outcome,
+        Err(e) => return refused(e, "applying the plan", &[]),
+    };
     let written = prepared
         .secrets
         .write(
             &outcome.issued,
-            &prepared.inspection.orphans,
+            &prepared.inspection.stale,
             &args.oso_url,
             &prepared.templates(),
         )
         .context("writing issued keys; nothing was changed")?;
+    failpoints::reached(failpoints::BEFORE_COMMIT);
     if let Err(e) = tx.commit().await {
-        remove_all(&written);
-        return Err(e).context("committing; nothing was changed");
+        return refused(e, "committing; nothing was changed", &written);
     }
     output::print_plan(&prepared, args.output, true);
     if args.output == OutputFormat::Text && !written.is_empty() {
@@ -69,4 +94,17 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     );
     store.close().await;
     Ok(exit::OK)
+}
+
+/// A transaction that failed rolled back: the key files written for it go too. Losing the race with a
+/// concurrent apply is an answer, not a crash: said plainly (the store's words stay in the debug log).
+fn refused(error: StoreError, doing: &'static str, written: &[std::path::PathBuf]) -> anyhow::Result<u8> {
+    remove_all(written);
+    match error {
+        StoreError::ConcurrentApply { .. } => {
+            eprintln!("error: {error}; plan again once it has finished");
+            Ok(exit::ERROR)
+        }
+        error => Err(error).context(doing),
+    }
 }

@@ -12,10 +12,10 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::output::OutputFormat;
-use super::plan::CommonArgs;
+use super::prepared::CommonArgs;
 use super::{apply, exit, facts, plan, sidecar};
 use crate::crd::secret::{LABEL_API_KEY, LABEL_ENVIRONMENT, LABEL_ORGANIZATION};
-use crate::manifests::{self, Resource};
+use crate::manifests::{self, LoadLimits, Resource};
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +92,8 @@ async fn reconcile(args: &Args) -> anyhow::Result<u8> {
         manifests: args.manifests.clone(),
         database_url: args.database_url.clone(),
         secrets_dir: args.secrets_dir.clone(),
+        max_file_bytes: LoadLimits::DEFAULT_MAX_FILE_BYTES,
+        max_total_bytes: LoadLimits::DEFAULT_MAX_TOTAL_BYTES,
     };
     println!("== orgkeeper apply -f {}", args.manifests.display());
     let oso_url = args
@@ -101,6 +103,7 @@ async fn reconcile(args: &Args) -> anyhow::Result<u8> {
     let code = apply::run(apply::Args {
         common: common(),
         oso_url,
+        allow_revocations: apply::DEFAULT_ALLOWED_REVOCATIONS,
         output: OutputFormat::Text,
     })
     .await?;

@@ -13,6 +13,7 @@ mod facts;
 mod keys;
 mod output;
 mod plan;
+mod prepared;
 mod secrets_dir;
 mod sidecar;
 

@@ -6,8 +6,8 @@ use clap::ValueEnum;
 use serde_json::json;
 
 use super::exit;
-use super::plan::{Prepared, Review};
-use crate::domain::{Problem, Refusal};
+use super::prepared::{Prepared, Review};
+use crate::domain::{Problem, Refusal, live_keys_revoked};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -46,19 +46,40 @@ pub fn print_plan(prepared: &Prepared, format: OutputFormat, applied: bool) -> u
     } else {
         exit::CHANGES
     };
+    let revoked = live_keys_revoked(&plan.changes, prepared.stored.values());
     if format == OutputFormat::Json {
+        let revocations: Vec<_> = revoked
+            .iter()
+            .map(|(organization, key)| {
+                json!({
+                    "organization": organization,
+                    "apiKey": key.resource_name,
+                    "environment": key.environment,
+                    "keyId": key.key_id,
+                })
+            })
+            .collect();
         let problems: Vec<_> = plan.problems.iter().map(|p| problem_json(prepared, p)).collect();
         let warnings: Vec<_> = prepared
             .inspection
             .missing
             .iter()
             .map(|p| problem_json(prepared, p))
+            .chain(prepared.inspection.notices.iter().map(|n| json!({"message": n})))
+            .chain(
+                prepared
+                    .manifests
+                    .skipped_files
+                    .iter()
+                    .map(|s| json!({"message": s.to_string(), "location": s.path})),
+            )
             .collect();
         let mut doc = json!({
             "applied": applied,
             "changes": plan.changes,
             "problems": problems,
             "warnings": warnings,
+            "revocations": revocations,
             "summary": {"add": added, "change": changed, "remove": removed, "objects": prepared.objects},
             "store": prepared.store.as_ref().map(|store| json!({"statements": store.statements(), "writes": store.writes()})),
         });
@@ -69,6 +90,12 @@ pub fn print_plan(prepared: &Prepared, format: OutputFormat, applied: bool) -> u
         }
         println!("{}", serde_json::to_string_pretty(&doc).expect("JSON serialises"));
         return code;
+    }
+    for skipped in &prepared.manifests.skipped_files {
+        eprintln!("warning: {skipped}");
+    }
+    for notice in &prepared.inspection.notices {
+        eprintln!("warning: {notice}");
     }
     for warning in &prepared.inspection.missing {
         eprintln!("warning: {}", located(prepared, warning));
@@ -86,6 +113,20 @@ pub fn print_plan(prepared: &Prepared, format: OutputFormat, applied: bool) -> u
             prepared.objects, prepared.manifests.files
         );
         return code;
+    }
+    if !revoked.is_empty() {
+        // First and loud: a revoked key stops working for every client that holds it, at once.
+        let verb = if applied { "revoked" } else { "revokes" };
+        println!(
+            "!! This plan {verb} {} live API key(s); every client using them is cut off:",
+            revoked.len()
+        );
+        for (organization, key) in &revoked {
+            println!(
+                "!!   {}/{} in {organization}/{} (key {})",
+                organization.namespace, key.resource_name, key.environment, key.key_id
+            );
+        }
     }
     for change in &plan.changes {
         println!("{change}");

@@ -1,22 +1,62 @@
 //! Where `orgkeeper apply` writes issued keys: one Kubernetes Secret manifest per key, at
 //! `<dir>/<namespace>/<secret>.yaml`, readable only by its owner (0600 in a 0700 folder), never overwritten.
 //!
-//! A file is written (and synced) before the transaction that makes its key live commits, so a crash
-//! can leave a file whose key never became live, never a live key without its file. Such an orphan is
-//! recognised by its labels on the next apply and replaced; any other file in the way is a conflict.
+//! Each file says whose key it holds: the labels `orgkeeper.dev/organization`, `orgkeeper.dev/api-key` and
+//! `orgkeeper.dev/key-id` (and its `metadata.namespace`). The rules about what may happen to a file are the
+//! domain's (`domain::review_secrets`); this module only tells it what each file holds.
+//!
+//! Crash safety. A key file is written to a hidden temporary file in the same folder
+//! (`.<secret>.yaml.orgkeeper-tmp`), synced, then linked to its final name (a link never replaces an
+//! existing file); once every key is in place, each folder is synced, and only then does the transaction
+//! commit. So a crash leaves either no file at the final path or a
+//! complete one, never an empty or partial one:
+//! - a crash before the link leaves only the temporary file, which the next apply removes;
+//! - the link comes before the transaction that makes the key live commits, so a crash after it leaves a
+//!   complete file of this ApiKey whose key never became live: the next apply sees that (the key id is not
+//!   live in the store) and replaces the file with a fresh key;
+//! - a 0-byte file at the final path holds no key (earlier versions could leave one after a crash between
+//!   creating and writing the file): it counts as absent, and is replaced when its key is issued.
+//!
+//! Any other file in the way (not a Secret, not orgkeeper's, or holding another organization's or
+//! ApiKey's key, or a live key) is never touched: it is a conflict that names both sides.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Secret;
+use serde::Deserialize;
 
-use crate::crd::secret::{KeySecretSpec, key_id_for, key_secret};
-use crate::domain::{Change, KeyState, Kind, ObjectRef, OrgKey, Plan, Problem, Reason, StoredOrganization};
+use crate::crd::secret::{
+    KeySecretSpec, LABEL_API_KEY, LABEL_KEY_ID, LABEL_MANAGED_BY, LABEL_ORGANIZATION, MANAGED_BY, key_secret,
+};
+use crate::domain::{OrgKey, Plan, Problem, Reason, SecretState, StoredOrganization, WriteOrder, review_secrets};
 use crate::store::IssuedKey;
+
+/// A key file is a few hundred bytes; anything much larger is not one of ours and is not read whole.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// The suffix of the temporary file a key is written to before it is linked to its final name.
+const TEMP_SUFFIX: &str = ".orgkeeper-tmp";
+
+/// Set `ORGKEEPER_FAILPOINT` (the variable the controller's failpoints read too) to one of these to abort
+/// `apply` at that step, so that tests prove a crash there is safe to resume. Unset, it costs a lookup per key.
+pub mod failpoints {
+    /// Half of a key file's bytes are in its temporary file.
+    pub const PARTIAL_KEY_FILE: &str = "apply-partial-key-file";
+    /// Every key file is in place; the transaction that makes the keys live has not committed.
+    pub const BEFORE_COMMIT: &str = "apply-before-commit";
+
+    pub fn reached(step: &str) {
+        if std::env::var("ORGKEEPER_FAILPOINT").as_deref() == Ok(step) {
+            tracing::error!(failpoint = step, "failpoint reached: aborting");
+            std::process::abort();
+        }
+    }
+}
 
 pub struct SecretsDir {
     root: PathBuf,
@@ -25,16 +65,33 @@ pub struct SecretsDir {
 /// What the secrets folder says about a plan.
 #[derive(Debug, Default)]
 pub struct Inspection {
-    /// Files in the way of a key to issue that orgkeeper did not write for that key.
+    /// Files in the way of a key to issue, and live keys whose file holds something else. They block the plan.
     pub conflicts: Vec<Problem>,
-    /// Files left by an interrupted apply: written for the key, whose key never became live.
-    pub orphans: Vec<PathBuf>,
+    /// Files to remove before writing: left by an interrupted apply (this ApiKey's, key never live) or empty.
+    pub stale: Vec<PathBuf>,
     /// Live keys whose file is gone. They are not re-issued silently.
     pub missing: Vec<Problem>,
+    /// Things the user should fix that do not block the plan (a folder others can read).
+    pub notices: Vec<String>,
 }
 
 /// The extra labels and annotations an ApiKey asks for on its Secret, by (namespace, ApiKey name).
 pub type Templates = BTreeMap<(String, String), (BTreeMap<String, String>, BTreeMap<String, String>)>;
+
+/// What is at a key file's path.
+enum FileState {
+    Absent,
+    /// A regular file of 0 bytes: holds no key.
+    Empty,
+    /// orgkeeper's key file for (organization, ApiKey), holding this key id.
+    Key {
+        organization: OrgKey,
+        api_key: String,
+        key_id: String,
+    },
+    /// Anything else: not a regular file, too large, not a Secret, or not written by orgkeeper.
+    Foreign,
+}
 
 impl SecretsDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -55,90 +112,121 @@ impl SecretsDir {
         self.root.join(namespace).join(format!("{secret_name}.yaml"))
     }
 
-    /// Checks every key the plan issues against the files in the folder, and every live key for its file.
-    pub fn inspect(
-        &self,
-        plan: &Plan,
-        stored: &BTreeMap<OrgKey, StoredOrganization>,
-        declared_keys: &BTreeSet<(String, String)>,
-    ) -> Inspection {
-        let mut inspection = Inspection::default();
-        for change in &plan.changes {
-            let Change::IssueKey {
-                organization,
-                api_key,
-                secret_name,
-                ..
-            } = change
-            else {
-                continue;
-            };
-            let path = self.path_for(&organization.namespace, secret_name);
-            let object = ObjectRef::new(Kind::ApiKey, &organization.namespace, api_key);
-            match read_secret(&path) {
-                FileState::Absent => {}
-                FileState::Secret(secret) if key_id_for(&secret, api_key).is_some() => inspection.orphans.push(path),
-                state => {
-                    let why = match state {
-                        FileState::Unreadable(e) => format!("is not a Secret manifest ({e})"),
-                        _ => "was not written by orgkeeper for this ApiKey".to_owned(),
-                    };
-                    inspection.conflicts.push(Problem {
-                        object,
-                        reason: Reason::SecretConflict,
-                        message: format!(
-                            "{} exists and {why}; it is never overwritten: move it away or choose another spec.secret.name",
-                            path.display()
-                        ),
-                    })
-                }
+    /// Checks every key the plan issues against the files in the folder, and every live key for its file,
+    /// by the domain's rules. Returns the plan's changes minus issuance held back by a file in the way.
+    pub fn inspect(&self, plan: &mut Plan, stored: &BTreeMap<OrgKey, StoredOrganization>) -> Inspection {
+        let mut inspection = Inspection {
+            notices: self.exposure_notices(),
+            ..Default::default()
+        };
+        let paths = RefCell::new(BTreeMap::new());
+        let empty = RefCell::new(BTreeSet::new());
+        let review = review_secrets(
+            std::mem::take(&mut plan.changes),
+            stored.values(),
+            WriteOrder::WriteFirst,
+            |organization, secret_name, api_key| {
+                let path = self.path_for(&organization.namespace, secret_name);
+                let state = match read_key_file(&path) {
+                    FileState::Absent => SecretState::Absent,
+                    FileState::Empty => {
+                        empty.borrow_mut().insert(path.clone());
+                        SecretState::Absent
+                    }
+                    FileState::Key {
+                        organization: owner,
+                        api_key: holder,
+                        key_id,
+                    } if &owner == organization && holder == api_key => SecretState::Holds(key_id),
+                    FileState::Key {
+                        organization: owner,
+                        api_key: holder,
+                        ..
+                    } => SecretState::HoldsAnother {
+                        organization: owner,
+                        api_key: holder,
+                    },
+                    FileState::Foreign => SecretState::Foreign,
+                };
+                paths
+                    .borrow_mut()
+                    .insert((organization.namespace.clone(), api_key.to_owned()), path);
+                state
+            },
+        );
+        plan.changes = review.changes;
+        let paths = paths.into_inner();
+        let with_path = |mut problem: Problem| {
+            if let Some(path) = paths.get(&(problem.object.namespace.clone(), problem.object.name.clone())) {
+                problem.message = format!("{} (key file {})", problem.message, path.display());
+            }
+            problem
+        };
+        for problem in review.problems {
+            match problem.reason {
+                Reason::SecretMissing => inspection.missing.push(with_path(problem)),
+                _ => inspection.conflicts.push(with_path(problem)),
             }
         }
-        let revoking: BTreeSet<&str> = plan
+        let issued: BTreeSet<PathBuf> = plan
             .changes
             .iter()
-            .filter_map(|c| match c {
-                Change::RevokeKey { key_id, .. } | Change::RemoveKey { key_id, .. } => Some(key_id.as_str()),
+            .filter_map(|change| match change {
+                crate::domain::Change::IssueKey {
+                    organization,
+                    secret_name,
+                    ..
+                } => Some(self.path_for(&organization.namespace, secret_name)),
                 _ => None,
             })
             .collect();
-        for org in stored.values() {
-            for key in org
-                .api_keys
-                .iter()
-                .filter(|k| k.state == KeyState::Live && !revoking.contains(k.key_id.as_str()))
-            {
-                if !declared_keys.contains(&(org.key.namespace.clone(), key.resource_name.clone())) {
-                    continue;
-                }
-                let path = self.path_for(&org.key.namespace, &key.secret_name);
-                if !path.exists() {
-                    inspection.missing.push(Problem {
-                        object: ObjectRef::new(Kind::ApiKey, &org.key.namespace, &key.resource_name),
-                        reason: Reason::SecretMissing,
-                        message: format!(
-                            "key {} is live but {} is gone; it is not re-issued silently. To rotate: set revoked: true (or delete the ApiKey), apply, and declare a new ApiKey",
-                            key.key_id,
-                            path.display()
-                        ),
-                    });
-                }
-            }
-        }
+        inspection.stale = review
+            .stale
+            .iter()
+            .map(|s| self.path_for(&s.organization.namespace, &s.secret_name))
+            .chain(empty.into_inner().into_iter().filter(|path| issued.contains(path)))
+            .collect();
         inspection
     }
 
-    /// Writes one Secret per issued key, synced to disk. On any failure the files written so far are removed
-    /// and the error returned, so the caller can roll back with nothing left behind.
+    /// A key folder others can read exposes every key in it: say so (the keys themselves are 0600).
+    fn exposure_notices(&self) -> Vec<String> {
+        let mut folders = vec![self.root.clone()];
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            let mut namespaces: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            namespaces.sort();
+            folders.extend(namespaces);
+        }
+        folders
+            .into_iter()
+            .filter_map(|folder| {
+                let mode = fs::metadata(&folder).ok()?.permissions().mode() & 0o777;
+                (mode & 0o077 != 0).then(|| {
+                    format!(
+                        "the secrets folder {} is open to its group or others (mode {mode:04o}): it holds API keys; chmod 700 it",
+                        folder.display()
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Writes one Secret per issued key, each complete and synced before it appears under its name. On any
+    /// failure the files written so far are removed and the error returned, so the caller can roll back
+    /// with nothing left behind.
     pub fn write(
         &self,
         issued: &[IssuedKey],
-        orphans: &[PathBuf],
+        stale: &[PathBuf],
         oso_url: &str,
         templates: &Templates,
     ) -> anyhow::Result<Vec<PathBuf>> {
-        for orphan in orphans {
-            fs::remove_file(orphan).with_context(|| format!("removing the orphaned {}", orphan.display()))?;
+        for path in stale {
+            remove_if_present(path).with_context(|| format!("removing the stale {}", path.display()))?;
         }
         let mut written = Vec::with_capacity(issued.len());
         for key in issued {
@@ -149,6 +237,13 @@ impl SecretsDir {
                     return Err(e);
                 }
             }
+        }
+        // The links (and removals) are durable once their folders are synced: once per folder, before the
+        // caller commits.
+        let folders: BTreeSet<&Path> = written.iter().chain(stale).filter_map(|p| p.parent()).collect();
+        if let Err(e) = folders.into_iter().try_for_each(sync_dir) {
+            remove_all(&written);
+            return Err(e);
         }
         Ok(written)
     }
@@ -178,16 +273,48 @@ impl SecretsDir {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {} (it is never overwritten)", path.display()))?;
-        file.write_all(yaml.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+        let temp = dir.join(format!(".{}.yaml{TEMP_SUFFIX}", key.secret_name));
+        // A temporary file of ours left by a crash holds a key that never became live.
+        remove_if_present(&temp).with_context(|| format!("removing the leftover {}", temp.display()))?;
+        let written = write_synced(&temp, yaml.as_bytes()).and_then(|()| {
+            // A hard link fails if the name exists: the final file is never replaced, only created whole.
+            fs::hard_link(&temp, &path)
+                .with_context(|| format!("creating {} (it is never overwritten)", path.display()))
+        });
+        let _ = fs::remove_file(&temp);
+        written?;
         Ok(path)
+    }
+}
+
+/// Creates `path` (0600, never an existing file), writes `bytes` and syncs them.
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    file.write_all(first)
+        .with_context(|| format!("writing {}", path.display()))?;
+    failpoints::reached(failpoints::PARTIAL_KEY_FILE);
+    file.write_all(rest)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all().with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Makes a link or removal in `dir` durable.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing the folder {}", dir.display()))
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -200,19 +327,54 @@ pub fn remove_all(paths: &[PathBuf]) {
     }
 }
 
-enum FileState {
-    Absent,
-    Secret(Box<Secret>),
-    Unreadable(String),
+/// The part of a key file that says whose key it holds; the key itself is never read back.
+#[derive(Deserialize)]
+struct KeyFileHead {
+    metadata: KeyFileMeta,
 }
 
-fn read_secret(path: &Path) -> FileState {
-    match fs::read_to_string(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileState::Absent,
-        Err(e) => FileState::Unreadable(e.to_string()),
-        Ok(text) => match serde_norway::from_str::<Secret>(&text) {
-            Ok(secret) => FileState::Secret(Box::new(secret)),
-            Err(e) => FileState::Unreadable(e.to_string()),
+#[derive(Deserialize)]
+struct KeyFileMeta {
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// What the file at `path` is; only a regular file (not a link, a FIFO or a device) is ever read.
+fn read_key_file(path: &Path) -> FileState {
+    let meta = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileState::Absent,
+        Err(_) => return FileState::Foreign,
+        Ok(meta) => meta,
+    };
+    if !meta.file_type().is_file() || meta.len() > MAX_KEY_FILE_BYTES {
+        return FileState::Foreign;
+    }
+    if meta.len() == 0 {
+        return FileState::Empty;
+    }
+    let mut text = String::new();
+    let read = File::open(path).and_then(|f| f.take(MAX_KEY_FILE_BYTES).read_to_string(&mut text));
+    if read.is_err() {
+        return FileState::Foreign;
+    }
+    let Ok(secret) = serde_norway::from_str::<KeyFileHead>(&text) else {
+        return FileState::Foreign;
+    };
+    let labels = secret.metadata.labels;
+    let label = |name: &str| labels.get(name).cloned();
+    match (
+        label(LABEL_MANAGED_BY).as_deref() == Some(MANAGED_BY),
+        secret.metadata.namespace,
+        label(LABEL_ORGANIZATION),
+        label(LABEL_API_KEY),
+        label(LABEL_KEY_ID),
+    ) {
+        (true, Some(namespace), Some(organization), Some(api_key), Some(key_id)) => FileState::Key {
+            organization: OrgKey::new(&namespace, &organization),
+            api_key,
+            key_id,
         },
+        _ => FileState::Foreign,
     }
 }

@@ -12,6 +12,7 @@ use crate::auth::KeyRing;
 use crate::sidecar::{self, LocalLimiter, RunOptions, Settings, UpstreamProtocol};
 use crate::store::DEFAULT_DATABASE_URL;
 use crate::telemetry::shutdown_signal;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,6 +65,11 @@ pub struct Args {
     /// request), so connections left half-sent cannot crowd out clients that send whole requests.
     #[arg(long, env = "ORGKEEPER_MAX_PENDING_HEADERS", default_value_t = sidecar::DEFAULT_MAX_PENDING_HEADERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_pending_headers: usize,
+    /// How often the time each key was last used is written to the store (gathered in memory meanwhile,
+    /// and written once more at shutdown). The store keeps it to the minute, so a busy key costs one write
+    /// per flush; shorter intervals are for tests.
+    #[arg(long, env = "ORGKEEPER_KEY_USE_FLUSH_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub key_use_flush_interval: Duration,
 }
 
 impl Args {
@@ -94,10 +100,12 @@ fn parse_staleness(text: &str) -> Result<Staleness, String> {
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let shutdown = shutdown_signal();
-    let ring = KeyRing::default();
-    tokio::spawn(
+    let ring = KeyRing::default().with_key_use_flush_interval(args.key_use_flush_interval);
+    // The ring outlives the server by the draining requests, then writes the last key uses.
+    let ring_shutdown = CancellationToken::new();
+    let follow = tokio::spawn(
         ring.clone()
-            .follow(args.database_url, args.refresh_interval, shutdown.clone()),
+            .follow(args.database_url, args.refresh_interval, ring_shutdown.clone()),
     );
     let options = RunOptions {
         listen: args.listen,
@@ -116,7 +124,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             max_pending_headers: args.max_pending_headers,
         },
     };
-    sidecar::run(options, shutdown).await.context("running the sidecar")?;
+    let served = sidecar::run(options, shutdown).await;
+    ring_shutdown.cancel();
+    if follow.await.is_err() {
+        tracing::warn!("the key ring's task failed; the last key uses may not be recorded");
+    }
+    served.context("running the sidecar")?;
     Ok(exit::OK)
 }
 

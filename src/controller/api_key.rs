@@ -103,31 +103,14 @@ mod tests {
 
     fn org(state: KeyState) -> StoredOrganization {
         StoredOrganization {
-            id: "o".into(),
-            key: OrgKey::new("team", "acme"),
-            settings: OrganizationSettings {
-                display_name: "Acme".into(),
-                plan: PlanTier::Developer,
-                limits: LimitOverrides::default(),
-                deletion_policy: DeletionPolicy::Retain,
-            },
-            managed: true,
-            environments: vec![StoredEnvironment {
-                id: "env1".into(),
-                name: "production".into(),
-                settings: EnvironmentSettings::default_for("production").unwrap(),
-                managed: true,
-            }],
-            users: vec![],
+            environments: vec![fixtures::production("env1")],
             api_keys: vec![StoredApiKey {
-                key_id: "k1".into(),
-                environment: "production".into(),
-                resource_name: "backend".into(),
                 secret_name: "backend-oso".into(),
                 access: Access::ReadOnly,
-                state,
                 fingerprint: "sha256:0123".into(),
+                ..fixtures::api_key("backend", "k1", state)
             }],
+            ..fixtures::organization()
         }
     }
 
@@ -157,7 +140,10 @@ mod tests {
         let stored = org(KeyState::Revoked);
         let (status, outcome) = observe("backend", "backend-oso", true, None, None, Some(&stored), "t3");
         assert_eq!(outcome.reason(), "Revoked");
-        assert!(!outcome.is_ready() && !outcome.wants_retry());
+        assert!(
+            outcome.is_ready() && !outcome.wants_retry(),
+            "revoked as declared: Ready"
+        );
         assert_eq!(status.revoked_at.as_deref(), Some("t3"));
     }
 

@@ -206,7 +206,7 @@ where
                     }
                     Ok(watcher::Event::Delete(_)) => {}
                     Err(error) => {
-                        tracing::warn!(kind = %K::kind(&()), %error, "watch failed; retrying with backoff")
+                        tracing::warn!(kind = %K::kind(&()), error = %super::describe_watch(&error), "watch failed; retrying with backoff")
                     }
                 }
                 std::future::ready(())
@@ -248,7 +248,11 @@ fn secrets(
                         _ => {}
                     }
                 }
-                Err(error) => tracing::warn!(kind = "Secret", %error, "watch failed; retrying with backoff"),
+                Err(error) => tracing::warn!(
+                    kind = "Secret",
+                    error = %super::describe_watch(&error),
+                    "watch failed; retrying with backoff"
+                ),
             }
             std::future::ready(())
         });

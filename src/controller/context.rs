@@ -1,7 +1,7 @@
 //! What every reconcile shares: the clients, the caches, the settings, and the small amount of memory the
 //! controller keeps between reconciles (locks, retry counts, recent status writes).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +73,8 @@ pub struct Context {
     stored: Mutex<HashMap<OrgKey, Stored>>,
     retries: Mutex<HashMap<ObjectRef, u32>>,
     statuses: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Objects (by uid) whose lasting wait was already announced with a Warning.
+    warned: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -103,6 +105,7 @@ impl Context {
             stored: Mutex::default(),
             retries: Mutex::default(),
             statuses: Mutex::default(),
+            warned: Mutex::default(),
         }
     }
 
@@ -165,7 +168,21 @@ impl Context {
         self.retries.lock().unwrap_or_else(|e| e.into_inner()).remove(object);
         if let Some(uid) = uid {
             self.statuses.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+            self.wait_over(uid);
         }
+    }
+
+    /// Whether the lasting wait of this object is not yet announced; from now on it is.
+    pub fn first_warning(&self, uid: &str) -> bool {
+        self.warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_owned())
+    }
+
+    /// The object no longer waits: a later wait is announced again.
+    pub fn wait_over(&self, uid: &str) {
+        self.warned.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
     }
 
     /// Whether this exact status was written for this object moments ago (the cache may lag behind it).

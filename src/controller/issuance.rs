@@ -9,8 +9,6 @@
 //! reconcile sees the Secret and completes them. No step ever rewrites a Secret, and no key is live
 //! before its Secret exists. `ORGKEEPER_FAILPOINT` aborts the process between these steps in tests.
 
-use std::collections::BTreeSet;
-
 use futures::{StreamExt, stream};
 
 use super::Error;
@@ -137,25 +135,5 @@ async fn write_secret(ctx: &Context, view: &OrgView, issued: &IssuedKey) -> Resu
 
 /// How many live keys these changes revoke (pending keys never worked, so they do not count).
 fn live_keys_revoked(changes: &[Change], stored: Option<&StoredOrganization>) -> usize {
-    let Some(stored) = stored else { return 0 };
-    let mut revoked = BTreeSet::new();
-    for change in changes {
-        match change {
-            Change::RevokeKey { key_id, .. } | Change::RemoveKey { key_id, .. } => {
-                revoked.insert(key_id.as_str());
-            }
-            Change::DeleteEnvironment { revoked_keys, .. }
-            | Change::ReleaseEnvironment { revoked_keys, .. }
-            | Change::DeleteOrganization { revoked_keys, .. }
-            | Change::ReleaseOrganization { revoked_keys, .. } => {
-                revoked.extend(revoked_keys.iter().map(String::as_str));
-            }
-            _ => {}
-        }
-    }
-    stored
-        .api_keys
-        .iter()
-        .filter(|k| k.state == KeyState::Live && revoked.contains(k.key_id.as_str()))
-        .count()
+    crate::domain::live_keys_revoked(changes, stored).len()
 }

@@ -64,7 +64,9 @@ impl Elector {
                         logged_holder = holder;
                     }
                 }
-                Err(error) => tracing::warn!(%error, lease = %self.settings.name, "cannot read or take the lease"),
+                Err(error) => {
+                    tracing::warn!(error = %super::describe(&error), lease = %self.settings.name, "cannot read or take the lease")
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
@@ -90,7 +92,7 @@ impl Elector {
                     lost.cancel();
                     return self;
                 }
-                Ok(Err(error)) => tracing::warn!(%error, "cannot renew the lease"),
+                Ok(Err(error)) => tracing::warn!(error = %super::describe(&error), "cannot renew the lease"),
                 Err(_) => tracing::warn!("renewing the lease timed out"),
             }
             if renewed.elapsed() >= self.settings.renew_deadline {
@@ -125,7 +127,9 @@ impl Elector {
         .await;
         match result {
             Ok(()) => tracing::info!(lease = %self.settings.name, "released the lease"),
-            Err(error) => tracing::warn!(%error, "could not release the lease; standbys take over when it expires"),
+            Err(error) => {
+                tracing::warn!(error = %super::describe(&error), "could not release the lease; standbys take over when it expires")
+            }
         }
     }
 

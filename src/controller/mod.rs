@@ -74,7 +74,7 @@ const COUNTS_DEBOUNCE: Duration = Duration::from_millis(500);
 pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", describe(.0))]
     Kube(#[from] kube::Error),
     #[error("the object changed while it was being updated")]
     Conflict,
@@ -84,6 +84,34 @@ pub enum Error {
     Config(String),
     #[error("lost the leader lease: stopped reconciling so that another replica can take over")]
     LostLeadership,
+}
+
+/// A Kubernetes client error as a person reads it: the API server's own message and reason (kube's
+/// `Display` of an API error appends the whole response struct).
+pub fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            let reason = if status.reason.is_empty() {
+                "no reason given"
+            } else {
+                &status.reason
+            };
+            format!("{} ({reason}, HTTP {})", status.message, status.code)
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A watch error as a person reads it (see [`describe`]).
+fn describe_watch(error: &kube::runtime::watcher::Error) -> String {
+    use kube::runtime::watcher::Error as Watch;
+    match error {
+        Watch::InitialListFailed(e) => format!("cannot list: {}", describe(e)),
+        Watch::WatchStartFailed(e) => format!("cannot start watching: {}", describe(e)),
+        Watch::WatchFailed(e) => format!("the watch failed: {}", describe(e)),
+        Watch::WatchError(status) => format!("the API server ended the watch: {} ({})", status.message, status.reason),
+        other => other.to_string(),
+    }
 }
 
 /// Runs the controller until `shutdown` is cancelled (Ok) or leadership is lost (Err).
@@ -264,5 +292,23 @@ where
 async fn report<T, E: std::fmt::Display>(result: Result<T, E>) {
     if let Err(error) = result {
         tracing::debug!(%error, "controller");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    #[test]
+    fn an_api_error_reads_as_the_api_servers_message_and_reason() {
+        let status = Status::failure("apikeys.orgkeeper.dev \"k\" is forbidden: no access", "Forbidden").with_code(403);
+        let error = Error::from(kube::Error::Api(Box::new(status)));
+        assert_eq!(
+            error.to_string(),
+            "Kubernetes API: apikeys.orgkeeper.dev \"k\" is forbidden: no access (Forbidden, HTTP 403)"
+        );
+        assert!(!error.to_string().contains("Status {"));
     }
 }

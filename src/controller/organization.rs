@@ -61,20 +61,9 @@ mod tests {
     #[test]
     fn a_stored_organization_is_ready_with_its_counts() {
         let me = ObjectRef::new(Kind::Organization, "team", "acme");
-        let org = StoredOrganization {
-            id: "org1".into(),
-            key: OrgKey::new("team", "acme"),
-            settings: OrganizationSettings {
-                display_name: "Acme".into(),
-                plan: PlanTier::Growth,
-                limits: LimitOverrides::default(),
-                deletion_policy: DeletionPolicy::Retain,
-            },
-            managed: true,
-            environments: vec![],
-            users: vec![],
-            api_keys: vec![],
-        };
+        let mut org = fixtures::organization();
+        org.id = "org1".into();
+        org.settings.plan = PlanTier::Growth;
         let (status, outcome) = observe(&me, None, Some(&org));
         assert_eq!(status.organization_id.as_deref(), Some("org1"));
         assert_eq!(status.environments, Some(0));

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -66,6 +67,9 @@ async fn run<K: OrgkeeperResource>(object: &K, ctx: &Context) -> Result<Action, 
         set_finalizer(ctx, object, false).await?;
         ctx.forget(&me, object.uid().as_deref());
         tracing::info!(object = %me, "cleaned up after deletion");
+        if let Some(note) = object.deletion_note() {
+            status::record(ctx, object, EventType::Normal, "Reset", note).await;
+        }
         return Ok(Action::await_change());
     }
     let (status, outcome) = object.observe(&synced);

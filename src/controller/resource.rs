@@ -35,6 +35,12 @@ pub trait OrgkeeperResource:
     /// The object's status fields and outcome after its organization was reconciled.
     fn observe(&self, synced: &Synced) -> (Self::Status, Outcome);
 
+    /// What deleting the resource did that `kubectl get` no longer shows, for an event (an Environment
+    /// resource of a default environment resets it instead of deleting it).
+    fn deletion_note(&self) -> Option<String> {
+        None
+    }
+
     fn domain_ref(&self) -> ObjectRef {
         ObjectRef::new(Self::KIND, &self.namespace().unwrap_or_default(), &self.name_any())
     }

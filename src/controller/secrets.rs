@@ -1,9 +1,11 @@
 //! Key Secrets in the cluster: which key a Secret holds for which ApiKey, and writing a new one.
 //!
-//! A Secret counts as orgkeeper's for an ApiKey only when both its labels (`crd::secret::key_id_for`) and
-//! an owner reference to that ApiKey's uid say so; anything else of the same name is foreign and never
-//! touched. Secrets are created, never updated (they are `immutable`), and garbage-collected with their
-//! ApiKey through the owner reference.
+//! A Secret counts as orgkeeper's for an ApiKey only when its labels (`crd::secret::identity_of`: the
+//! organization, the ApiKey and the key) and an owner reference to that ApiKey's uid all say so; anything
+//! else of the same name is foreign and never touched. A Secret orgkeeper wrote for another ApiKey (of
+//! another organization in the same namespace, or an earlier ApiKey of the same name deleted without its
+//! Secret) is reported naming both. Secrets are created, never updated (they are `immutable`), and
+//! garbage-collected with their ApiKey through the owner reference.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,10 +18,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::FIELD_MANAGER;
+use super::view::OrgView;
 use crate::crd::ApiKey;
-use crate::crd::secret::{KeySecretSpec, key_id_for, key_secret};
+use crate::crd::secret::KeySecretIdentity;
+use crate::crd::secret::{KeySecretSpec, identity_of, key_secret};
 use crate::domain::issuance::secret_conflict;
-use crate::domain::{Kind, ObjectRef as DomainRef, Problem, SecretState};
+use crate::domain::{Kind, ObjectRef as DomainRef, Problem, Reason, SecretState};
 use crate::store::IssuedKey;
 
 /// How long a Secret the controller created counts as present while the cache has not shown it yet.
@@ -35,15 +39,65 @@ fn classify(secret: &Secret, key: Option<&ApiKey>) -> SecretState {
     let Some(key) = key else {
         return SecretState::Foreign;
     };
-    let owned = key.uid().is_some_and(|uid| {
+    match identity_of(secret) {
+        Some(identity) if is_owned_by(secret, key) && is_for(&identity, key) => SecretState::Holds(identity.key_id),
+        _ => SecretState::Foreign,
+    }
+}
+
+fn is_owned_by(secret: &Secret, key: &ApiKey) -> bool {
+    key.uid().is_some_and(|uid| {
         secret
             .owner_references()
             .iter()
             .any(|owner| owner.uid == uid && owner.kind == "ApiKey")
-    });
-    match key_id_for(secret, &key.name_any()) {
-        Some(key_id) if owned => SecretState::Holds(key_id),
-        _ => SecretState::Foreign,
+    })
+}
+
+fn is_for(identity: &KeySecretIdentity, key: &ApiKey) -> bool {
+    identity.api_key == key.name_any() && identity.organization == key.spec.organization_ref.name
+}
+
+/// The `SecretConflict` of `key` when `secret`, in its way, is one orgkeeper wrote for another ApiKey:
+/// names both, so that whoever reads the status knows whose key is in the way. None for a Secret that is
+/// this very ApiKey's or not orgkeeper's at all.
+pub fn clash(secret: &Secret, key: &ApiKey) -> Option<Problem> {
+    let identity = identity_of(secret)?;
+    if is_owned_by(secret, key) && is_for(&identity, key) {
+        return None;
+    }
+    let (me, organization) = (key.name_any(), &key.spec.organization_ref.name);
+    let namespace = key.namespace().unwrap_or_default();
+    let holder = if is_for(&identity, key) {
+        format!("an earlier ApiKey {me} of organization {organization} (deleted without its Secret)")
+    } else {
+        format!("ApiKey {} of organization {}", identity.api_key, identity.organization)
+    };
+    Some(Problem {
+        object: DomainRef::new(Kind::ApiKey, &namespace, &me),
+        reason: Reason::SecretConflict,
+        message: format!(
+            "Secret {:?} holds key {} that orgkeeper wrote for {holder}; it is never touched, and no key of ApiKey {me} of organization {organization} is written into it: set spec.secret.name to a name of its own (or delete that Secret if its key is no longer needed)",
+            secret.name_any(),
+            identity.key_id,
+        ),
+    })
+}
+
+/// Replaces the generic `SecretConflict` of each ApiKey whose Secret is another ApiKey's (as the cache
+/// shows it) with one that names both.
+pub fn name_the_other_key(problems: &mut [Problem], view: &OrgView, cached: &Store<Secret>) {
+    for problem in problems
+        .iter_mut()
+        .filter(|p| p.reason == Reason::SecretConflict && p.object.kind == Kind::ApiKey)
+    {
+        let Some(key) = view.api_key(&problem.object.name) else {
+            continue;
+        };
+        let secret = cached.get(&ObjectRef::new(&key.secret_name()).within(&problem.object.namespace));
+        if let Some(named) = secret.and_then(|secret| clash(&secret, key)) {
+            *problem = named;
+        }
     }
 }
 
@@ -89,17 +143,19 @@ pub enum Written {
 
 /// Reads a Secret straight from the API server, for decisions that must not rest on a cache.
 pub async fn holds(client: &Client, namespace: &str, name: &str, key: &ApiKey) -> Result<SecretState, kube::Error> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    Ok(match api.get_metadata_opt(name).await? {
-        Some(meta) => classify(
-            &Secret {
-                metadata: meta.metadata,
-                ..Default::default()
-            },
-            Some(key),
-        ),
+    Ok(match metadata(client, namespace, name).await? {
+        Some(secret) => classify(&secret, Some(key)),
         None => SecretState::Absent,
     })
+}
+
+/// A Secret's metadata (never its data) from the API server, as a `Secret` without data.
+async fn metadata(client: &Client, namespace: &str, name: &str) -> Result<Option<Secret>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    Ok(api.get_metadata_opt(name).await?.map(|meta| Secret {
+        metadata: meta.metadata,
+        ..Default::default()
+    }))
 }
 
 /// Creates the immutable Secret for a freshly issued key, owned by its ApiKey. Never updates: when the name
@@ -140,12 +196,17 @@ pub async fn create(
             Ok(Written::Created)
         }
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            match holds(client, namespace, &issued.secret_name, owner).await? {
-                SecretState::Holds(key_id) if key_id == issued.token.key_id() => Ok(Written::Created),
-                _ => Ok(Written::Conflict(secret_conflict(
-                    DomainRef::new(Kind::ApiKey, namespace, &issued.api_key),
-                    &issued.secret_name,
-                ))),
+            let found = metadata(client, namespace, &issued.secret_name).await?;
+            match found.as_ref().map(|secret| classify(secret, Some(owner))) {
+                Some(SecretState::Holds(key_id)) if key_id == issued.token.key_id() => Ok(Written::Created),
+                _ => Ok(Written::Conflict(
+                    found.and_then(|secret| clash(&secret, owner)).unwrap_or_else(|| {
+                        secret_conflict(
+                            DomainRef::new(Kind::ApiKey, namespace, &issued.api_key),
+                            &issued.secret_name,
+                        )
+                    }),
+                )),
             }
         }
         Err(error) => Err(error),
@@ -215,5 +276,52 @@ mod tests {
         copied.metadata.owner_references = None;
         assert_eq!(classify(&copied, Some(&key)), SecretState::Foreign);
         assert_eq!(classify(&Secret::default(), Some(&key)), SecretState::Foreign);
+        assert_eq!(clash(&secret, &key), None, "its own Secret is no clash");
+        assert_eq!(
+            clash(&Secret::default(), &key),
+            None,
+            "a foreign Secret is not orgkeeper's to explain"
+        );
+    }
+
+    #[test]
+    fn a_secret_written_for_another_organizations_key_is_never_ours_and_the_clash_names_both() {
+        // ApiKey backend of organization acme wrote Secret "backend"; ApiKey backend of beta (the same name
+        // after acme's was deleted without its Secret, or another key pointing spec.secret.name at it).
+        let acme = api_key("uid-1");
+        let secret = written_for(&acme, &ApiKeyToken::generate("env1"));
+        let mut beta = api_key("uid-1");
+        beta.spec.organization_ref.name = "beta".into();
+        assert_eq!(
+            classify(&secret, Some(&beta)),
+            SecretState::Foreign,
+            "even with the owner's uid"
+        );
+        let problem = clash(&secret, &beta).expect("a clash");
+        assert_eq!(problem.reason, Reason::SecretConflict);
+        assert_eq!(problem.object, DomainRef::new(Kind::ApiKey, "team", "backend"));
+        assert!(
+            problem.message.contains("ApiKey backend of organization acme"),
+            "{}",
+            problem.message
+        );
+        assert!(
+            problem.message.contains("ApiKey backend of organization beta"),
+            "{}",
+            problem.message
+        );
+        assert!(problem.message.contains("never touched"), "{}", problem.message);
+
+        // The same organization and name, but not the owner: an earlier ApiKey's Secret left behind.
+        let mut orphan = secret.clone();
+        orphan.metadata.owner_references = None;
+        let problem = clash(&orphan, &acme).expect("a clash");
+        assert!(
+            problem
+                .message
+                .contains("an earlier ApiKey backend of organization acme"),
+            "{}",
+            problem.message
+        );
     }
 }

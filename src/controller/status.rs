@@ -2,6 +2,16 @@
 //! and `Stalled`, whose reasons are the domain's (`UnknownAccount`, `SecretMissing`, ...) and whose messages
 //! say what to do. A status is written with server-side apply under its own field manager, and only
 //! when it differs from what the object already shows; an event marks each change of `Ready`.
+//!
+//! `Ready=True` means the declared state is reached, which includes a revoked key: revocation was asked
+//! for and is done, so `kubectl wait --for=condition=Ready` and kstatus-based tools (Flux, Argo CD) see it
+//! converged. `Ready=False` is left for what is on its way or needs a person.
+//!
+//! Waiting for another resource is normal for a while: `kubectl apply -k` creates ApiKeys before the
+//! Environment they name, and the account registry may lag. A wait is announced with a Normal event;
+//! only when it has lasted [`PERSISTENT_WAIT`] does a Warning event follow (once per wait).
+
+use std::time::Duration;
 
 use k8s_openapi::jiff::{Timestamp, Unit};
 use kube::api::{Patch, PatchParams};
@@ -15,6 +25,10 @@ use super::{Error, STATUS_MANAGER};
 use crate::crd::{Condition, KstatusFields};
 use crate::domain::{Problem, Reason};
 
+/// How long waiting for a dependency (an Organization, an Environment, an account, a key slot) is normal;
+/// a wait that lasts longer is announced with a Warning event.
+pub const PERSISTENT_WAIT: Duration = Duration::from_secs(120);
+
 /// Where an object stands after a reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -25,7 +39,7 @@ pub enum Outcome {
     Waiting { reason: Reason, message: String },
     /// Cannot be carried out until someone changes something.
     Stalled { reason: Reason, message: String },
-    /// The key is revoked: final, and not an error.
+    /// The key is revoked: final, and not an error (the declared state is reached: `Ready=True`).
     Revoked { message: String },
     /// On its way (a key being issued); another reconcile follows.
     Progressing { reason: &'static str, message: String },
@@ -65,8 +79,9 @@ impl Outcome {
         }
     }
 
+    /// Whether the declared state is reached: the `Ready` condition. A revoked key has reached it.
     pub fn is_ready(&self) -> bool {
-        matches!(self, Outcome::Ready { .. })
+        matches!(self, Outcome::Ready { .. } | Outcome::Revoked { .. })
     }
 
     /// Whether the object is still on its way (the `Reconciling` condition), and so is looked at again
@@ -82,10 +97,14 @@ impl Outcome {
         matches!(self, Outcome::Stalled { .. })
     }
 
+    /// Waiting is normal at first ([`PERSISTENT_WAIT`] turns it into a warning); a stalled object or a
+    /// failed reconcile needs a person.
     fn event_type(&self) -> EventType {
         match self {
-            Outcome::Ready { .. } | Outcome::Revoked { .. } | Outcome::Progressing { .. } => EventType::Normal,
-            _ => EventType::Warning,
+            Outcome::Stalled { .. } | Outcome::Failed { .. } => EventType::Warning,
+            Outcome::Ready { .. } | Outcome::Revoked { .. } | Outcome::Progressing { .. } | Outcome::Waiting { .. } => {
+                EventType::Normal
+            }
         }
     }
 }
@@ -145,10 +164,15 @@ pub async fn publish<K: OrgkeeperResource>(
     let previous = object.status();
     let previous_conditions = previous.map(KstatusFields::conditions).unwrap_or_default();
     status.set_observed(generation, conditions(outcome, generation, previous_conditions, &now()));
+    let uid = object.uid().unwrap_or_default();
+    match persistent_wait(outcome, status.conditions(), Timestamp::now()) {
+        Some(waited) if ctx.first_warning(&uid) => warn_persistent(ctx, object, outcome, waited).await,
+        Some(_) => {}
+        None => ctx.wait_over(&uid),
+    }
     if previous == Some(&status) {
         return Ok(false);
     }
-    let uid = object.uid().unwrap_or_default();
     let text = serde_json::to_string(&status).map_err(|e| Error::Vanished(format!("status is not JSON: {e}")))?;
     if ctx.recently_written(&uid, &text) {
         return Ok(false);
@@ -179,9 +203,40 @@ fn flag_of(outcome: &Outcome) -> &'static str {
     if outcome.is_ready() { "True" } else { "False" }
 }
 
-/// An event for a change of `Ready`. Failing to record it never fails the reconcile.
+/// How long the object has been waiting, if `outcome` is a wait that has lasted [`PERSISTENT_WAIT`]: the
+/// wait began when `Ready` last turned False (kept across reconciles and controller restarts).
+pub fn persistent_wait(outcome: &Outcome, conditions: &[Condition], now: Timestamp) -> Option<Duration> {
+    if !matches!(outcome, Outcome::Waiting { .. }) {
+        return None;
+    }
+    let ready = conditions.iter().find(|c| c.type_ == "Ready" && c.status == "False")?;
+    let since: Timestamp = ready.last_transition_time.parse().ok()?;
+    let waited = Duration::try_from(now.duration_since(since)).ok()?;
+    (waited >= PERSISTENT_WAIT).then_some(waited)
+}
+
+/// An event for a change of `Ready`.
 async fn announce<K: OrgkeeperResource>(ctx: &Context, object: &K, outcome: &Outcome) {
-    let mut note = outcome.message().to_owned();
+    record(
+        ctx,
+        object,
+        outcome.event_type(),
+        outcome.reason(),
+        outcome.message().to_owned(),
+    )
+    .await;
+}
+
+/// The Warning for a wait that lasts: the same reason, and for how long it has lasted.
+async fn warn_persistent<K: OrgkeeperResource>(ctx: &Context, object: &K, outcome: &Outcome, waited: Duration) {
+    let minutes = waited.as_secs() / 60;
+    let note = format!("still waiting after {minutes} minute(s): {}", outcome.message());
+    record(ctx, object, EventType::Warning, outcome.reason(), note).await;
+}
+
+/// Records an event on `object`. Failing to record it never fails the reconcile.
+pub async fn record<K: OrgkeeperResource>(ctx: &Context, object: &K, type_: EventType, reason: &str, mut note: String) {
+    // The API server refuses notes over 1 kB.
     if note.len() > 1000 {
         let mut end = 1000;
         while !note.is_char_boundary(end) {
@@ -190,14 +245,14 @@ async fn announce<K: OrgkeeperResource>(ctx: &Context, object: &K, outcome: &Out
         note.truncate(end);
     }
     let event = Event {
-        type_: outcome.event_type(),
-        reason: outcome.reason().to_owned(),
+        type_,
+        reason: reason.to_owned(),
         note: Some(note),
         action: "Reconcile".to_owned(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-        tracing::warn!(object = %object.name_any(), %error, "could not record an event");
+        tracing::warn!(object = %object.name_any(), error = %super::describe(&error), "could not record an event");
     }
 }
 
@@ -245,6 +300,50 @@ mod tests {
         let revoked = conditions(&Outcome::from_problem(&problem(Reason::Revoked)), Some(3), &[], "t0");
         assert_eq!(find(&revoked, "Ready").reason, "Revoked");
         assert_eq!(find(&revoked, "Stalled").status, "False");
+    }
+
+    #[test]
+    fn a_revoked_key_has_reached_its_declared_state() {
+        let revoked = Outcome::from_problem(&problem(Reason::Revoked));
+        let found = conditions(&revoked, Some(2), &[], "t0");
+        assert_eq!(
+            find(&found, "Ready").status,
+            "True",
+            "kubectl wait --for=condition=Ready returns"
+        );
+        assert_eq!(find(&found, "Reconciling").status, "False");
+        assert_eq!(find(&found, "Stalled").status, "False");
+        assert_eq!(revoked.event_type(), EventType::Normal);
+    }
+
+    #[test]
+    fn a_wait_is_normal_at_first_and_a_warning_once_it_persists() {
+        let waiting = Outcome::from_problem(&problem(Reason::EnvironmentNotFound));
+        assert_eq!(waiting.event_type(), EventType::Normal);
+        let began: Timestamp = "2026-01-01T10:00:00Z".parse().unwrap();
+        let found = conditions(&waiting, Some(1), &[], &began.to_string());
+        let at = |seconds: i64| began + k8s_openapi::jiff::SignedDuration::from_secs(seconds);
+        assert_eq!(
+            persistent_wait(&waiting, &found, at(30)),
+            None,
+            "seconds of apply order"
+        );
+        assert_eq!(persistent_wait(&waiting, &found, at(119)), None);
+        assert_eq!(
+            persistent_wait(&waiting, &found, at(125)),
+            Some(Duration::from_secs(125))
+        );
+        // The wait began when Ready turned False, whatever the reconciles in between.
+        let again = conditions(&waiting, Some(1), &found, &at(100).to_string());
+        assert_eq!(
+            persistent_wait(&waiting, &again, at(125)),
+            Some(Duration::from_secs(125))
+        );
+        // Only waits turn into warnings: a stalled object already warned when it stalled.
+        let stalled = Outcome::from_problem(&problem(Reason::SecretConflict));
+        let found = conditions(&stalled, Some(1), &[], &began.to_string());
+        assert_eq!(persistent_wait(&stalled, &found, at(600)), None);
+        assert_eq!(stalled.event_type(), EventType::Warning);
     }
 
     #[test]

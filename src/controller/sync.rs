@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use super::Error;
 use super::context::Context;
-use super::issuance;
+use super::{issuance, secrets};
 use crate::domain::{
-    self, KnownAccounts, ObjectRef, OrgKey, Problem, StoredOrganization, plan_organization_removal, review_key_secrets,
+    self, Kind, KnownAccounts, ObjectRef, OrgKey, Problem, Reason, StoredOrganization, plan_organization_removal,
+    review_key_secrets,
 };
 
 /// An organization after reconciling it.
@@ -49,6 +50,7 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
         plan.changes = plan_organization_removal(stored.as_ref(), org.spec.deletion_policy.into());
     }
     problems.append(&mut plan.problems);
+    missing_organization_remedy(&mut problems, key);
     let review = review_key_secrets(plan.changes, stored.as_ref(), |namespace, secret, api_key| {
         ctx.recent_secrets.state(
             &ctx.caches.secrets,
@@ -57,7 +59,9 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
             view.api_key(api_key).map(AsRef::as_ref),
         )
     });
-    problems.extend(review.problems);
+    let mut review_problems = review.problems;
+    secrets::name_the_other_key(&mut review_problems, &view, &ctx.caches.secrets);
+    problems.extend(review_problems);
     let planned = started.elapsed();
     let changes = review.changes.len() + review.completions.len();
     if changes > 0 {
@@ -79,6 +83,21 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
     );
     ctx.metrics.organization_keys(key, stored.as_ref());
     Ok(Synced { stored, problems })
+}
+
+/// In the cluster `organizationRef` cannot change (the API server refuses it: a resource never moves to
+/// another organization), so the way out of a missing organization is to create it, or to create the
+/// resource again for another one; the message says so rather than "fix organizationRef".
+fn missing_organization_remedy(problems: &mut [Problem], organization: &OrgKey) {
+    for problem in problems
+        .iter_mut()
+        .filter(|p| p.reason == Reason::OrganizationNotFound && p.object.kind != Kind::Organization)
+    {
+        problem.message = format!(
+            "organization {:?} does not exist in namespace {:?} (yet): create it and this {} follows; organizationRef cannot be changed, so to use another organization delete this {} and create it again",
+            organization.name, organization.namespace, problem.object.kind, problem.object.kind
+        );
+    }
 }
 
 /// What the store holds for the organization: a copy kept from an earlier reconcile while the store's

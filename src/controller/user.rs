@@ -81,22 +81,12 @@ mod tests {
         assert_eq!(outcome.reason(), "UnknownAccount");
 
         let org = StoredOrganization {
-            id: "o".into(),
-            key: OrgKey::new("team", "acme"),
-            settings: OrganizationSettings {
-                display_name: "Acme".into(),
-                plan: PlanTier::Developer,
-                limits: LimitOverrides::default(),
-                deletion_policy: DeletionPolicy::Retain,
-            },
-            managed: true,
-            environments: vec![],
             users: vec![StoredUser {
                 account: account.clone(),
                 role: Role::Admin,
                 resource_name: "alice".into(),
             }],
-            api_keys: vec![],
+            ..fixtures::organization()
         };
         let (_, outcome) = observe(Some(account), Role::Admin, None, Some(&org));
         assert_eq!(outcome.message(), "github:alice is an Admin of organization acme");

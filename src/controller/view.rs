@@ -105,10 +105,10 @@ fn collect<R: ToDeclaration + ResourceExt>(
 ) {
     match resource.to_declaration() {
         Ok(declaration) => into.push(declaration),
-        Err(message) => problems.push(Problem {
+        Err(error) => problems.push(Problem {
             object: ObjectRef::new(kind, &resource.namespace().unwrap_or_default(), &resource.name_any()),
             reason: Reason::InvalidSpec,
-            message,
+            message: error.to_string(),
         }),
     }
 }

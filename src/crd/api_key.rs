@@ -35,16 +35,15 @@ use super::common::{AccessSpec, Condition, OrganizationRef, StringMap};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySpec {
-    /// The organization the key belongs to. Immutable.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("organizationRef is immutable: create a new ApiKey instead"))]
+    /// The organization the key belongs to. Immutable: a key never moves to another organization.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("organizationRef is immutable (a key never moves to another organization): delete this ApiKey and create it again with the organizationRef you want"))]
     pub organization_ref: OrganizationRef,
-    /// The environment (its resource name, or production/development). Immutable.
+    /// The environment (its resource name, or production/development). Can be corrected until the key is
+    /// issued; once it is, a change is refused in status (ImmutableField) and the key is left as it is.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("environment is immutable: create a new ApiKey instead"))]
     pub environment: String,
-    /// ReadWrite (default) or ReadOnly. Immutable.
+    /// ReadWrite (default) or ReadOnly. Can be corrected until the key is issued, like environment.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("access is immutable: create a new ApiKey instead"))]
     pub access: AccessSpec,
     /// The Secret the key is written to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,13 +58,13 @@ pub struct ApiKeySpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySecret {
-    /// Name of the Secret (in the ApiKey's namespace). Defaults to the ApiKey's name. Immutable.
+    /// Name of the Secret (in the ApiKey's namespace). Defaults to the ApiKey's name. Can be corrected until
+    /// the key is issued; once it is, a change is refused in status (ImmutableField).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("secret.name is immutable: create a new ApiKey instead"))]
     pub name: Option<String>,
     /// Extra labels and annotations for the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]

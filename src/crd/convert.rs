@@ -13,17 +13,35 @@ fn name_of(meta: &kube::core::ObjectMeta) -> String {
     meta.name.clone().unwrap_or_default()
 }
 
+/// Why a resource declares nothing: the field at fault and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct DeclarationError {
+    /// The field's path in the resource, e.g. `spec.github`.
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl DeclarationError {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        DeclarationError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
 /// Turns a resource into what it declares. Fails only where the CRD schema would have refused the object,
-/// for manifests that never met an API server; the message names the field.
+/// for manifests that never met an API server.
 pub trait ToDeclaration {
     type Declaration;
-    fn to_declaration(&self) -> Result<Self::Declaration, String>;
+    fn to_declaration(&self) -> Result<Self::Declaration, DeclarationError>;
 }
 
 impl ToDeclaration for Organization {
     type Declaration = domain::OrganizationDecl;
 
-    fn to_declaration(&self) -> Result<Self::Declaration, String> {
+    fn to_declaration(&self) -> Result<Self::Declaration, DeclarationError> {
         Ok(domain::OrganizationDecl {
             namespace: namespace_of(&self.metadata),
             name: name_of(&self.metadata),
@@ -40,7 +58,7 @@ impl ToDeclaration for Organization {
 impl ToDeclaration for Environment {
     type Declaration = domain::EnvironmentDecl;
 
-    fn to_declaration(&self) -> Result<Self::Declaration, String> {
+    fn to_declaration(&self) -> Result<Self::Declaration, DeclarationError> {
         Ok(domain::EnvironmentDecl {
             namespace: namespace_of(&self.metadata),
             name: name_of(&self.metadata),
@@ -55,11 +73,15 @@ impl ToDeclaration for Environment {
 
 impl User {
     /// The account this user declares.
-    pub fn account(&self) -> Result<Account, String> {
+    pub fn account(&self) -> Result<Account, DeclarationError> {
         match (&self.spec.github, &self.spec.google) {
-            (Some(github), None) => Account::github(github).map_err(|e| format!("spec.github: {e}")),
-            (None, Some(google)) => Account::google(google).map_err(|e| format!("spec.google: {e}")),
-            _ => Err("spec: set exactly one of github or google".to_owned()),
+            (Some(github), None) => {
+                Account::github(github).map_err(|e| DeclarationError::new("spec.github", e.to_string()))
+            }
+            (None, Some(google)) => {
+                Account::google(google).map_err(|e| DeclarationError::new("spec.google", e.to_string()))
+            }
+            _ => Err(DeclarationError::new("spec", "set exactly one of github or google")),
         }
     }
 }
@@ -67,7 +89,7 @@ impl User {
 impl ToDeclaration for User {
     type Declaration = domain::UserDecl;
 
-    fn to_declaration(&self) -> Result<Self::Declaration, String> {
+    fn to_declaration(&self) -> Result<Self::Declaration, DeclarationError> {
         Ok(domain::UserDecl {
             namespace: namespace_of(&self.metadata),
             name: name_of(&self.metadata),
@@ -81,7 +103,7 @@ impl ToDeclaration for User {
 impl ToDeclaration for ApiKey {
     type Declaration = domain::ApiKeyDecl;
 
-    fn to_declaration(&self) -> Result<Self::Declaration, String> {
+    fn to_declaration(&self) -> Result<Self::Declaration, DeclarationError> {
         Ok(domain::ApiKeyDecl {
             namespace: namespace_of(&self.metadata),
             name: name_of(&self.metadata),

@@ -23,13 +23,17 @@ use super::common::{Condition, DeletionPolicySpec, EffectiveLimitsStatus, Limits
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
-        .message("metadata.name is the environment's name and must be a DNS label: at most 63 lowercase letters, digits and '-'"),
+        .message("metadata.name is the environment's name and must be a DNS label: at most 63 lowercase letters, digits and '-'")
+        .field_path(".metadata.name"),
     validation = Rule::new("self.metadata.name != 'production' || !has(self.spec.production) || self.spec.production")
-        .message("production is a default environment and is always a production environment: remove spec.production or set it to true"),
+        .message("production is a default environment and is always a production environment: remove spec.production or set it to true")
+        .field_path(".spec.production"),
     validation = Rule::new("self.metadata.name != 'development' || !has(self.spec.production) || !self.spec.production")
-        .message("development is a default environment and is never a production environment: remove spec.production or set it to false"),
+        .message("development is a default environment and is never a production environment: remove spec.production or set it to false")
+        .field_path(".spec.production"),
     validation = Rule::new("!(self.metadata.name in ['production', 'development']) || !has(self.spec.deletionPolicy) || self.spec.deletionPolicy != 'Delete'")
         .message("default environments can never be deleted: deletionPolicy Delete is not allowed on production or development (deleting the resource resets the environment)")
+        .field_path(".spec.deletionPolicy")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentSpec {

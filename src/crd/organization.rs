@@ -22,6 +22,7 @@ use super::common::{Condition, DeletionPolicySpec, LimitsSpec, PlanSpec};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit")
+        .field_path(".metadata.name")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OrganizationSpec {

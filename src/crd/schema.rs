@@ -1,13 +1,41 @@
 //! The generated CustomResourceDefinitions.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSONSchemaProps};
 use kube::CustomResourceExt;
 
 use super::{ApiKey, Environment, Organization, User};
 
 /// Every CRD, in a stable order.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![Organization::crd(), Environment::crd(), User::crd(), ApiKey::crd()]
+    [Organization::crd(), Environment::crd(), User::crd(), ApiKey::crd()]
+        .into_iter()
+        .map(declare_metadata_name)
+        .collect()
+}
+
+/// Declares `metadata.name` in the root schema (the one part of metadata a CRD may describe), so that
+/// root-level CEL rules about the name can point their `fieldPath` at it: the API server then answers
+/// `metadata.name: Invalid value: ...` instead of `<nil>: Invalid value: ...`.
+fn declare_metadata_name(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let name = JSONSchemaProps {
+        type_: Some("string".into()),
+        ..Default::default()
+    };
+    let metadata = JSONSchemaProps {
+        type_: Some("object".into()),
+        properties: Some(BTreeMap::from([("name".to_owned(), name)])),
+        ..Default::default()
+    };
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            root.properties
+                .get_or_insert_with(Default::default)
+                .insert("metadata".to_owned(), metadata.clone());
+        }
+    }
+    crd
 }
 
 /// All CRDs as one multi-document YAML stream, as `orgkeeper crds` prints it and `crds/` stores it.
@@ -24,5 +52,11 @@ pub fn crds_yaml() -> String {
 pub fn schema_for_kind(kind: &str) -> Option<serde_json::Value> {
     let crd = all_crds().into_iter().find(|crd| crd.spec.names.kind == kind)?;
     let version = crd.spec.versions.into_iter().next()?;
-    serde_json::to_value(version.schema?.open_api_v3_schema?).ok()
+    let mut root = version.schema?.open_api_v3_schema?;
+    // Metadata is the API machinery's (labels, annotations, ...): the schema only names `metadata.name`
+    // for the API server's error paths, and must not make the rest look unknown.
+    if let Some(properties) = root.properties.as_mut() {
+        properties.remove("metadata");
+    }
+    serde_json::to_value(root).ok()
 }

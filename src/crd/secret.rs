@@ -67,6 +67,28 @@ pub fn key_secret(spec: &KeySecretSpec, token: &ApiKeyToken) -> Secret {
     }
 }
 
+/// Whom orgkeeper wrote a key Secret for, from its labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySecretIdentity {
+    pub organization: String,
+    pub api_key: String,
+    pub key_id: String,
+}
+
+/// Which organization's ApiKey and which key a Secret holds, if orgkeeper wrote it (labels only: callers
+/// that must be sure also check who owns it).
+pub fn identity_of(secret: &Secret) -> Option<KeySecretIdentity> {
+    let labels = secret.metadata.labels.as_ref()?;
+    if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
+        return None;
+    }
+    Some(KeySecretIdentity {
+        organization: labels.get(LABEL_ORGANIZATION)?.clone(),
+        api_key: labels.get(LABEL_API_KEY)?.clone(),
+        key_id: labels.get(LABEL_KEY_ID)?.clone(),
+    })
+}
+
 /// Which issued key a Secret holds, if orgkeeper wrote it for the named ApiKey.
 pub fn key_id_for(secret: &Secret, api_key: &str) -> Option<String> {
     let labels = secret.metadata.labels.as_ref()?;
@@ -106,6 +128,14 @@ mod tests {
         assert_eq!(secret.immutable, Some(true));
         assert_eq!(key_id_for(&secret, "backend").as_deref(), Some(token.key_id()));
         assert_eq!(key_id_for(&secret, "other"), None);
+        assert_eq!(
+            identity_of(&secret),
+            Some(KeySecretIdentity {
+                organization: "acme".into(),
+                api_key: "backend".into(),
+                key_id: token.key_id().to_owned(),
+            })
+        );
         assert_eq!(secret.metadata.labels.as_ref().unwrap()["team"], "a");
     }
 }

@@ -194,9 +194,12 @@ fn needed(
     }
 }
 
+/// The key id of a key known only from manifests (shown where a plan names the key it revokes).
+pub const UNKNOWN_KEY_ID: &str = "(not known from manifests)";
+
 /// What the store would hold after applying `declarations` to an empty store: the state before a pull
 /// request when the target branch's manifests (`--base`) stand in for the store. Keys are live (or revoked)
-/// with no key id, because no key was ever issued from them.
+/// with the key id [`UNKNOWN_KEY_ID`], because no key was ever issued from them.
 pub fn state_declared_by(declarations: &Declarations) -> BTreeMap<OrgKey, StoredOrganization> {
     let mut organizations: BTreeMap<OrgKey, StoredOrganization> = BTreeMap::new();
     for decl in &declarations.organizations {
@@ -246,7 +249,7 @@ pub fn state_declared_by(declarations: &Declarations) -> BTreeMap<OrgKey, Stored
     for key in &declarations.api_keys {
         if let Some(org) = organizations.get_mut(&OrgKey::new(&key.namespace, &key.organization)) {
             org.api_keys.push(StoredApiKey {
-                key_id: String::new(),
+                key_id: UNKNOWN_KEY_ID.to_owned(),
                 environment: key.environment.clone(),
                 resource_name: key.name.clone(),
                 secret_name: key.secret_name.clone(),

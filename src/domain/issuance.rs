@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use super::model::{KeyState, Kind, ObjectRef, OrgKey, StoredOrganization};
+use super::model::{KeyState, Kind, ObjectRef, OrgKey, StoredApiKey, StoredOrganization};
 use super::plan::Change;
 use super::rules::{Problem, Reason};
 
@@ -18,16 +18,41 @@ pub enum SecretState {
     Absent,
     /// A Secret orgkeeper wrote for this very ApiKey, holding the key with this id.
     Holds(String),
-    /// A Secret of that name that orgkeeper did not write for this ApiKey.
+    /// A Secret orgkeeper wrote for another ApiKey or another organization: named, so that the clash can say
+    /// whose key is in the way.
+    HoldsAnother { organization: OrgKey, api_key: String },
+    /// A Secret of that name that orgkeeper did not write.
     Foreign,
 }
 
+/// When an adapter writes a key's Secret relative to recording the key, which decides what a Secret of
+/// this ApiKey holding a key the store does not know as live means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOrder {
+    /// The key is recorded pending before its Secret is written (the controller): no crash can leave a
+    /// Secret holding a key the store does not know, so such a Secret is a conflict.
+    RecordFirst,
+    /// The Secret is written before the transaction that records the key commits (`orgkeeper apply`): a
+    /// Secret of this ApiKey holding a key that never became live is what a crash leaves, and is replaced.
+    WriteFirst,
+}
+
 /// A pending key whose Secret already holds it: the crash came after the Secret was written and before
-/// the key was marked live, so marking it live completes the issuance.
+/// the key was marked live, so marking it live completes the issuance ([`WriteOrder::RecordFirst`] only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingCompletion {
     pub organization: OrgKey,
     pub api_key: String,
+    pub key_id: String,
+}
+
+/// A Secret left by an interrupted [`WriteOrder::WriteFirst`] issuance: written for this ApiKey, holding a
+/// key that never became live. The adapter replaces it with the key it issues now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleSecret {
+    pub organization: OrgKey,
+    pub api_key: String,
+    pub secret_name: String,
     pub key_id: String,
 }
 
@@ -38,37 +63,55 @@ pub struct SecretReview {
     /// pending keys that only need completing.
     pub changes: Vec<Change>,
     pub completions: Vec<PendingCompletion>,
+    /// Secrets to replace with a fresh key (only with [`WriteOrder::WriteFirst`]).
+    pub stale: Vec<StaleSecret>,
     /// `SecretConflict` and `SecretMissing`, each on its ApiKey.
     pub problems: Vec<Problem>,
 }
 
-/// Checks the keys a plan issues and the live keys it keeps against their Secrets.
-///
-/// - An issuance goes ahead only when its Secret is absent; a pending key whose Secret holds it is
-///   completed instead; a Secret that holds another key or is not orgkeeper's is never touched and the
-///   key is not issued (`SecretConflict`).
-/// - A live key whose Secret is gone is reported (`SecretMissing`) and not re-issued: clients may hold
-///   the old key, and a silent re-issue would break them without a trace. The way out is rotation.
-///
-/// `secret_of(namespace, secret_name, api_key)` tells what the named Secret holds for that ApiKey.
+/// Checks the keys a plan issues and the live keys it keeps against their Secrets, for one organization
+/// (the controller's unit of work). See [`review_secrets`].
 pub fn review_key_secrets(
     changes: Vec<Change>,
     stored: Option<&StoredOrganization>,
     secret_of: impl Fn(&str, &str, &str) -> SecretState,
 ) -> SecretReview {
+    review_secrets(
+        changes,
+        stored.into_iter(),
+        WriteOrder::RecordFirst,
+        |organization, secret_name, api_key| secret_of(&organization.namespace, secret_name, api_key),
+    )
+}
+
+/// Checks the keys a plan issues and the live keys it keeps against their Secrets.
+///
+/// - An issuance goes ahead only when its Secret is absent; a pending key whose Secret holds it is
+///   completed instead; a Secret that holds another key, belongs to another ApiKey or organization, or is
+///   not orgkeeper's is never touched and the key is not issued (`SecretConflict`). The one exception is
+///   a Secret of this very ApiKey holding a key that is not live, with [`WriteOrder::WriteFirst`].
+/// - A live key whose Secret is gone is reported (`SecretMissing`) and not re-issued: clients may hold
+///   the old key, and a silent re-issue would break them without a trace. The way out is rotation. A live
+///   key whose Secret holds anything else is a `SecretConflict`.
+///
+/// `stored` holds what the store has for every organization the changes touch.
+/// `secret_of(organization, secret_name, api_key)` tells what the named Secret, in the organization's
+/// namespace, holds for that organization's ApiKey.
+pub fn review_secrets<'a>(
+    changes: Vec<Change>,
+    stored: impl Iterator<Item = &'a StoredOrganization> + Clone,
+    order: WriteOrder,
+    secret_of: impl Fn(&OrgKey, &str, &str) -> SecretState,
+) -> SecretReview {
     let mut review = SecretReview::default();
-    let mut leaving = BTreeSet::new();
+    let leaving: BTreeSet<String> = changes.iter().flat_map(Change::revoked_keys).cloned().collect();
+    let is_live = |key_id: &str| {
+        stored
+            .clone()
+            .flat_map(|org| &org.api_keys)
+            .any(|k| k.key_id == key_id && k.state == KeyState::Live)
+    };
     for change in changes {
-        match &change {
-            Change::RevokeKey { key_id, .. } | Change::RemoveKey { key_id, .. } => {
-                leaving.insert(key_id.clone());
-            }
-            Change::DeleteEnvironment { revoked_keys, .. }
-            | Change::ReleaseEnvironment { revoked_keys, .. }
-            | Change::DeleteOrganization { revoked_keys, .. }
-            | Change::ReleaseOrganization { revoked_keys, .. } => leaving.extend(revoked_keys.iter().cloned()),
-            _ => {}
-        }
         let Change::IssueKey {
             organization,
             api_key,
@@ -81,14 +124,23 @@ pub fn review_key_secrets(
             continue;
         };
         let object = ObjectRef::new(Kind::ApiKey, &organization.namespace, api_key);
-        match (secret_of(&organization.namespace, secret_name, api_key), resume) {
+        match (secret_of(organization, secret_name, api_key), resume) {
             (SecretState::Absent, _) => review.changes.push(change),
-            (SecretState::Holds(held), Some(pending)) if &held == pending => {
+            (SecretState::Holds(held), Some(pending)) if &held == pending && order == WriteOrder::RecordFirst => {
                 review.completions.push(PendingCompletion {
                     organization: organization.clone(),
                     api_key: api_key.clone(),
                     key_id: held,
                 });
+            }
+            (SecretState::Holds(held), _) if order == WriteOrder::WriteFirst && !is_live(&held) => {
+                review.stale.push(StaleSecret {
+                    organization: organization.clone(),
+                    api_key: api_key.clone(),
+                    secret_name: secret_name.clone(),
+                    key_id: held,
+                });
+                review.changes.push(change);
             }
             (SecretState::Holds(held), _) => review.problems.push(Problem {
                 object,
@@ -97,37 +149,94 @@ pub fn review_key_secrets(
                     "Secret {secret_name:?} already holds key {held}, which is not a key of this ApiKey in the store; orgkeeper never rewrites a Secret: delete the Secret and a new key is issued into a new one"
                 ),
             }),
+            (SecretState::HoldsAnother { organization: owner, api_key: other }, _) => {
+                review
+                    .problems
+                    .push(held_by_another(object, organization, secret_name, &owner, &other));
+            }
             (SecretState::Foreign, _) => review.problems.push(secret_conflict(object, secret_name)),
         }
     }
-    let Some(stored) = stored else { return review };
-    for key in stored
-        .api_keys
-        .iter()
-        .filter(|k| k.state == KeyState::Live && !leaving.contains(&k.key_id))
-    {
-        let object = ObjectRef::new(Kind::ApiKey, &stored.key.namespace, &key.resource_name);
-        match secret_of(&stored.key.namespace, &key.secret_name, &key.resource_name) {
-            SecretState::Holds(held) if held == key.key_id => {}
-            SecretState::Absent => review.problems.push(Problem {
-                object,
-                reason: Reason::SecretMissing,
-                message: format!(
-                    "key {} is live but its Secret {:?} is gone, and a key is never re-issued silently; rotate: create a new ApiKey, move clients to its Secret, then delete this ApiKey (or set revoked: true)",
-                    key.key_id, key.secret_name
-                ),
-            }),
-            SecretState::Holds(_) | SecretState::Foreign => review.problems.push(Problem {
-                object,
-                reason: Reason::SecretConflict,
-                message: format!(
-                    "Secret {:?} no longer holds this ApiKey's live key {} (it was replaced outside orgkeeper) and is never touched; rotate: create a new ApiKey, move clients to its Secret, then delete this ApiKey",
-                    key.secret_name, key.key_id
-                ),
-            }),
+    for org in stored {
+        for key in org
+            .api_keys
+            .iter()
+            .filter(|k| k.state == KeyState::Live && !leaving.contains(&k.key_id))
+        {
+            if let Some(problem) = check_live_key(org, key, secret_of(&org.key, &key.secret_name, &key.resource_name)) {
+                review.problems.push(problem);
+            }
         }
     }
     review
+}
+
+/// A live key must find its own key in its Secret.
+fn check_live_key(org: &StoredOrganization, key: &StoredApiKey, state: SecretState) -> Option<Problem> {
+    let object = ObjectRef::new(Kind::ApiKey, &org.key.namespace, &key.resource_name);
+    let replaced = |object| Problem {
+        object,
+        reason: Reason::SecretConflict,
+        message: format!(
+            "Secret {:?} no longer holds this ApiKey's live key {} (it was replaced outside orgkeeper) and is never touched; rotate: create a new ApiKey, move clients to its Secret, then delete this ApiKey",
+            key.secret_name, key.key_id
+        ),
+    };
+    match state {
+        SecretState::Holds(held) if held == key.key_id => None,
+        SecretState::Absent => Some(Problem {
+            object,
+            reason: Reason::SecretMissing,
+            message: format!(
+                "key {} is live but its Secret {:?} is gone, and a key is never re-issued silently; rotate: create a new ApiKey, move clients to its Secret, then delete this ApiKey (or set revoked: true)",
+                key.key_id, key.secret_name
+            ),
+        }),
+        SecretState::HoldsAnother { organization, api_key } => {
+            let mut problem = held_by_another(object, &org.key, &key.secret_name, &organization, &api_key);
+            problem.message = format!(
+                "{}; this ApiKey's live key {} is no longer in it: rotate once the clash is resolved",
+                problem.message, key.key_id
+            );
+            Some(problem)
+        }
+        SecretState::Holds(_) | SecretState::Foreign => Some(replaced(object)),
+    }
+}
+
+/// The problem of a key whose Secret holds the key of another ApiKey or organization: names both.
+fn held_by_another(
+    object: ObjectRef,
+    organization: &OrgKey,
+    secret_name: &str,
+    owner: &OrgKey,
+    other: &str,
+) -> Problem {
+    Problem {
+        message: format!(
+            "Secret {secret_name:?} holds the key of ApiKey {}/{other} of organization {owner}, not of ApiKey {} of organization {organization}; it is never touched: give one of the two ApiKeys another spec.secret.name",
+            owner.namespace, object.name
+        ),
+        object,
+        reason: Reason::SecretConflict,
+    }
+}
+
+/// The live keys (as stored) that these changes revoke; pending keys never worked, so they do not count.
+pub fn live_keys_revoked<'a>(
+    changes: &[Change],
+    stored: impl IntoIterator<Item = &'a StoredOrganization>,
+) -> Vec<(&'a OrgKey, &'a StoredApiKey)> {
+    let revoked: BTreeSet<&str> = changes
+        .iter()
+        .flat_map(Change::revoked_keys)
+        .map(String::as_str)
+        .collect();
+    stored
+        .into_iter()
+        .flat_map(|org| org.api_keys.iter().map(move |key| (&org.key, key)))
+        .filter(|(_, k)| k.state == KeyState::Live && revoked.contains(k.key_id.as_str()))
+        .collect()
 }
 
 /// The problem of a key whose Secret's name is taken by a Secret orgkeeper did not write for it.
@@ -147,7 +256,7 @@ mod tests {
     use crate::domain::*;
 
     fn org() -> OrgKey {
-        OrgKey::new("team", "acme")
+        fixtures::org_key()
     }
 
     fn issue(api_key: &str, resume: Option<&str>) -> Change {
@@ -163,29 +272,14 @@ mod tests {
 
     fn stored_with(keys: &[(&str, &str, KeyState)]) -> StoredOrganization {
         StoredOrganization {
-            id: "o1".into(),
-            key: org(),
-            settings: OrganizationSettings {
-                display_name: "Acme".into(),
-                plan: PlanTier::Developer,
-                limits: LimitOverrides::default(),
-                deletion_policy: DeletionPolicy::Retain,
-            },
-            managed: true,
-            environments: vec![],
-            users: vec![],
             api_keys: keys
                 .iter()
                 .map(|(name, id, state)| StoredApiKey {
-                    key_id: (*id).into(),
-                    environment: "production".into(),
-                    resource_name: (*name).into(),
                     secret_name: format!("{name}-secret"),
-                    access: Access::ReadWrite,
-                    state: *state,
-                    fingerprint: String::new(),
+                    ..fixtures::api_key(name, id, *state)
                 })
                 .collect(),
+            ..fixtures::organization()
         }
     }
 
@@ -283,5 +377,90 @@ mod tests {
         let review = review_key_secrets(vec![revoke.clone()], Some(&stored), |_, _, _| SecretState::Absent);
         assert_eq!(review.changes, vec![revoke]);
         assert!(review.problems.is_empty());
+    }
+
+    #[test]
+    fn a_secret_of_another_organization_is_never_touched_and_both_are_named() {
+        let stored = stored_with(&[("a", "k1", KeyState::Live)]);
+        let other = SecretState::HoldsAnother {
+            organization: OrgKey::new("team", "globex"),
+            api_key: "a".into(),
+        };
+        let review = review_secrets(
+            vec![issue("b", None)],
+            std::iter::once(&stored),
+            WriteOrder::WriteFirst,
+            |_, _, _| other.clone(),
+        );
+        assert!(review.changes.is_empty() && review.stale.is_empty());
+        assert_eq!(
+            reasons(&review),
+            vec![("b", Reason::SecretConflict), ("a", Reason::SecretConflict)]
+        );
+        for problem in &review.problems {
+            assert!(
+                problem.message.contains("organization team/globex")
+                    && problem.message.contains("organization team/acme"),
+                "{}",
+                problem.message
+            );
+        }
+    }
+
+    #[test]
+    fn written_first_a_stale_secret_of_this_api_key_is_replaced_but_never_a_live_keys() {
+        let stored = stored_with(&[("live", "k1", KeyState::Live)]);
+        let review = review_secrets(
+            vec![issue("a", None), issue("b", None)],
+            std::iter::once(&stored),
+            WriteOrder::WriteFirst,
+            |_, secret, _| match secret {
+                "a-secret" => SecretState::Holds("never-live".into()),
+                "b-secret" => SecretState::Holds("k1".into()),
+                _ => SecretState::Holds("k1".into()),
+            },
+        );
+        assert_eq!(review.changes, vec![issue("a", None)]);
+        assert_eq!(
+            review.stale,
+            vec![StaleSecret {
+                organization: org(),
+                api_key: "a".into(),
+                secret_name: "a-secret".into(),
+                key_id: "never-live".into(),
+            }]
+        );
+        assert_eq!(reasons(&review), vec![("b", Reason::SecretConflict)]);
+        // The controller records keys first, so the same Secret is a conflict there.
+        let recorded_first = review_key_secrets(vec![issue("a", None)], Some(&stored), |_, _, _| {
+            SecretState::Holds("never-live".into())
+        });
+        assert!(recorded_first.stale.is_empty() && recorded_first.changes.is_empty());
+    }
+
+    #[test]
+    fn the_live_keys_a_plan_revokes_are_counted_once_and_pending_ones_not_at_all() {
+        let stored = stored_with(&[
+            ("a", "k1", KeyState::Live),
+            ("b", "k2", KeyState::Pending),
+            ("c", "k3", KeyState::Live),
+        ]);
+        let changes = vec![
+            Change::RevokeKey {
+                organization: org(),
+                environment: "production".into(),
+                api_key: "a".into(),
+                key_id: "k1".into(),
+            },
+            Change::ReleaseOrganization {
+                organization: org(),
+                revoked_keys: vec!["k1".into(), "k2".into()],
+            },
+        ];
+        let revoked: Vec<&str> = live_keys_revoked(&changes, [&stored])
+            .into_iter()
+            .map(|(_, key)| key.key_id.as_str())
+            .collect();
+        assert_eq!(revoked, vec!["k1"]);
     }
 }

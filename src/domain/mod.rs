@@ -8,6 +8,8 @@
 pub mod account;
 pub mod authority;
 pub mod facts;
+#[cfg(test)]
+pub mod fixtures;
 pub mod identity;
 pub mod issuance;
 pub mod keys;
@@ -20,7 +22,10 @@ pub mod rules;
 pub use account::{Account, AccountError, KnownAccounts, Provider};
 pub use authority::{Refusal, admin_only_objects, admins, review, state_declared_by};
 pub use identity::{Collision, KubernetesUserNames, TemplateError};
-pub use issuance::{PendingCompletion, SecretReview, SecretState, review_key_secrets};
+pub use issuance::{
+    PendingCompletion, SecretReview, SecretState, StaleSecret, WriteOrder, live_keys_revoked, review_key_secrets,
+    review_secrets,
+};
 pub use keys::{ApiKeyToken, KeyHash, TokenError};
 pub use limits::{EffectiveLimits, LimitOverrides, PlanTier};
 pub use model::*;

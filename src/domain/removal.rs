@@ -50,35 +50,13 @@ mod tests {
 
     fn stored(key_states: &[KeyState]) -> StoredOrganization {
         StoredOrganization {
-            id: "o1".into(),
-            key: OrgKey::new("team", "acme"),
-            settings: OrganizationSettings {
-                display_name: "Acme".into(),
-                plan: PlanTier::Developer,
-                limits: LimitOverrides::default(),
-                deletion_policy: DeletionPolicy::Retain,
-            },
-            managed: true,
-            environments: vec![StoredEnvironment {
-                id: "e1".into(),
-                name: "production".into(),
-                settings: EnvironmentSettings::default_for("production").unwrap(),
-                managed: true,
-            }],
-            users: vec![],
+            environments: vec![fixtures::production("e1")],
             api_keys: key_states
                 .iter()
                 .enumerate()
-                .map(|(i, state)| StoredApiKey {
-                    key_id: format!("k{i}"),
-                    environment: "production".into(),
-                    resource_name: format!("key{i}"),
-                    secret_name: format!("key{i}"),
-                    access: Access::ReadWrite,
-                    state: *state,
-                    fingerprint: String::new(),
-                })
+                .map(|(i, state)| fixtures::api_key(&format!("key{i}"), &format!("k{i}"), *state))
                 .collect(),
+            ..fixtures::organization()
         }
     }
 

@@ -1,10 +1,14 @@
 //! Finding, parsing and validating manifest files.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
+
+use super::strict::{StrictValue, check_nesting};
 
 use super::validate::SchemaValidator;
 use crate::crd::{self, ApiKey, Environment, Organization, ToDeclaration, User};
@@ -55,6 +59,16 @@ pub struct Manifest {
 pub enum ManifestError {
     #[error("{path}: {message}", path = .path.display())]
     Read { path: PathBuf, message: String },
+    #[error(
+        "{path}: larger than {limit} bytes, the most {what} may hold; raise {flag} if this is intended",
+        path = .path.display()
+    )]
+    TooLarge {
+        path: PathBuf,
+        limit: u64,
+        what: &'static str,
+        flag: &'static str,
+    },
     #[error("{location}: YAML syntax error: {message}")]
     Syntax { location: Location, message: String },
     #[error("{location}: {object}: {field}: {message}")]
@@ -73,6 +87,50 @@ pub struct ManifestSet {
     pub files: usize,
     /// Documents of other kinds (Deployments, Secrets, ...), which orgkeeper leaves to others.
     pub skipped: usize,
+    /// Entries named like manifests that were not read, and why: to be shown, since what they declare is
+    /// missing from the plan.
+    pub skipped_files: Vec<SkippedFile>,
+    /// Where each object is first declared, so that looking up many objects stays linear.
+    first_location: HashMap<ObjectRef, usize>,
+}
+
+/// An entry of the manifests folder that was not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedFile {
+    pub path: PathBuf,
+    pub why: &'static str,
+}
+
+impl fmt::Display for SkippedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: skipped: {}", self.path.display(), self.why)
+    }
+}
+
+/// How much `load_dir` reads at most. A manifest folder is text a person reviews; these bounds keep a
+/// stray link to a device, a log file or a generated blob from eating the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadLimits {
+    /// Bytes in one file.
+    pub max_file_bytes: u64,
+    /// Bytes in all files together.
+    pub max_total_bytes: u64,
+}
+
+impl LoadLimits {
+    /// 4 MiB per file.
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 20;
+    /// 64 MiB in all.
+    pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 64 << 20;
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        LoadLimits {
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            max_total_bytes: Self::DEFAULT_MAX_TOTAL_BYTES,
+        }
+    }
 }
 
 impl ManifestSet {
@@ -87,17 +145,12 @@ impl ManifestSet {
                 Resource::User(u) => u.to_declaration().map(|d| declarations.users.push(d)),
                 Resource::ApiKey(k) => k.to_declaration().map(|d| declarations.api_keys.push(d)),
             };
-            if let Err(message) = result {
-                let (field, message) = message
-                    .split_once(": ")
-                    .map_or(("spec".to_owned(), message.clone()), |(f, m)| {
-                        (f.to_owned(), m.to_owned())
-                    });
+            if let Err(error) = result {
                 errors.push(ManifestError::Invalid {
                     location: manifest.location.clone(),
                     object: manifest.resource.object_ref().to_string(),
-                    field,
-                    message,
+                    field: error.field.to_owned(),
+                    message: error.message,
                 });
             }
         }
@@ -110,58 +163,123 @@ impl ManifestSet {
 
     /// Where an object was declared (the first declaration, for duplicates).
     pub fn location_of(&self, object: &ObjectRef) -> Option<&Location> {
-        self.manifests
-            .iter()
-            .find(|m| &m.resource.object_ref() == object)
-            .map(|m| &m.location)
+        self.first_location.get(object).map(|&i| &self.manifests[i].location)
     }
 
-    /// Every place an object is declared, so a duplicate can point at all of them.
-    pub fn locations_of(&self, object: &ObjectRef) -> Vec<&Location> {
-        self.manifests
-            .iter()
-            .filter(|m| &m.resource.object_ref() == object)
-            .map(|m| &m.location)
-            .collect()
+    fn index(&mut self) {
+        self.first_location.clear();
+        for (i, manifest) in self.manifests.iter().enumerate() {
+            self.first_location.entry(manifest.resource.object_ref()).or_insert(i);
+        }
     }
 }
 
-/// Loads every manifest below `dir` (or the single file `dir`). All errors are collected, not just the first.
+/// Loads every manifest below `dir` (or the single file `dir`) with the default [`LoadLimits`]. All errors
+/// are collected, not just the first.
 pub fn load_dir(dir: &Path) -> Result<ManifestSet, Vec<ManifestError>> {
-    let files = yaml_files(dir).map_err(|e| vec![e])?;
+    load_dir_with(dir, LoadLimits::default())
+}
+
+/// Loads every manifest below `dir` (or the single file `dir`), reading only regular files and at most
+/// `limits` bytes. All errors are collected, not just the first.
+pub fn load_dir_with(dir: &Path, limits: LoadLimits) -> Result<ManifestSet, Vec<ManifestError>> {
+    let (files, skipped_files) = yaml_files(dir).map_err(|e| vec![e])?;
     let validator = SchemaValidator::new();
     let mut set = ManifestSet {
         files: files.len(),
+        skipped_files,
         ..Default::default()
     };
     let mut errors = Vec::new();
+    let mut total: u64 = 0;
     for file in files {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                let (manifests, skipped, file_errors) = parse_str(&text, &file, &validator);
-                set.manifests.extend(manifests);
-                set.skipped += skipped;
-                errors.extend(file_errors);
+        let text = match read_bounded(&file, limits.max_file_bytes) {
+            Ok(FileText::Text(text)) => text,
+            Ok(FileText::NotRegular) => {
+                set.skipped_files.push(SkippedFile {
+                    path: file,
+                    why: NOT_REGULAR,
+                });
+                continue;
             }
-            Err(e) => errors.push(ManifestError::Read {
-                path: file,
-                message: e.to_string(),
-            }),
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        total += text.len() as u64;
+        if total > limits.max_total_bytes {
+            errors.push(ManifestError::TooLarge {
+                path: dir.to_owned(),
+                limit: limits.max_total_bytes,
+                what: "the manifests together",
+                flag: "--max-total-bytes",
+            });
+            break;
         }
+        let (manifests, skipped, file_errors) = parse_str(&text, &file, &validator);
+        set.manifests.extend(manifests);
+        set.skipped += skipped;
+        errors.extend(file_errors);
     }
+    set.index();
     if errors.is_empty() { Ok(set) } else { Err(errors) }
 }
 
-fn yaml_files(root: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+const NOT_REGULAR: &str = "not a regular file (a FIFO, device or socket is never read)";
+const LINKED_FOLDER: &str =
+    "a symbolic link to a folder is not followed (it could loop or leave the tree); list the folder itself";
+
+enum FileText {
+    Text(String),
+    NotRegular,
+}
+
+/// Reads a regular file of at most `limit` bytes. The type is checked before opening (opening a FIFO
+/// would block) and again on the open file; the read itself is bounded, whatever the file claims.
+fn read_bounded(path: &Path, limit: u64) -> Result<FileText, ManifestError> {
+    let read_error = |e: std::io::Error| ManifestError::Read {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    if !std::fs::metadata(path).map_err(read_error)?.is_file() {
+        return Ok(FileText::NotRegular);
+    }
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    if !file.metadata().map_err(read_error)?.is_file() {
+        return Ok(FileText::NotRegular);
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(read_error)?;
+    if bytes.len() as u64 > limit {
+        return Err(ManifestError::TooLarge {
+            path: path.to_owned(),
+            limit,
+            what: "one manifest file",
+            flag: "--max-file-bytes",
+        });
+    }
+    String::from_utf8(bytes)
+        .map(FileText::Text)
+        .map_err(|_| ManifestError::Read {
+            path: path.to_owned(),
+            message: "not UTF-8 text".to_owned(),
+        })
+}
+
+/// The manifest files below `root` in a stable order, and the entries named like manifests that are not read.
+fn yaml_files(root: &Path) -> Result<(Vec<PathBuf>, Vec<SkippedFile>), ManifestError> {
     let read_error = |path: &Path, e: std::io::Error| ManifestError::Read {
         path: path.to_owned(),
         message: e.to_string(),
     };
     let meta = std::fs::metadata(root).map_err(|e| read_error(root, e))?;
-    if meta.is_file() {
-        return Ok(vec![root.to_owned()]);
+    if !meta.is_dir() {
+        // Named explicitly: read it whatever its extension (read_bounded refuses anything but a regular file).
+        return Ok((vec![root.to_owned()], Vec::new()));
     }
     let mut files = Vec::new();
+    let mut skipped = Vec::new();
     let mut pending = vec![root.to_owned()];
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir).map_err(|e| read_error(&dir, e))? {
@@ -173,31 +291,51 @@ fn yaml_files(root: &Path) -> Result<Vec<PathBuf>, ManifestError> {
                 continue;
             }
             let file_type = entry.file_type().map_err(|e| read_error(&path, e))?;
+            let manifest_name = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
             if file_type.is_dir() {
                 pending.push(path);
-            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            } else if file_type.is_symlink() && std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                skipped.push(SkippedFile {
+                    path,
+                    why: LINKED_FOLDER,
+                });
+            } else if manifest_name {
+                // Links to regular files are read; read_bounded skips what is not a regular file.
                 files.push(path);
             }
         }
     }
     files.sort();
-    Ok(files)
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((files, skipped))
 }
 
 /// Parses one file's documents. Returns the orgkeeper objects, the number of other documents skipped, and errors.
 pub fn parse_str(text: &str, file: &Path, validator: &SchemaValidator) -> (Vec<Manifest>, usize, Vec<ManifestError>) {
-    let starts = document_start_lines(text);
     let mut manifests = Vec::new();
     let mut skipped = 0;
     let mut errors = Vec::new();
+    // The YAML parser reads a whole document before the deserializer's depth limit applies, in time that
+    // grows with the square of the nesting: refuse deep nesting before parsing.
+    if let Err(too_deep) = check_nesting(text) {
+        errors.push(ManifestError::Syntax {
+            location: Location {
+                file: file.to_owned(),
+                line: too_deep.line,
+            },
+            message: too_deep.to_string(),
+        });
+        return (manifests, skipped, errors);
+    }
+    let starts = document_start_lines(text);
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let line = starts.get(index).copied().unwrap_or(1);
         let location = Location {
             file: file.to_owned(),
             line,
         };
-        let value = match Value::deserialize(document) {
-            Ok(value) => value,
+        let value = match StrictValue::deserialize(document) {
+            Ok(StrictValue(value)) => value,
             Err(e) => {
                 let line = e.location().map_or(line, |l| l.line());
                 errors.push(ManifestError::Syntax {
@@ -265,7 +403,19 @@ fn read_object(
     };
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
-    if api_version.split('/').next() != Some(crd::GROUP) {
+    let group = api_version.split('/').next().unwrap_or_default();
+    if group != crd::GROUP {
+        if looks_like(group, crd::GROUP) {
+            // Skipping it would drop what it declares from the plan, and prune (revoke) it.
+            return Err(vec![invalid(
+                &format!("{kind} <document>"),
+                "apiVersion",
+                format!(
+                    "{api_version:?} looks like a typo of {:?}; orgkeeper refuses it rather than skip the object (and remove what it declares)",
+                    crd::API_VERSION
+                ),
+            )]);
+        }
         return Ok(None);
     }
     let name = value
@@ -287,11 +437,16 @@ fn read_object(
             ),
         )]);
     }
-    if !matches!(kind, "Organization" | "Environment" | "User" | "ApiKey") {
+    if !KINDS.contains(&kind) {
+        let hint = KINDS
+            .iter()
+            .find(|known| looks_like(kind, known))
+            .map(|known| format!(" (did you mean {known}?)"))
+            .unwrap_or_default();
         return Err(vec![invalid(
             &label,
             "kind",
-            format!("unknown kind {kind:?}; expected Organization, Environment, User or ApiKey"),
+            format!("unknown kind {kind:?}{hint}; expected Organization, Environment, User or ApiKey"),
         )]);
     }
     let mut errors = Vec::new();
@@ -321,6 +476,14 @@ fn read_object(
         "User" => Resource::User(Box::new(serde_json::from_value(value).map_err(typed)?)),
         _ => Resource::ApiKey(Box::new(serde_json::from_value(value).map_err(typed)?)),
     }))
+}
+
+const KINDS: [&str; 4] = ["Organization", "Environment", "User", "ApiKey"];
+
+/// Whether `text` is close enough to `ours` to be a typo of it: the same but for case, or two edits away.
+fn looks_like(text: &str, ours: &str) -> bool {
+    let (text, ours) = (text.to_ascii_lowercase(), ours.to_ascii_lowercase());
+    !text.is_empty() && strsim::levenshtein(&text, &ours) <= 2
 }
 
 fn is_dns_label(s: &str) -> bool {

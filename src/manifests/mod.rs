@@ -4,7 +4,11 @@
 //! every error names the file, the line, the object and the field.
 
 mod load;
+mod strict;
 mod validate;
 
-pub use load::{Location, Manifest, ManifestError, ManifestSet, Resource, load_dir, parse_str};
+pub use load::{
+    LoadLimits, Location, Manifest, ManifestError, ManifestSet, Resource, SkippedFile, load_dir, load_dir_with,
+    parse_str,
+};
 pub use validate::SchemaValidator;

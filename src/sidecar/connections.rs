@@ -187,7 +187,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if self.entry.waiting_since.load(Ordering::Acquire) < EVICTED {
+        // A swap, not a load: an eviction racing with the close must not count it out twice.
+        if self.entry.waiting_since.swap(SERVING, Ordering::AcqRel) < EVICTED {
             self.owner.metrics.waiting.dec();
         }
         self.owner.metrics.open.dec();

@@ -1,7 +1,7 @@
 //! One request through the sidecar, cheapest refusals first:
 //!
 //! 1. authenticate the key (401; 503 before keys are loaded, or once they are older than
-//!    `--max-key-staleness`);
+//!    `--max-key-staleness`), and note its use in memory for its last-used time;
 //! 2. classify: a write with a read-only key is 403; a compressed write 415; a declared body over
 //!    `maxWriteBodyBytes` 413 before a byte of it is read;
 //! 3. take a concurrency slot (429);
@@ -145,6 +145,7 @@ impl Handler {
         if let Some(stale) = self.stale() {
             return Err(caller.refuse(stale, has_body));
         }
+        self.ring.record_use(&caller.principal);
         let route = classify(&parts.method, parts.uri.path());
         if let Route::Write(kind) = route {
             check_write_headers(&caller, kind, &parts.headers, &body).map_err(|r| caller.refuse(r, has_body))?;

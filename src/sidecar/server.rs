@@ -392,16 +392,13 @@ async fn serve_connection(
     }
     match ended {
         Ended::Evicted if io.request_started => {
-            // Not lingering: under a flood of connections that would keep them open.
-            let _ = io
-                .stream
-                .write_all(&json_answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many connections are waiting for request headers (--max-pending-headers) and this one \
-                     waited longest; send the whole request promptly",
-                    &[("retry-after", "1")],
-                ))
-                .await;
+            // Written without waiting and not lingering: under a flood that would keep connections open.
+            let _ = io.stream.try_write(&json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections are waiting for request headers (--max-pending-headers) and this one \
+                 waited longest; send the whole request promptly",
+                &[("retry-after", "1")],
+            ));
             return;
         }
         Ended::Evicted => return,
@@ -459,7 +456,10 @@ async fn answer(
     message: &str,
     registration: &Registration,
 ) -> io::Result<()> {
-    stream.write_all(&json_answer(status, message, &[])).await?;
+    // A client that reads nothing cannot hold the connection open.
+    tokio::time::timeout(LINGER_IDLE, stream.write_all(&json_answer(status, message, &[])))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     stream.shutdown().await?;
     linger(stream, registration).await;
     Ok(())

@@ -461,8 +461,10 @@ impl StoreTx {
             .fetch_optional(&mut *self.tx)
             .await
             .map_err(|e| StoreError::from_write("finding an organization", e))?;
-        let id =
-            id.ok_or_else(|| StoreError::Corrupt(format!("organization {key} vanished during the transaction")))?;
+        // The plan was made from what the store held; a row gone since was removed by another writer.
+        let id = id.ok_or(StoreError::ConcurrentApply {
+            context: "finding an organization",
+        })?;
         self.organization_ids.insert(key.clone(), id.clone());
         Ok(id)
     }
@@ -481,10 +483,8 @@ impl StoreTx {
                 .fetch_optional(&mut *self.tx)
                 .await
                 .map_err(|e| StoreError::from_write("finding an environment", e))?;
-        let id = id.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "environment {organization}/{name} vanished during the transaction"
-            ))
+        let id = id.ok_or(StoreError::ConcurrentApply {
+            context: "finding an environment",
         })?;
         self.environment_ids.insert(cache_key, id.clone());
         Ok(id)

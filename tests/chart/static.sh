@@ -144,6 +144,7 @@ check_schema_refuses_bad_values() {
     "a memory quantity with a typo|controller.resources.limits.memory|--set controller.resources.limits.memory=256MB"
     "a user name template without its placeholder|controller.kubernetesUser.github|--set controller.kubernetesUser.github=oidc:{user}"
     "a GitOps applier that is not NAMESPACE/NAME|admissionPolicy.gitOpsServiceAccounts|--set admissionPolicy.gitOpsServiceAccounts={argocd}"
+    "a key staleness that is not a duration|dataPlane.sidecar.maxKeyStaleness|--set dataPlane.sidecar.maxKeyStaleness=never"
   )
   local entry what expected args failures=0
   for entry in "${cases[@]}"; do

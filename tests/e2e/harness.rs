@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use kube::core::object::HasStatus;
 use kube::{Api, Client, Config};
 use orgkeeper::crd::KstatusFields;
@@ -606,6 +607,29 @@ pub async fn wait_all_ready<K: Conditions>(api: &Api<K>, expected: usize) -> Vec
             .filter(|o| ready_of(*o).is_some_and(|(status, _)| status == "True"))
             .count();
         (list.len() == expected && ready == expected).then_some(list)
+    })
+    .await
+}
+
+/// The events recorded about the object named `name` (of any kind).
+pub async fn events_about(api: &Api<Event>, name: &str) -> Vec<Event> {
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+/// Waits for an event of `reason` about the object named `name`; returns it.
+pub async fn wait_event(api: &Api<Event>, reason: &str, name: &str) -> Event {
+    let what = format!("a {reason} event about {name}");
+    eventually(&what, WAIT, || async {
+        events_about(api, name)
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
     })
     .await
 }

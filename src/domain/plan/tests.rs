@@ -2,7 +2,12 @@
 //! changes and problems a user would see.
 
 use super::*;
+use std::collections::BTreeMap;
+
+use crate::domain::account::KnownAccounts;
 use crate::domain::limits::{LimitOverrides, PlanTier};
+use crate::domain::model::*;
+use crate::domain::rules::Reason;
 
 const NS: &str = "team";
 
@@ -73,13 +78,9 @@ fn stored_after(declarations: &Declarations, known: &KnownAccounts) -> BTreeMap<
         match change {
             Change::CreateOrganization { organization, settings } => {
                 org = Some(StoredOrganization {
-                    id: "o1".into(),
                     key: organization,
                     settings,
-                    managed: true,
-                    environments: vec![],
-                    users: vec![],
-                    api_keys: vec![],
+                    ..crate::domain::fixtures::organization()
                 })
             }
             Change::CreateEnvironment {

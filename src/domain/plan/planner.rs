@@ -1,0 +1,423 @@
+//! The planner: for each declared organization, the changes that make the store match its declarations.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::grouping::{Children, Grouped};
+use super::{Change, Plan};
+use crate::domain::account::{Account, KnownAccounts};
+use crate::domain::model::*;
+use crate::domain::rules::{Problem, Reason};
+
+/// Plans every declared organization. `stored` holds what the store has for those organizations (absent
+/// ones are new); organizations that are only in the store are not touched: removing an organization is
+/// an explicit act (the controller's finalizer), never a side effect of a folder missing a file.
+pub fn plan(
+    declarations: &Declarations,
+    stored: &BTreeMap<OrgKey, StoredOrganization>,
+    accounts: &KnownAccounts,
+) -> Plan {
+    let mut problems = Vec::new();
+    let declared = Grouped::new(declarations, &mut problems);
+    let mut steps = Steps::default();
+    for (key, org) in &declared.organizations {
+        let children = declared.children.get(key).cloned().unwrap_or_default();
+        OrganizationPlanner {
+            key,
+            decl: org,
+            children: &children,
+            stored: stored.get(key),
+            accounts,
+        }
+        .plan(&mut steps, &mut problems);
+    }
+    problems.sort_by(|a, b| a.object.cmp(&b.object));
+    Plan {
+        changes: steps.into_changes(),
+        problems,
+    }
+}
+
+/// Changes collected by phase, so that the plan reads (and executes) in a safe order: parents before
+/// children, revocations before issuance (freeing slots), removals last.
+#[derive(Default)]
+struct Steps {
+    organizations: Vec<Change>,
+    environments: Vec<Change>,
+    users: Vec<Change>,
+    revocations: Vec<Change>,
+    issuance: Vec<Change>,
+    removals: Vec<Change>,
+}
+
+impl Steps {
+    fn into_changes(self) -> Vec<Change> {
+        [
+            self.organizations,
+            self.environments,
+            self.users,
+            self.revocations,
+            self.issuance,
+            self.removals,
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+struct OrganizationPlanner<'a> {
+    key: &'a OrgKey,
+    decl: &'a OrganizationDecl,
+    children: &'a Children<'a>,
+    stored: Option<&'a StoredOrganization>,
+    accounts: &'a KnownAccounts,
+}
+
+impl OrganizationPlanner<'_> {
+    fn plan(&self, steps: &mut Steps, problems: &mut Vec<Problem>) {
+        self.plan_organization(steps);
+        let environments = self.plan_environments(steps, problems);
+        self.plan_users(steps, problems);
+        self.plan_api_keys(&environments, steps, problems);
+    }
+
+    fn org(&self) -> OrgKey {
+        self.key.clone()
+    }
+
+    fn plan_organization(&self, steps: &mut Steps) {
+        let to = self.decl.settings.clone();
+        match self.stored {
+            None => steps.organizations.push(Change::CreateOrganization {
+                organization: self.org(),
+                settings: to,
+            }),
+            Some(stored) if stored.settings != to || !stored.managed => {
+                steps.organizations.push(Change::UpdateOrganization {
+                    organization: self.org(),
+                    from: stored.settings.clone(),
+                    to,
+                    adopt: !stored.managed,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Returns the environments that will exist and be managed after the plan, by name.
+    fn plan_environments(&self, steps: &mut Steps, problems: &mut Vec<Problem>) -> BTreeSet<String> {
+        let stored: BTreeMap<&str, &StoredEnvironment> = self
+            .stored
+            .map(|org| org.environments.iter().map(|e| (e.name.as_str(), e)).collect())
+            .unwrap_or_default();
+        let mut declared: BTreeMap<&str, EnvironmentSettings> = BTreeMap::new();
+        for env in &self.children.environments {
+            match check_default_environment(env) {
+                Some(problem) => problems.push(problem),
+                None => {
+                    declared.insert(&env.name, EnvironmentSettings::declared(env));
+                }
+            }
+        }
+        let mut existing = BTreeSet::new();
+        // Default environments always exist, configured or not.
+        for (name, _, _) in DEFAULT_ENVIRONMENTS {
+            let settings = declared
+                .remove(name)
+                .unwrap_or_else(|| EnvironmentSettings::default_for(name).expect("default"));
+            let configured = self.children.environments.iter().any(|e| e.name == name);
+            self.converge_environment(name, settings, configured, stored.get(name).copied(), steps);
+            existing.insert(name.to_owned());
+        }
+        for (name, settings) in declared {
+            self.converge_environment(name, settings, true, stored.get(name).copied(), steps);
+            existing.insert(name.to_owned());
+        }
+        for env in stored
+            .values()
+            .filter(|e| !e.is_default() && e.managed && !existing.contains(&e.name))
+        {
+            self.remove_environment(env, steps);
+        }
+        existing
+    }
+
+    fn converge_environment(
+        &self,
+        name: &str,
+        to: EnvironmentSettings,
+        declared: bool,
+        stored: Option<&StoredEnvironment>,
+        steps: &mut Steps,
+    ) {
+        let (organization, environment) = (self.org(), name.to_owned());
+        let Some(stored) = stored else {
+            steps.environments.push(Change::CreateEnvironment {
+                organization,
+                environment,
+                settings: to,
+            });
+            return;
+        };
+        if !declared {
+            // A default environment nobody configures: back to defaults, if it is not there already.
+            if stored.settings != to {
+                steps.removals.push(Change::ResetEnvironment {
+                    organization,
+                    environment,
+                    from: stored.settings.clone(),
+                    to,
+                });
+            }
+            return;
+        }
+        let adopt = !stored.managed && !stored.is_default();
+        if stored.settings != to || adopt {
+            steps.environments.push(Change::UpdateEnvironment {
+                organization,
+                environment,
+                from: stored.settings.clone(),
+                to,
+                adopt,
+            });
+        }
+    }
+
+    fn remove_environment(&self, env: &StoredEnvironment, steps: &mut Steps) {
+        let revoked_keys: Vec<String> = self
+            .stored
+            .iter()
+            .flat_map(|org| &org.api_keys)
+            .filter(|k| k.environment == env.name && k.state != KeyState::Revoked)
+            .map(|k| k.key_id.clone())
+            .collect();
+        let (organization, environment) = (self.org(), env.name.clone());
+        steps.removals.push(match env.settings.deletion_policy {
+            DeletionPolicy::Delete => Change::DeleteEnvironment {
+                organization,
+                environment,
+                revoked_keys,
+            },
+            DeletionPolicy::Retain => Change::ReleaseEnvironment {
+                organization,
+                environment,
+                revoked_keys,
+            },
+        });
+    }
+
+    fn plan_users(&self, steps: &mut Steps, problems: &mut Vec<Problem>) {
+        let stored: BTreeMap<&Account, &StoredUser> = self
+            .stored
+            .map(|org| org.users.iter().map(|u| (&u.account, u)).collect())
+            .unwrap_or_default();
+        let mut declared: BTreeMap<&Account, &UserDecl> = BTreeMap::new();
+        for user in &self.children.users {
+            let object = ObjectRef::new(Kind::User, &user.namespace, &user.name);
+            if let Some(other) = declared.get(&user.account) {
+                problems.push(Problem {
+                    object,
+                    reason: Reason::Duplicate,
+                    message: format!(
+                        "account {} is already a user of organization {} through User {}",
+                        user.account, self.key, other.name
+                    ),
+                });
+                continue;
+            }
+            let existing = stored.get(&user.account);
+            if existing.is_none() && !self.accounts.contains(&user.account) {
+                problems.push(Problem {
+                    object,
+                    reason: Reason::UnknownAccount,
+                    message: format!(
+                        "{} is not an existing account: only existing accounts can join an organization; the user is added once the account exists (orgkeeper accounts add {})",
+                        user.account, user.account
+                    ),
+                });
+                continue;
+            }
+            declared.insert(&user.account, user);
+            let organization = self.org();
+            let (account, resource) = (user.account.clone(), user.name.clone());
+            match existing {
+                None => steps.users.push(Change::AddUser {
+                    organization,
+                    account,
+                    role: user.role,
+                    resource,
+                }),
+                Some(stored) if stored.role != user.role || stored.resource_name != user.name => {
+                    steps.users.push(Change::UpdateUser {
+                        organization,
+                        account,
+                        from: stored.role,
+                        to: user.role,
+                        resource,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        for account in stored.keys().filter(|a| !declared.contains_key(*a)) {
+            steps.removals.push(Change::RemoveUser {
+                organization: self.org(),
+                account: (*account).clone(),
+            });
+        }
+    }
+
+    fn plan_api_keys(&self, environments: &BTreeSet<String>, steps: &mut Steps, problems: &mut Vec<Problem>) {
+        let stored: BTreeMap<&str, &StoredApiKey> = self
+            .stored
+            .map(|org| org.api_keys.iter().map(|k| (k.resource_name.as_str(), k)).collect())
+            .unwrap_or_default();
+        let mut live_per_environment: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut secrets: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut wanted = Vec::new();
+        let mut declared = BTreeSet::new();
+        for decl in &self.children.api_keys {
+            declared.insert(decl.name.as_str());
+            let object = ObjectRef::new(Kind::ApiKey, &decl.namespace, &decl.name);
+            if let Some(other) = secrets.insert(&decl.secret_name, &decl.name) {
+                problems.push(Problem {
+                    object,
+                    reason: Reason::Duplicate,
+                    message: format!(
+                        "Secret {:?} is already the target of ApiKey {other}; give each key its own Secret",
+                        decl.secret_name
+                    ),
+                });
+                continue;
+            }
+            if !environments.contains(&decl.environment) {
+                problems.push(Problem {
+                    object,
+                    reason: Reason::EnvironmentNotFound,
+                    message: format!(
+                        "environment {:?} is not declared for organization {}; create the Environment or use production or development",
+                        decl.environment, self.key
+                    ),
+                });
+                continue;
+            }
+            match stored.get(decl.name.as_str()) {
+                Some(key) => {
+                    if let Some(problem) = check_immutable(decl, key) {
+                        problems.push(problem);
+                        continue;
+                    }
+                    match (key.state, decl.revoked) {
+                        (KeyState::Live, true) => steps.revocations.push(Change::RevokeKey {
+                            organization: self.org(),
+                            environment: key.environment.clone(),
+                            api_key: decl.name.clone(),
+                            key_id: key.key_id.clone(),
+                        }),
+                        (KeyState::Live, false) => *live_per_environment.entry(&key.environment).or_default() += 1,
+                        (KeyState::Pending, false) => wanted.push((decl, Some(key.key_id.clone()))),
+                        (KeyState::Pending, true) => steps.revocations.push(Change::RemoveKey {
+                            organization: self.org(),
+                            api_key: decl.name.clone(),
+                            key_id: key.key_id.clone(),
+                        }),
+                        (KeyState::Revoked, _) => {}
+                    }
+                }
+                None if decl.revoked => {}
+                None => wanted.push((decl, None)),
+            }
+        }
+        for (decl, resume) in wanted {
+            let live = live_per_environment.entry(&decl.environment).or_default();
+            if *live >= MAX_LIVE_KEYS_PER_ENVIRONMENT {
+                problems.push(Problem {
+                    object: ObjectRef::new(Kind::ApiKey, &decl.namespace, &decl.name),
+                    reason: Reason::KeyLimitReached,
+                    message: format!(
+                        "environment {:?} of organization {} already has {MAX_LIVE_KEYS_PER_ENVIRONMENT} live keys, the most an environment may have; revoke or delete a key to make room",
+                        decl.environment, self.key
+                    ),
+                });
+                continue;
+            }
+            *live += 1;
+            steps.issuance.push(Change::IssueKey {
+                organization: self.org(),
+                environment: decl.environment.clone(),
+                api_key: decl.name.clone(),
+                access: decl.access,
+                secret_name: decl.secret_name.clone(),
+                resume,
+            });
+        }
+        for (name, key) in stored.iter().filter(|(name, _)| !declared.contains(*name)) {
+            steps.revocations.push(Change::RemoveKey {
+                organization: self.org(),
+                api_key: (*name).to_owned(),
+                key_id: key.key_id.clone(),
+            });
+        }
+    }
+}
+
+/// A default environment keeps its production flag (production is always production, development never)
+/// and can never be deleted.
+fn check_default_environment(env: &EnvironmentDecl) -> Option<Problem> {
+    let (_, production) = default_environment(&env.name)?;
+    if env.deletion_policy == DeletionPolicy::Delete {
+        return Some(Problem {
+            object: ObjectRef::new(Kind::Environment, &env.namespace, &env.name),
+            reason: Reason::InvalidSpec,
+            message: format!(
+                "{:?} is a default environment and can never be deleted: deletionPolicy Delete is not allowed (deleting the resource resets it)",
+                env.name
+            ),
+        });
+    }
+    match env.production {
+        Some(declared) if declared != production => Some(Problem {
+            object: ObjectRef::new(Kind::Environment, &env.namespace, &env.name),
+            reason: Reason::InvalidSpec,
+            message: format!(
+                "{:?} is a default environment and is always {}; remove spec.production or set it to {production}",
+                env.name,
+                if production {
+                    "a production environment"
+                } else {
+                    "a non-production environment"
+                }
+            ),
+        }),
+        _ => None,
+    }
+}
+
+/// An issued key's environment, access and Secret are fixed; changing them means a new key.
+fn check_immutable(decl: &ApiKeyDecl, key: &StoredApiKey) -> Option<Problem> {
+    let object = ObjectRef::new(Kind::ApiKey, &decl.namespace, &decl.name);
+    let immutable = |field: &str, was: &str, now: &str| Problem {
+        object: object.clone(),
+        reason: Reason::ImmutableField,
+        message: format!(
+            "{field} cannot change after the key is issued (it is {was:?}, the resource now says {now:?}); create a new ApiKey and delete this one"
+        ),
+    };
+    if key.environment != decl.environment {
+        return Some(immutable("spec.environment", &key.environment, &decl.environment));
+    }
+    if key.access != decl.access {
+        return Some(immutable("spec.access", key.access.as_str(), decl.access.as_str()));
+    }
+    if key.secret_name != decl.secret_name {
+        return Some(immutable("spec.secret.name", &key.secret_name, &decl.secret_name));
+    }
+    if key.state == KeyState::Revoked && !decl.revoked {
+        return Some(Problem {
+            object,
+            reason: Reason::ImmutableField,
+            message: "the key was revoked and revocation cannot be undone; create a new ApiKey for a new key"
+                .to_owned(),
+        });
+    }
+    None
+}

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crd;
 pub mod domain;
 pub mod facts;
+pub mod identity;
 pub mod manifests;
 pub mod sidecar;
 pub mod store;

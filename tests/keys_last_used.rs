@@ -2,6 +2,7 @@
 //! the store gets one write for a key however busy it is within the minute, the last uses are written when
 //! the sidecar stops, and `keys list --unused-for` lists exactly the idle keys.
 
+mod keys_support;
 mod sidecar_support;
 mod support;
 
@@ -10,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use keys_support::{now, record};
 use orgkeeper::auth::KeyRing;
 use orgkeeper::domain::Access;
 use orgkeeper::sidecar::{LocalLimiter, Settings, Sidecar};
-use orgkeeper::store::{KeyRecord, Store};
+use orgkeeper::store::Store;
 use orgkeeper::telemetry::Telemetry;
 use sidecar_support::*;
 use tokio::net::TcpListener;
@@ -45,23 +47,6 @@ async fn sidecar(store: &Store, upstream: &Upstream, flush: Duration, shutdown: 
     Http::to(&url)
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-async fn key(store: &Store, api_key: &str) -> KeyRecord {
-    store
-        .list_keys()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|key| key.api_key == api_key)
-        .expect("the key is in the store")
-}
-
 async fn last_used_moves_with_traffic_and_only_then(store: Store) {
     let tenancy = Tenancy::new(
         store.clone(),
@@ -79,7 +64,7 @@ async fn last_used_moves_with_traffic_and_only_then(store: Store) {
     let quiet = store.writes();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(store.writes(), quiet, "no traffic, no writes");
-    assert_eq!(key(&store, "busy").await.last_used_at, None);
+    assert_eq!(record(&store, "busy").await.last_used_at, None);
 
     let started = now();
     // Traffic across many flushes: the key's row is written once.
@@ -98,11 +83,11 @@ async fn last_used_moves_with_traffic_and_only_then(store: Store) {
     println!("{requests} requests over 2 s through 10 flushes: {writes} store write(s)");
     assert_eq!(writes, 1, "one write for one busy key within the minute");
 
-    let busy = key(&store, "busy").await;
+    let busy = record(&store, "busy").await;
     let used = busy.last_used_at.expect("recorded");
     assert!(used >= started && used <= now(), "{used}");
     assert_eq!(
-        key(&store, "idle").await.last_used_at,
+        record(&store, "idle").await.last_used_at,
         None,
         "never used, never recorded"
     );
@@ -117,7 +102,7 @@ async fn last_used_moves_with_traffic_and_only_then(store: Store) {
 
 async fn wait_for_last_use(store: &Store, api_key: &str) {
     for _ in 0..100 {
-        if key(store, api_key).await.last_used_at.is_some() {
+        if record(store, api_key).await.last_used_at.is_some() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -130,6 +130,55 @@ async fn the_binary_serves_keys_from_its_store_and_stops_on_sigterm() {
     assert!(status.success(), "a graceful stop exits 0: {status}");
 }
 
+/// Log collectors go away: with stderr a closed pipe, SIGTERM still stops the process (it used to be ignored,
+/// because reporting the failed log write panicked in the task that waits for the signal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_stderr_a_closed_pipe_sigterm_still_stops_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("orgkeeper.db").display());
+    let _tenancy = Tenancy::new(
+        Store::connect(&url).await.unwrap(),
+        &[Env("staging", limits())],
+        &[Key("rw", "staging", Access::ReadWrite)],
+    )
+    .await;
+    let upstream = Upstream::start().await;
+    let (listen, metrics) = (free_addr(), free_addr());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orgkeeper"))
+        .args(["sidecar", "--listen", &listen.to_string(), "--upstream", &upstream.url])
+        .env("ORGKEEPER_DATABASE_URL", &url)
+        .env("ORGKEEPER_METRICS_ADDR", metrics.to_string())
+        .env("ORGKEEPER_LOG_LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the orgkeeper binary starts");
+    wait_until_ready(metrics).await;
+    drop(child.stderr.take()); // the reader goes away: every later log line meets a broken pipe
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut process = Process(child);
+    let status = tokio::task::spawn_blocking(move || {
+        for _ in 0..300 {
+            if let Some(status) = process.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let status = status.expect("the sidecar stops on SIGTERM even when it cannot write its logs");
+    assert!(status.success(), "a graceful stop exits 0: {status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_its_store_the_binary_answers_503_and_says_why() {
     let nothing = free_addr(); // nobody listens there

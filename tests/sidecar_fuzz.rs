@@ -210,6 +210,7 @@ fn ring_with(token: &ApiKeyToken) -> KeyRing {
             environment_id: token.env_id().into(),
             access: Access::ReadWrite,
             hash: token.hash(),
+            expires_at: None,
         },
     );
     snapshot.environments.insert(

@@ -53,6 +53,14 @@ pub enum AuthError {
     NotBearer,
     #[error("invalid API key")]
     Invalid,
+    /// The key is right but past its expiry time (seconds since the epoch): said only to whoever holds it.
+    #[error("this API key expired at {}; use its replacement", rfc3339(*at))]
+    Expired { at: i64 },
+}
+
+/// RFC 3339 in UTC, to the second.
+fn rfc3339(seconds: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(seconds).map_or_else(|_| seconds.to_string(), |t| t.to_string())
 }
 
 /// Why a refresh failed. The messages are safe to show: store URLs in them have their password removed.
@@ -163,6 +171,10 @@ impl KeyRing {
         let key = snapshot.keys.get(token.key_id()).ok_or(AuthError::Invalid)?;
         if key.environment_id != token.env_id() || !key.hash.verifies(&token) {
             return Err(AuthError::Invalid);
+        }
+        // Compared on every check, so a key stops working at its time with no reload or controller.
+        if let Some(at) = key.expires_at.filter(|at| now() >= *at) {
+            return Err(AuthError::Expired { at });
         }
         let environment = snapshot
             .environments
@@ -320,6 +332,10 @@ mod tests {
     use crate::store::LiveKey;
 
     fn ring_with(token: &ApiKeyToken, access: Access) -> KeyRing {
+        ring_expiring(token, access, None)
+    }
+
+    fn ring_expiring(token: &ApiKeyToken, access: Access, expires_at: Option<i64>) -> KeyRing {
         let mut snapshot = AuthSnapshot::default();
         snapshot.keys.insert(
             token.key_id().to_owned(),
@@ -328,6 +344,7 @@ mod tests {
                 environment_id: token.env_id().into(),
                 access,
                 hash: token.hash(),
+                expires_at,
             },
         );
         snapshot.environments.insert(
@@ -378,5 +395,21 @@ mod tests {
             AuthError::Invalid
         );
         let _ = KeyHash::of("unused");
+    }
+
+    #[test]
+    fn an_expired_key_is_refused_from_its_time_and_says_so() {
+        let token = ApiKeyToken::generate("env1");
+        let header = format!("Bearer {}", token.expose());
+        let later = ring_expiring(&token, Access::ReadWrite, Some(now() + 3600));
+        assert!(later.authenticate(Some(&header)).is_ok());
+        let at = now() - 1;
+        let past = ring_expiring(&token, Access::ReadWrite, Some(at));
+        let error = past.authenticate(Some(&header)).unwrap_err();
+        assert_eq!(error, AuthError::Expired { at });
+        assert!(error.to_string().contains("expired at 20"), "{error}");
+        // Only the holder of the right secret learns that the key id exists and expired.
+        let forged = format!("Bearer e_env1_{}_{}", token.key_id(), "A".repeat(32));
+        assert_eq!(past.authenticate(Some(&forged)).unwrap_err(), AuthError::Invalid);
     }
 }

@@ -16,6 +16,7 @@ use super::exit;
 use crate::controller::{self, LeaseSettings, Settings};
 use crate::domain::KubernetesUserNames;
 use crate::domain::identity::{DEFAULT_GITHUB_TEMPLATE, DEFAULT_GOOGLE_TEMPLATE};
+use crate::identity::DeclaredSource;
 use crate::store::{DEFAULT_DATABASE_URL, Store, redact_url};
 use crate::telemetry::{Telemetry, shutdown_signal};
 
@@ -56,6 +57,11 @@ pub struct Args {
     /// a key slot) or whose reconcile failed; retries start at 0.5s and double.
     #[arg(long, env = "ORGKEEPER_MAX_RETRY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub max_retry_interval: Duration,
+    /// How long an object may wait for another resource (its Organization, its Environment, an account, a key
+    /// slot) before the wait is announced with a Warning event; shorter waits are Normal events, because
+    /// `kubectl apply` of a folder creates resources in an order where some wait seconds for others.
+    #[arg(long, env = "ORGKEEPER_WARN_AFTER_WAITING", default_value = "2m", value_parser = parse_duration)]
+    pub warn_after_waiting: Duration,
     /// Reconciles running at once, per kind (reconciles of one organization always take turns).
     #[arg(long, env = "ORGKEEPER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
@@ -84,6 +90,13 @@ pub struct Args {
     /// random suffix).
     #[arg(long, env = "ORGKEEPER_IDENTITY")]
     pub identity: Option<String>,
+    /// Namespace whose ConfigMaps labelled orgkeeper.dev/accounts=true declare accounts (default: $POD_NAMESPACE,
+    /// else --lease-namespace, else the kubeconfig context's namespace). Only this namespace is read: a declared
+    /// account skips the provider check, so tenants must not be able to write there.
+    #[arg(long, env = "ORGKEEPER_DECLARED_ACCOUNTS_NAMESPACE", value_name = "NS")]
+    pub declared_accounts_namespace: Option<String>,
+    #[command(flatten)]
+    pub accounts: super::identity::AccountArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
@@ -200,9 +213,16 @@ fn settings(args: &Args) -> anyhow::Result<(Settings, Option<LeaseSettings>)> {
         oso_url: args.oso_url.clone(),
         resync_interval: args.resync_interval,
         max_retry_interval: args.max_retry_interval,
+        warn_after_waiting: args.warn_after_waiting,
         concurrency: args.concurrency,
         identity: args.identity.clone().unwrap_or_else(controller::default_identity),
         kubernetes_users: KubernetesUserNames::new(&args.kubernetes_user_github, &args.kubernetes_user_google)?,
+        accounts: args.accounts.directory(DeclaredSource::watched())?,
+        declared_accounts_namespace: args
+            .declared_accounts_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()))
+            .or_else(|| args.lease_namespace.clone()),
     };
     Ok((settings, lease))
 }

@@ -92,6 +92,7 @@ async fn reconcile(args: &Args) -> anyhow::Result<u8> {
         manifests: args.manifests.clone(),
         database_url: args.database_url.clone(),
         secrets_dir: args.secrets_dir.clone(),
+        accounts: super::identity::AccountArgs::off(),
         max_file_bytes: LoadLimits::DEFAULT_MAX_FILE_BYTES,
         max_total_bytes: LoadLimits::DEFAULT_MAX_TOTAL_BYTES,
     };

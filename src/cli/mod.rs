@@ -10,6 +10,7 @@ mod crds;
 mod demo;
 mod duration;
 mod facts;
+mod identity;
 mod keys;
 mod output;
 mod plan;

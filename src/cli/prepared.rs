@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use super::secrets_dir::{Inspection, SecretsDir, Templates};
 use crate::domain::{self, Account, Declarations, KnownAccounts, OrgKey, Plan, Refusal, StoredOrganization};
+use crate::identity::DeclaredSource;
 use crate::manifests::{self, LoadLimits, ManifestError, ManifestSet, Resource};
 use crate::store::{DEFAULT_DATABASE_URL, Store};
 
@@ -35,6 +36,8 @@ pub struct CommonArgs {
     /// The most bytes all manifest files together may hold.
     #[arg(long, env = "ORGKEEPER_MAX_TOTAL_BYTES", value_name = "BYTES", default_value_t = LoadLimits::DEFAULT_MAX_TOTAL_BYTES)]
     pub max_total_bytes: u64,
+    #[command(flatten)]
+    pub accounts: super::identity::AccountArgs,
 }
 
 impl CommonArgs {
@@ -123,7 +126,14 @@ pub async fn prepare_against(
                 .context("opening the store")?;
             let keys: Vec<OrgKey> = declarations.organizations.iter().map(|o| o.key()).collect();
             let stored: BTreeMap<OrgKey, StoredOrganization> = store.load_organizations(&keys).await?;
-            let accounts = store.known_accounts().await?;
+            let declared = match crate::identity::declared::load_dir(&common.manifests, common.load_limits()) {
+                Ok(declared) => declared,
+                Err(errors) => return Ok(Err(errors)),
+            };
+            let directory = common.accounts.directory(DeclaredSource::fixed(declared))?;
+            let accounts = directory
+                .resolve(declarations.users.iter().map(|u| &u.account), &store)
+                .await?;
             let mut plan = domain::plan(&declarations, &stored, &accounts);
             let inspection = secrets.inspect(&mut plan, &stored);
             (Some(store), stored, plan, inspection)

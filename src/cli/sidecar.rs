@@ -99,6 +99,7 @@ fn parse_staleness(text: &str) -> Result<Staleness, String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
+    warn_if_few_descriptors(args.max_connections);
     let shutdown = shutdown_signal();
     let ring = KeyRing::default().with_key_use_flush_interval(args.key_use_flush_interval);
     // The ring outlives the server by the draining requests, then writes the last key uses.
@@ -133,9 +134,51 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// Descriptors the sidecar needs besides its client connections (upstream and store connections, files).
+const OTHER_DESCRIPTORS: u64 = 64;
+
+/// Says so at start-up when the process may open fewer files than `--max-connections` needs: connections
+/// beyond the limit wait in the listen queue instead of being served or refused with an answer.
+fn warn_if_few_descriptors(max_connections: usize) {
+    let Some(limit) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| open_files_limit(&limits))
+    else {
+        return;
+    };
+    let needed = max_connections as u64 + OTHER_DESCRIPTORS;
+    if limit < needed {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections,
+            "the process may open fewer files than --max-connections needs: raise the limit (ulimit -n) to at \
+             least {needed} or lower --max-connections"
+        );
+    }
+}
+
+/// The soft `Max open files` of a `/proc/PID/limits` text (`None` when unlimited or absent).
+fn open_files_limit(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             96365                96365                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(open_files_limit(limits), Some(1024));
+        assert_eq!(open_files_limit("Max open files  unlimited  unlimited  files"), None);
+        assert_eq!(open_files_limit(""), None);
+    }
 
     #[test]
     fn the_staleness_bound_is_a_duration_or_off() {

@@ -18,6 +18,7 @@ use super::metrics::{Metrics, StoreWrites};
 use super::secrets::RecentSecrets;
 use super::triggers::Triggers;
 use crate::domain::{KubernetesUserNames, ObjectRef, OrgKey, StoredOrganization};
+use crate::identity::Directory;
 use crate::store::Store;
 
 /// A copy of what the store held for an organization at a revision.
@@ -42,12 +43,18 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// The longest wait between retries of an object that cannot be carried out yet (or failed).
     pub max_retry_interval: Duration,
+    /// How long waiting for another resource is normal; a longer wait is announced with a Warning event.
+    pub warn_after_waiting: Duration,
     /// Reconciles running at once, per kind.
     pub concurrency: u16,
     /// Who this replica is, in the Lease and in events.
     pub identity: String,
     /// The Kubernetes user each User's account authenticates as, for the generated RoleBindings.
     pub kubernetes_users: KubernetesUserNames,
+    /// Where accounts are looked up (declared lists, GitHub, Google, the registry).
+    pub accounts: Directory,
+    /// The namespace of the declared account lists (`None`: the client's default namespace).
+    pub declared_accounts_namespace: Option<String>,
 }
 
 /// The first retry comes after this long, and each next one after twice as long, up to the maximum.

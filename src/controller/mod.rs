@@ -171,6 +171,14 @@ async fn run_controllers(
     let mut watches = JoinSet::new();
     let (triggers, streams) = triggers::channels();
     let (caches, mut feeds) = caches::caches(&client, settings.namespace.as_deref());
+    let declared_accounts_namespace =
+        (settings.declared_accounts_namespace.clone()).unwrap_or_else(|| client.default_namespace().to_owned());
+    tokio::spawn(crate::identity::declared::watch(
+        client.clone(),
+        declared_accounts_namespace,
+        settings.accounts.declared().clone(),
+        shutdown.clone(),
+    ));
     let recorder = Recorder::new(
         client.clone(),
         Reporter {

@@ -9,7 +9,8 @@
 //!
 //! Waiting for another resource is normal for a while: `kubectl apply -k` creates ApiKeys before the
 //! Environment they name, and the account registry may lag. A wait is announced with a Normal event;
-//! only when it has lasted [`PERSISTENT_WAIT`] does a Warning event follow (once per wait).
+//! only when it has lasted `--warn-after-waiting` (2 minutes by default) does a Warning event follow, once
+//! per wait.
 
 use std::time::Duration;
 
@@ -24,10 +25,6 @@ use super::resource::OrgkeeperResource;
 use super::{Error, STATUS_MANAGER};
 use crate::crd::{Condition, KstatusFields};
 use crate::domain::{Problem, Reason};
-
-/// How long waiting for a dependency (an Organization, an Environment, an account, a key slot) is normal;
-/// a wait that lasts longer is announced with a Warning event.
-pub const PERSISTENT_WAIT: Duration = Duration::from_secs(120);
 
 /// Where an object stands after a reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,7 +94,7 @@ impl Outcome {
         matches!(self, Outcome::Stalled { .. })
     }
 
-    /// Waiting is normal at first ([`PERSISTENT_WAIT`] turns it into a warning); a stalled object or a
+    /// Waiting is normal at first (only a lasting wait is a warning); a stalled object or a
     /// failed reconcile needs a person.
     fn event_type(&self) -> EventType {
         match self {
@@ -165,7 +162,8 @@ pub async fn publish<K: OrgkeeperResource>(
     let previous_conditions = previous.map(KstatusFields::conditions).unwrap_or_default();
     status.set_observed(generation, conditions(outcome, generation, previous_conditions, &now()));
     let uid = object.uid().unwrap_or_default();
-    match persistent_wait(outcome, status.conditions(), Timestamp::now()) {
+    let patience = ctx.settings.warn_after_waiting;
+    match persistent_wait(outcome, status.conditions(), Timestamp::now(), patience) {
         Some(waited) if ctx.first_warning(&uid) => warn_persistent(ctx, object, outcome, waited).await,
         Some(_) => {}
         None => ctx.wait_over(&uid),
@@ -203,16 +201,21 @@ fn flag_of(outcome: &Outcome) -> &'static str {
     if outcome.is_ready() { "True" } else { "False" }
 }
 
-/// How long the object has been waiting, if `outcome` is a wait that has lasted [`PERSISTENT_WAIT`]: the
-/// wait began when `Ready` last turned False (kept across reconciles and controller restarts).
-pub fn persistent_wait(outcome: &Outcome, conditions: &[Condition], now: Timestamp) -> Option<Duration> {
+/// How long the object has been waiting, if `outcome` is a wait that has lasted `patience`: the wait began
+/// when `Ready` last turned False (kept across reconciles and controller restarts).
+pub fn persistent_wait(
+    outcome: &Outcome,
+    conditions: &[Condition],
+    now: Timestamp,
+    patience: Duration,
+) -> Option<Duration> {
     if !matches!(outcome, Outcome::Waiting { .. }) {
         return None;
     }
     let ready = conditions.iter().find(|c| c.type_ == "Ready" && c.status == "False")?;
     let since: Timestamp = ready.last_transition_time.parse().ok()?;
     let waited = Duration::try_from(now.duration_since(since)).ok()?;
-    (waited >= PERSISTENT_WAIT).then_some(waited)
+    (waited >= patience).then_some(waited)
 }
 
 /// An event for a change of `Ready`.
@@ -322,27 +325,28 @@ mod tests {
         assert_eq!(waiting.event_type(), EventType::Normal);
         let began: Timestamp = "2026-01-01T10:00:00Z".parse().unwrap();
         let found = conditions(&waiting, Some(1), &[], &began.to_string());
+        let patience = Duration::from_secs(120);
         let at = |seconds: i64| began + k8s_openapi::jiff::SignedDuration::from_secs(seconds);
         assert_eq!(
-            persistent_wait(&waiting, &found, at(30)),
+            persistent_wait(&waiting, &found, at(30), patience),
             None,
             "seconds of apply order"
         );
-        assert_eq!(persistent_wait(&waiting, &found, at(119)), None);
+        assert_eq!(persistent_wait(&waiting, &found, at(119), patience), None);
         assert_eq!(
-            persistent_wait(&waiting, &found, at(125)),
+            persistent_wait(&waiting, &found, at(125), patience),
             Some(Duration::from_secs(125))
         );
         // The wait began when Ready turned False, whatever the reconciles in between.
         let again = conditions(&waiting, Some(1), &found, &at(100).to_string());
         assert_eq!(
-            persistent_wait(&waiting, &again, at(125)),
+            persistent_wait(&waiting, &again, at(125), patience),
             Some(Duration::from_secs(125))
         );
         // Only waits turn into warnings: a stalled object already warned when it stalled.
         let stalled = Outcome::from_problem(&problem(Reason::SecretConflict));
         let found = conditions(&stalled, Some(1), &[], &began.to_string());
-        assert_eq!(persistent_wait(&stalled, &found, at(600)), None);
+        assert_eq!(persistent_wait(&stalled, &found, at(600), patience), None);
         assert_eq!(stalled.event_type(), EventType::Warning);
     }
 

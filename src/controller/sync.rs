@@ -11,8 +11,7 @@ use super::Error;
 use super::context::Context;
 use super::{issuance, secrets};
 use crate::domain::{
-    self, Kind, KnownAccounts, ObjectRef, OrgKey, Problem, Reason, StoredOrganization, plan_organization_removal,
-    review_key_secrets,
+    self, Kind, ObjectRef, OrgKey, Problem, Reason, StoredOrganization, plan_organization_removal, review_key_secrets,
 };
 
 /// An organization after reconciling it.
@@ -37,12 +36,11 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
     let (declarations, mut problems) = view.declarations();
     let mut stored = load(ctx, key).await?;
     let loaded = started.elapsed();
-    // Only users not yet in the store need the account registry.
-    let accounts = if declarations.users.is_empty() {
-        KnownAccounts::default()
-    } else {
-        ctx.store.known_accounts().await?
-    };
+    let accounts = ctx
+        .settings
+        .accounts
+        .resolve(declarations.users.iter().map(|u| &u.account), &ctx.store)
+        .await?;
     let stored_map: BTreeMap<OrgKey, StoredOrganization> =
         stored.iter().map(|org| (key.clone(), org.clone())).collect();
     let mut plan = domain::plan(&declarations, &stored_map, &accounts);

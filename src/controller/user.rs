@@ -1,5 +1,6 @@
-//! Users: the status shows the normalised account; an account that does not exist yet is `UnknownAccount`,
-//! retried with backoff until `orgkeeper accounts add` registers it.
+//! Users: the status shows the normalised account; an account that does not exist yet is `UnknownAccount`
+//! (with the provider's answer), one that could not be checked yet is `AccountUnverified`; both are retried
+//! with backoff until the account directory (`crate::identity`) finds the account.
 
 use super::resource::OrgkeeperResource;
 use super::status::Outcome;

@@ -1,11 +1,15 @@
 //! Accounts are the identities people sign in with. Only accounts that already exist can join an
-//! organization, so the store keeps a registry of them and the plan checks every user against it.
+//! organization, so every declared user is checked against the account directory (declared lists, GitHub,
+//! Google Workspace, the local registry; see `crate::identity`) and the plan turns each verdict into a change
+//! or a problem. The rule for what a verdict means lives here, once, for both the controller and the CLI.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use super::rules::Reason;
 
 /// Where an account comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -166,13 +170,74 @@ pub fn is_email(email: &str) -> bool {
     local_ok && domain_ok
 }
 
-/// The accounts that exist, as far as the store knows.
+/// What the account directory answered for one account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The account exists and may join (a declared list, the provider, or the local registry says so).
+    Exists,
+    /// No source that was asked knows the account: it is neither declared nor registered, and its provider
+    /// is not checked remotely. Users already in an organization stay (unregistering is not removal).
+    NotRegistered,
+    /// The provider answered that the account does not exist or may not join (unknown, renamed, suspended,
+    /// not a member of the required organization). `message` carries the provider's answer.
+    Refused { message: String },
+    /// The provider could not be asked right now (rate limit, timeout, outage). Nothing is decided: a new
+    /// user waits, a user already in an organization stays as it is.
+    Unverified { message: String },
+}
+
+/// The verdict on every account a plan needs.
 #[derive(Clone, Debug, Default)]
-pub struct KnownAccounts(BTreeSet<Account>);
+pub struct KnownAccounts(BTreeMap<Account, Verdict>);
 
 impl KnownAccounts {
+    pub fn insert(&mut self, account: Account, verdict: Verdict) {
+        self.0.insert(account, verdict);
+    }
+
+    /// The verdict on an account; one nobody was asked about is `NotRegistered`.
+    pub fn verdict(&self, account: &Account) -> &Verdict {
+        const NOT_REGISTERED: &Verdict = &Verdict::NotRegistered;
+        self.0.get(account).unwrap_or(NOT_REGISTERED)
+    }
+
     pub fn contains(&self, account: &Account) -> bool {
-        self.0.contains(account)
+        matches!(self.verdict(account), Verdict::Exists)
+    }
+
+    /// Why a user with this account cannot be (or stay) what it declares, if it cannot: the reason and a
+    /// message a person can act on. `in_store` says whether the user is already in its organization.
+    pub fn refusal(&self, account: &Account, in_store: bool) -> Option<(Reason, String)> {
+        match (self.verdict(account), in_store) {
+            (Verdict::Exists, _) | (Verdict::NotRegistered | Verdict::Unverified { .. }, true) => None,
+            (Verdict::NotRegistered, false) => Some((
+                Reason::UnknownAccount,
+                format!(
+                    "{account} is not an existing account: only existing accounts can join an organization; the user \
+                     is added once the account exists (declare it in an accounts ConfigMap, turn on the {} check, or \
+                     for a local store run orgkeeper accounts add {account})",
+                    match account.provider() {
+                        Provider::Github => "GitHub",
+                        Provider::Google => "Google Workspace",
+                    }
+                ),
+            )),
+            (Verdict::Refused { message }, false) => Some((
+                Reason::UnknownAccount,
+                format!("{account} is not an existing account: {message}; checked again with backoff"),
+            )),
+            (Verdict::Refused { message }, true) => Some((
+                Reason::UnknownAccount,
+                format!(
+                    "{account} is no longer an existing account: {message}; the user stays in the organization \
+                     (nothing is removed) until the account is back or the User is deleted"
+                ),
+            )),
+            (Verdict::Unverified { message }, false) => Some((
+                Reason::AccountUnverified,
+                format!("{account} could not be checked yet: {message}"),
+            )),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -184,10 +249,37 @@ impl KnownAccounts {
     }
 }
 
+/// Every account given exists (how the local registry and declared lists are read).
 impl FromIterator<Account> for KnownAccounts {
     fn from_iter<I: IntoIterator<Item = Account>>(iter: I) -> Self {
-        KnownAccounts(iter.into_iter().collect())
+        KnownAccounts(iter.into_iter().map(|a| (a, Verdict::Exists)).collect())
     }
+}
+
+/// A line of an account list that is not an account.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("line {line}: {error}")]
+pub struct ListError {
+    pub line: usize,
+    pub error: AccountError,
+}
+
+/// Reads a declared account list: one `github:USERNAME` or `google:EMAIL` per line; blank lines and
+/// everything after a `#` are ignored. Returns the accounts and every line that is not one.
+pub fn parse_account_list(text: &str) -> (Vec<Account>, Vec<ListError>) {
+    let mut accounts = Vec::new();
+    let mut errors = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let entry = line.split_once('#').map_or(line, |(before, _)| before).trim();
+        if entry.is_empty() {
+            continue;
+        }
+        match entry.parse() {
+            Ok(account) => accounts.push(account),
+            Err(error) => errors.push(ListError { line: index + 1, error }),
+        }
+    }
+    (accounts, errors)
 }
 
 #[cfg(test)]
@@ -246,5 +338,57 @@ mod tests {
             Err(AccountError::UnknownProvider("gitlab".into()))
         );
         assert_eq!("alice".parse::<Account>(), Err(AccountError::Malformed("alice".into())));
+    }
+
+    #[test]
+    fn account_lists_skip_comments_and_report_bad_lines() {
+        let (accounts, errors) =
+            parse_account_list("# team\ngithub:Alice  # lead\n\n  google:bob@example.com\nalice\n");
+        assert_eq!(
+            accounts,
+            vec![
+                Account::github("alice").unwrap(),
+                Account::google("bob@example.com").unwrap()
+            ]
+        );
+        assert_eq!(
+            errors,
+            vec![ListError {
+                line: 5,
+                error: AccountError::Malformed("alice".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn verdicts_decide_new_users_and_never_remove_stored_ones() {
+        let alice = Account::github("alice").unwrap();
+        let mut known = KnownAccounts::default();
+        assert_eq!(known.refusal(&alice, false).unwrap().0, Reason::UnknownAccount);
+        assert_eq!(known.refusal(&alice, true), None, "unregistering is not removal");
+
+        known.insert(alice.clone(), Verdict::Exists);
+        assert_eq!(known.refusal(&alice, false), None);
+
+        let gone = "GitHub has no user alice (404 Not Found)".to_owned();
+        known.insert(alice.clone(), Verdict::Refused { message: gone.clone() });
+        let (reason, message) = known.refusal(&alice, false).unwrap();
+        assert_eq!(reason, Reason::UnknownAccount);
+        assert!(message.contains(&gone), "{message}");
+        let (reason, message) = known.refusal(&alice, true).unwrap();
+        assert_eq!(reason, Reason::UnknownAccount);
+        assert!(message.contains("stays in the organization"), "{message}");
+
+        let limited = "GitHub rate limit reached; next check at 2026-01-01T00:00:00Z".to_owned();
+        known.insert(
+            alice.clone(),
+            Verdict::Unverified {
+                message: limited.clone(),
+            },
+        );
+        let (reason, message) = known.refusal(&alice, false).unwrap();
+        assert_eq!(reason, Reason::AccountUnverified);
+        assert!(message.contains(&limited));
+        assert_eq!(known.refusal(&alice, true), None, "an outage never flips a stored user");
     }
 }

@@ -19,7 +19,7 @@ pub mod plan;
 pub mod removal;
 pub mod rules;
 
-pub use account::{Account, AccountError, KnownAccounts, Provider};
+pub use account::{Account, AccountError, KnownAccounts, ListError, Provider, Verdict, parse_account_list};
 pub use authority::{Refusal, admin_only_objects, admins, review, state_declared_by};
 pub use identity::{Collision, KubernetesUserNames, TemplateError};
 pub use issuance::{

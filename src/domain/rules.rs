@@ -13,6 +13,8 @@ use super::model::ObjectRef;
 pub enum Reason {
     /// The account is not registered; only existing accounts can join an organization.
     UnknownAccount,
+    /// The account's provider could not be asked yet (rate limit, timeout, outage); checked again.
+    AccountUnverified,
     /// The referenced organization is not declared.
     OrganizationNotFound,
     /// The referenced environment is neither declared nor a default environment.
@@ -38,6 +40,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::UnknownAccount => "UnknownAccount",
+            Reason::AccountUnverified => "AccountUnverified",
             Reason::OrganizationNotFound => "OrganizationNotFound",
             Reason::EnvironmentNotFound => "EnvironmentNotFound",
             Reason::KeyLimitReached => "KeyLimitReached",
@@ -55,6 +58,7 @@ impl Reason {
         matches!(
             self,
             Reason::UnknownAccount
+                | Reason::AccountUnverified
                 | Reason::OrganizationNotFound
                 | Reason::EnvironmentNotFound
                 | Reason::KeyLimitReached

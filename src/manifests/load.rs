@@ -230,14 +230,14 @@ const NOT_REGULAR: &str = "not a regular file (a FIFO, device or socket is never
 const LINKED_FOLDER: &str =
     "a symbolic link to a folder is not followed (it could loop or leave the tree); list the folder itself";
 
-enum FileText {
+pub enum FileText {
     Text(String),
     NotRegular,
 }
 
 /// Reads a regular file of at most `limit` bytes. The type is checked before opening (opening a FIFO
 /// would block) and again on the open file; the read itself is bounded, whatever the file claims.
-fn read_bounded(path: &Path, limit: u64) -> Result<FileText, ManifestError> {
+pub fn read_bounded(path: &Path, limit: u64) -> Result<FileText, ManifestError> {
     let read_error = |e: std::io::Error| ManifestError::Read {
         path: path.to_owned(),
         message: e.to_string(),
@@ -268,7 +268,7 @@ fn read_bounded(path: &Path, limit: u64) -> Result<FileText, ManifestError> {
 }
 
 /// The manifest files below `root` in a stable order, and the entries named like manifests that are not read.
-fn yaml_files(root: &Path) -> Result<(Vec<PathBuf>, Vec<SkippedFile>), ManifestError> {
+pub fn yaml_files(root: &Path) -> Result<(Vec<PathBuf>, Vec<SkippedFile>), ManifestError> {
     let read_error = |path: &Path, e: std::io::Error| ManifestError::Read {
         path: path.to_owned(),
         message: e.to_string(),
@@ -359,7 +359,7 @@ pub fn parse_str(text: &str, file: &Path, validator: &SchemaValidator) -> (Vec<M
 }
 
 /// The 1-based line each YAML document starts on (the line after a `---`, or 1 for the first).
-fn document_start_lines(text: &str) -> Vec<usize> {
+pub fn document_start_lines(text: &str) -> Vec<usize> {
     let mut starts = Vec::new();
     let mut content_seen = false;
     for (i, line) in text.lines().enumerate() {

@@ -8,7 +8,7 @@ mod strict;
 mod validate;
 
 pub use load::{
-    LoadLimits, Location, Manifest, ManifestError, ManifestSet, Resource, SkippedFile, load_dir, load_dir_with,
-    parse_str,
+    FileText, LoadLimits, Location, Manifest, ManifestError, ManifestSet, Resource, SkippedFile, document_start_lines,
+    load_dir, load_dir_with, parse_str, read_bounded, yaml_files,
 };
 pub use validate::SchemaValidator;

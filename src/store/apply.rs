@@ -4,8 +4,9 @@ use std::collections::HashMap;
 
 use sqlx::{Any, Transaction};
 
+use super::lifecycle::{KeyEventKind, Keys};
 use super::sql::{Delete, NewRow, Update, insert};
-use super::{Store, StoreError, now};
+use super::{Row, Store, StoreError, now};
 use crate::domain::keys::new_id;
 use crate::domain::*;
 
@@ -36,6 +37,8 @@ pub struct StoreTx {
     wrote: bool,
     organization_ids: HashMap<OrgKey, String>,
     environment_ids: HashMap<(String, String), String>,
+    /// The Git revision this transaction's changes came from, for the audit trail.
+    pub(super) git_revision: Option<String>,
 }
 
 /// Rows per multi-row INSERT: large enough that 12,800 keys take a few dozen statements, small enough to
@@ -55,6 +58,7 @@ impl Store {
             wrote: false,
             organization_ids: HashMap::new(),
             environment_ids: HashMap::new(),
+            git_revision: None,
         })
     }
 }
@@ -115,13 +119,31 @@ impl StoreTx {
         Ok(self.execute(update.build(), "changing a key's state").await? > 0)
     }
 
-    /// Forgets a key record entirely (a pending key whose issuance is abandoned, or a removed ApiKey).
+    /// Forgets a key record entirely (a pending key whose issuance is abandoned, or a removed ApiKey); its
+    /// history stays.
     pub async fn delete_key(&mut self, key_id: &str) -> Result<bool, StoreError> {
+        self.record(KeyEventKind::Removed, None, Keys::Id(key_id)).await?;
         let delete = Delete::from("api_keys").filter("key_id", key_id);
         Ok(self.execute(delete.build(), "deleting a key").await? > 0)
     }
 
-    async fn execute<'q>(
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(super) async fn fetch_optional<'q>(
+        &mut self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+        context: &'static str,
+    ) -> Result<Option<Row>, StoreError> {
+        self.store.count(1);
+        query
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(|e| StoreError::from_write(context, e))
+    }
+
+    pub(super) async fn execute<'q>(
         &mut self,
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
         context: &'static str,
@@ -228,6 +250,12 @@ impl StoreTx {
     /// Keys (and facts) go with the organization's environments, users and keys through ON DELETE CASCADE.
     async fn delete_organization(&mut self, organization: &OrgKey) -> Result<(), StoreError> {
         let id = self.organization_id(organization).await?;
+        self.record(
+            KeyEventKind::Removed,
+            Some("its organization was deleted"),
+            Keys::InOrganization(&id),
+        )
+        .await?;
         let delete = Delete::from("organizations").filter("id", id);
         self.execute(delete.build(), "deleting an organization").await?;
         self.organization_ids.remove(organization);
@@ -238,6 +266,12 @@ impl StoreTx {
     async fn release_organization(&mut self, organization: &OrgKey) -> Result<(), StoreError> {
         let id = self.organization_id(organization).await?;
         let now = now();
+        self.record(
+            KeyEventKind::Revoked,
+            Some("its organization was released (deletionPolicy Retain)"),
+            Keys::UnrevokedInOrganization(&id),
+        )
+        .await?;
         let revoke = revoke_keys(now).filter("organization_id", id.clone());
         self.execute(revoke.build(), "revoking a released organization's keys")
             .await?;
@@ -279,6 +313,12 @@ impl StoreTx {
     /// Keys (and facts) go with the environment through ON DELETE CASCADE.
     async fn delete_environment(&mut self, organization: &OrgKey, environment: &str) -> Result<(), StoreError> {
         let id = self.environment_id(organization, environment).await?;
+        self.record(
+            KeyEventKind::Removed,
+            Some("its environment was deleted"),
+            Keys::InEnvironment(&id),
+        )
+        .await?;
         let delete = Delete::from("environments").filter("id", id);
         self.execute(delete.build(), "deleting an environment").await?;
         Ok(())
@@ -288,6 +328,12 @@ impl StoreTx {
     async fn release_environment(&mut self, organization: &OrgKey, environment: &str) -> Result<(), StoreError> {
         let id = self.environment_id(organization, environment).await?;
         let now = now();
+        self.record(
+            KeyEventKind::Revoked,
+            Some("its environment was released (deletionPolicy Retain)"),
+            Keys::UnrevokedInEnvironment(&id),
+        )
+        .await?;
         let revoke = revoke_keys(now).filter("environment_id", id.clone());
         self.execute(revoke.build(), "revoking a released environment's keys")
             .await?;
@@ -327,6 +373,12 @@ impl StoreTx {
     }
 
     async fn revoke_key(&mut self, key_id: &str) -> Result<(), StoreError> {
+        self.record(
+            KeyEventKind::Revoked,
+            Some("revoked: true in its ApiKey"),
+            Keys::UnrevokedId(key_id),
+        )
+        .await?;
         let revoke = revoke_keys(now()).filter("key_id", key_id);
         self.execute(revoke.build(), "revoking a key").await?;
         Ok(())
@@ -395,6 +447,7 @@ impl StoreTx {
     async fn issue_keys(&mut self, batch: &[Change], state: KeyState) -> Result<Vec<IssuedKey>, StoreError> {
         let now = now();
         let mut rows = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
         let mut issued = Vec::with_capacity(batch.len());
         for change in batch {
             let Change::IssueKey {
@@ -426,6 +479,18 @@ impl StoreTx {
                     .with("state", state.as_str())
                     .with("created_at", now),
             );
+            events.push(
+                NewRow::default()
+                    .with("occurred_at", now)
+                    .with("key_id", token.key_id())
+                    .with("event", KeyEventKind::Issued.as_str())
+                    .with("namespace", organization.namespace.clone())
+                    .with("organization", organization.name.clone())
+                    .with("environment", environment.clone())
+                    .with("api_key", api_key.clone())
+                    .with("actor", self.store.actor())
+                    .with("git_revision", self.git_revision.clone()),
+            );
             issued.push(IssuedKey {
                 organization: organization.clone(),
                 api_key: api_key.clone(),
@@ -437,6 +502,7 @@ impl StoreTx {
             });
         }
         self.insert_rows("api_keys", rows, "issuing keys").await?;
+        self.insert_rows("key_events", events, "recording key history").await?;
         Ok(issued)
     }
 

@@ -20,6 +20,8 @@ pub struct LiveKey {
     pub environment_id: String,
     pub access: Access,
     pub hash: KeyHash,
+    /// From when the key is refused (seconds since the epoch); `None`: never.
+    pub expires_at: Option<i64>,
 }
 
 /// An environment as the data plane sees it.
@@ -90,25 +92,27 @@ impl Store {
                 ))
             })
             .collect::<Result<HashMap<_, _>, StoreError>>()?;
-        let keys =
-            sqlx::query::<Any>("SELECT key_id, environment_id, access, secret_hash FROM api_keys WHERE state = 'live'")
-                .fetch_all(&mut *tx)
-                .await
-                .context("reading live keys")?
-                .iter()
-                .map(|row| {
-                    let key_id: String = row.try_get("key_id").context("reading live keys")?;
-                    let access: String = row.try_get("access").context("reading live keys")?;
-                    let hash: String = row.try_get("secret_hash").context("reading live keys")?;
-                    let key = LiveKey {
-                        key_id: key_id.clone(),
-                        environment_id: row.try_get("environment_id").context("reading live keys")?,
-                        access: access.parse().map_err(StoreError::Corrupt)?,
-                        hash: KeyHash::from_hex(&hash).ok_or_else(|| StoreError::Corrupt("a key hash".into()))?,
-                    };
-                    Ok((key_id, key))
-                })
-                .collect::<Result<HashMap<_, _>, StoreError>>()?;
+        let keys = sqlx::query::<Any>(
+            "SELECT key_id, environment_id, access, secret_hash, expires_at FROM api_keys WHERE state = 'live'",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .context("reading live keys")?
+        .iter()
+        .map(|row| {
+            let key_id: String = row.try_get("key_id").context("reading live keys")?;
+            let access: String = row.try_get("access").context("reading live keys")?;
+            let hash: String = row.try_get("secret_hash").context("reading live keys")?;
+            let key = LiveKey {
+                key_id: key_id.clone(),
+                environment_id: row.try_get("environment_id").context("reading live keys")?,
+                access: access.parse().map_err(StoreError::Corrupt)?,
+                hash: KeyHash::from_hex(&hash).ok_or_else(|| StoreError::Corrupt("a key hash".into()))?,
+                expires_at: row.try_get("expires_at").context("reading live keys")?,
+            };
+            Ok((key_id, key))
+        })
+        .collect::<Result<HashMap<_, _>, StoreError>>()?;
         tx.commit().await.context("finishing a read transaction")?;
         Ok(AuthSnapshot {
             revision,

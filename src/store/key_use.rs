@@ -37,11 +37,21 @@ pub struct KeyRecord {
     /// `None`: never seen in use.
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Who revoked it outside Git (`keys revoke`), and why; `None` for revocations declared in Git.
+    pub revoked_by: Option<String>,
+    pub revoked_reason: Option<String>,
+    /// From when data planes refuse it; `None`: never.
+    pub expires_at: Option<i64>,
 }
 
 impl KeyRecord {
     /// A live key nobody has used for `idle` (counting from its issuance when it was never used): a
     /// candidate for cleanup. Revoked and pending keys are not: nothing can use them.
+    /// Whether it is past its expiry time at `now`.
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
     pub fn is_unused_for(&self, idle: Duration, now: i64) -> bool {
         let idle = i64::try_from(idle.as_secs()).unwrap_or(i64::MAX);
         self.state == KeyState::Live && self.last_used_at.unwrap_or(self.issued_at) <= now.saturating_sub(idle)
@@ -92,7 +102,8 @@ impl Store {
         self.count(1);
         sqlx::query::<Any>(
             "SELECT k.key_id, o.namespace, o.name AS organization, e.name AS environment, k.resource_name, \
-             k.access, k.state, k.created_at, k.last_used_at, k.revoked_at \
+             k.access, k.state, k.created_at, k.last_used_at, k.revoked_at, k.revoked_by, k.revoked_reason, \
+             k.expires_at \
              FROM api_keys k JOIN organizations o ON o.id = k.organization_id \
              JOIN environments e ON e.id = k.environment_id \
              ORDER BY o.namespace, o.name, e.name, k.resource_name",
@@ -119,6 +130,9 @@ fn key_record(row: &Row) -> Result<KeyRecord, StoreError> {
         issued_at: row.try_get("created_at").context("reading keys")?,
         last_used_at: row.try_get("last_used_at").context("reading keys")?,
         revoked_at: row.try_get("revoked_at").context("reading keys")?,
+        revoked_by: row.try_get("revoked_by").context("reading keys")?,
+        revoked_reason: row.try_get("revoked_reason").context("reading keys")?,
+        expires_at: row.try_get("expires_at").context("reading keys")?,
     })
 }
 
@@ -137,6 +151,9 @@ mod tests {
             issued_at,
             last_used_at,
             revoked_at: None,
+            revoked_by: None,
+            revoked_reason: None,
+            expires_at: None,
         }
     }
 

@@ -28,6 +28,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("migrations/sqlite/0003_key_last_used.sql"),
         include_str!("migrations/postgres/0003_key_last_used.sql"),
     ),
+    (
+        4,
+        "key lifecycle",
+        include_str!("migrations/sqlite/0004_key_lifecycle.sql"),
+        include_str!("migrations/postgres/0004_key_lifecycle.sql"),
+    ),
 ];
 
 pub(super) fn migrator(backend: Backend) -> Migrator {

@@ -10,6 +10,7 @@ mod apply;
 mod auth;
 mod facts;
 mod key_use;
+mod lifecycle;
 mod migrations;
 mod readers;
 mod snapshot;
@@ -27,6 +28,7 @@ pub use apply::{ApplyOutcome, IssuedKey, StoreTx};
 pub use auth::{AuthSnapshot, EnvironmentLimits, LiveKey};
 pub use facts::{ARG_COLUMNS, FactStoreError, FactWrite};
 pub use key_use::{KEY_USE_RESOLUTION, KeyRecord};
+pub use lifecycle::{KeyEvent, KeyEventKind, Revocation, local_actor};
 
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub enum StoreError {
     Query { context: &'static str, source: sqlx::Error },
     #[error("the store holds unexpected data ({0}); was it edited by hand?")]
     Corrupt(String),
+    #[error("no key with id {key_id:?} in the store (`orgkeeper keys list` shows every key's id); nothing was changed")]
+    UnknownKey { key_id: String },
     /// A write transaction lost a race with another writer: SQLite's write lock was held (or this
     /// transaction's snapshot went stale while it waited), or another transaction created first a row this
     /// one meant to create. The transaction is rolled back; planning again from the store sees the winner.
@@ -132,6 +136,8 @@ pub struct Store {
     readers: Option<Arc<readers::Readers>>,
     statements: Arc<AtomicU64>,
     writes: Arc<AtomicU64>,
+    /// Who makes this store's changes, for the audit trail (`lifecycle.rs`).
+    actor: Arc<str>,
 }
 
 /// How a store's connection pool behaves.
@@ -222,6 +228,7 @@ impl Store {
             readers,
             statements: Arc::new(AtomicU64::new(0)),
             writes: Arc::new(AtomicU64::new(0)),
+            actor: Arc::from(lifecycle::local_actor()),
         })
     }
 

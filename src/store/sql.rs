@@ -14,6 +14,8 @@ use crate::domain::limits::LIMIT_FIELDS;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Value {
     Text(String),
+    /// Nullable text.
+    MaybeText(Option<String>),
     Int(Option<i64>),
 }
 
@@ -26,6 +28,12 @@ impl From<String> for Value {
 impl From<&str> for Value {
     fn from(text: &str) -> Self {
         Value::Text(text.to_owned())
+    }
+}
+
+impl From<Option<String>> for Value {
+    fn from(text: Option<String>) -> Self {
+        Value::MaybeText(text)
     }
 }
 
@@ -74,6 +82,7 @@ impl Sql {
         let query = sqlx::query(AssertSqlSafe(self.text));
         self.values.into_iter().fold(query, |query, value| match value {
             Value::Text(text) => query.bind(text),
+            Value::MaybeText(text) => query.bind(text),
             Value::Int(number) => query.bind(number),
         })
     }

@@ -13,6 +13,10 @@ pub fn init(level: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // When stderr is a closed pipe, the subscriber would report each failed write with `eprintln!`, which
+        // panics on that same pipe: inside the task that waits for SIGTERM, so the process never stopped. A
+        // log line that cannot be written is dropped instead.
+        .log_internal_errors(false)
         .with_ansi(colour(std::io::stderr().is_terminal(), no_color.as_deref()));
     // A subscriber already installed (tests that call this twice) stays.
     let _ = if json {

@@ -161,7 +161,9 @@ for rule in role["rules"]:
         for resource in rule["resources"]:
             base, _, sub = resource.partition("/")
             name = (f"{base}.{group}" if group else base) + (f"/{sub}" if sub else "")
-            leases = base == "leases"
+            # release namespace only: the Lease and the declared account lists (read-only ConfigMaps); the
+            # admission parameters (ConfigMaps it creates) are in every organization's namespace
+            leases = base == "leases" or (base == "configmaps" and "create" not in rule["verbs"])
             if (leases and what.endswith("leases")) or (not leases and what.startswith("reconcile")):
                 for verb in rule["verbs"]:
                     print(name, verb)

@@ -110,6 +110,8 @@ def unknown_fields(schema, value, path=""):
     found = []
     if isinstance(value, dict) and "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
         for key, item in value.items():
+            if path == "" and key == "metadata":
+                continue  # ObjectMeta: the API server's, whatever the CRD's schema says about metadata.name
             if key in schema["properties"]:
                 found += unknown_fields(schema["properties"][key], item, f"{path}.{key}")
             elif "additionalProperties" not in schema and not (path == "" and key in ("apiVersion", "kind", "metadata")):

@@ -110,6 +110,11 @@ impl Tenancy {
         }
     }
 
+    /// What the tenancy declares (as Git would).
+    pub fn declarations(&self) -> &Declarations {
+        &self.declarations
+    }
+
     /// The plaintext of a key declared by name.
     pub fn key(&self, name: &str) -> &str {
         &self.keys[name]

@@ -153,8 +153,8 @@ end-to-end tests run under (tests/chart checks that the two agree). Why each ver
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["configmaps"]
-  # the admission policy's parameters, one ConfigMap per organization
-  verbs: ["get", "create", "patch"]
+  # the admission policy's parameters, one ConfigMap per organization (server-side apply: no read needed)
+  verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   # create a key's Secret once (never update or delete: garbage collection follows the owner reference);

@@ -225,16 +225,16 @@ impl OrganizationPlanner<'_> {
                 continue;
             }
             let existing = stored.get(&user.account);
-            if existing.is_none() && !self.accounts.contains(&user.account) {
+            if let Some((reason, message)) = self.accounts.refusal(&user.account, existing.is_some()) {
                 problems.push(Problem {
                     object,
-                    reason: Reason::UnknownAccount,
-                    message: format!(
-                        "{} is not an existing account: only existing accounts can join an organization; the user is added once the account exists (orgkeeper accounts add {})",
-                        user.account, user.account
-                    ),
+                    reason,
+                    message,
                 });
-                continue;
+                // A user already in the organization stays: a provider's answer never removes anyone.
+                if existing.is_none() {
+                    continue;
+                }
             }
             declared.insert(&user.account, user);
             let organization = self.org();

@@ -4,7 +4,8 @@
 use super::*;
 use std::collections::BTreeMap;
 
-use crate::domain::account::KnownAccounts;
+use crate::domain::Verdict;
+use crate::domain::account::{Account, KnownAccounts};
 use crate::domain::limits::{LimitOverrides, PlanTier};
 use crate::domain::model::*;
 use crate::domain::rules::Reason;
@@ -209,6 +210,34 @@ fn an_existing_user_keeps_working_when_its_account_is_unregistered() {
             ..
         }]
     ));
+}
+
+#[test]
+fn a_provider_refusing_a_stored_user_reports_it_and_removes_nothing() {
+    let mut decl = acme();
+    decl.users.push(user_decl("alice", "github:alice", Role::Member));
+    let stored = stored_after(&decl, &accounts(&["github:alice"]));
+    let alice: Account = "github:alice".parse().unwrap();
+    let mut known = KnownAccounts::default();
+    known.insert(
+        alice.clone(),
+        Verdict::Refused {
+            message: "GitHub has no user alice (404 Not Found at GET /users/alice)".into(),
+        },
+    );
+    let refused = plan(&decl, &stored, &known);
+    assert_eq!(reasons(&refused), vec![("alice".into(), Reason::UnknownAccount)]);
+    assert!(refused.problems[0].message.contains("404 Not Found"));
+    assert!(refused.changes.is_empty(), "{:?}", refused.changes);
+
+    known.insert(
+        alice,
+        Verdict::Unverified {
+            message: "GitHub rate limit reached".into(),
+        },
+    );
+    let outage = plan(&decl, &stored, &known);
+    assert!(outage.problems.is_empty() && outage.changes.is_empty());
 }
 
 #[test]

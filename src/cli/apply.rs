@@ -37,9 +37,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         Ok(p) => p,
         Err(errors) => return Ok(output::print_errors(&errors)),
     };
+    let Some(store) = &prepared.store else {
+        anyhow::bail!("apply needs a store to change");
+    };
     if !prepared.plan.problems.is_empty() || prepared.plan.is_empty() {
         let code = output::print_plan(&prepared, args.output, false);
-        prepared.store.close().await;
+        store.close().await;
         return Ok(if code == exit::CHANGES { exit::OK } else { code });
     }
     let revoked = live_keys_revoked(&prepared.plan.changes, prepared.stored.values()).len();
@@ -49,10 +52,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             "error: this plan revokes {revoked} live key(s), more than the {} an apply may revoke without a flag; if that is intended, run again with --allow-revocations {revoked}; nothing was changed",
             args.allow_revocations
         );
-        prepared.store.close().await;
+        store.close().await;
         return Ok(exit::ERROR);
     }
-    let mut tx = match prepared.store.begin().await {
+    let mut tx = match store.begin().await {
         Ok(tx) => tx,
         Err(e) => return refused(e, "starting the transaction", &[]),
     };
@@ -86,10 +89,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     tracing::info!(
         changes = outcome.changes,
         keys = written.len(),
-        statements = prepared.store.statements(),
+        statements = store.statements(),
         "applied"
     );
-    prepared.store.close().await;
+    store.close().await;
     Ok(exit::OK)
 }
 

@@ -14,6 +14,8 @@ use kube::{Client, Config};
 use super::duration::parse_duration;
 use super::exit;
 use crate::controller::{self, LeaseSettings, Settings};
+use crate::domain::KubernetesUserNames;
+use crate::domain::identity::{DEFAULT_GITHUB_TEMPLATE, DEFAULT_GOOGLE_TEMPLATE};
 use crate::identity::DeclaredSource;
 use crate::store::{DEFAULT_DATABASE_URL, Store, redact_url};
 use crate::telemetry::{Telemetry, shutdown_signal};
@@ -36,6 +38,14 @@ pub struct Args {
     /// Address serving /healthz, /readyz and /metrics.
     #[arg(long, env = "ORGKEEPER_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
+    /// The Kubernetes user name of a User with `github: LOGIN`, for the generated RoleBindings: {login} is the
+    /// username. Match the API server's OIDC username claim and prefix (e.g. 'oidc:{login}').
+    #[arg(long, env = "ORGKEEPER_KUBERNETES_USER_GITHUB", default_value = DEFAULT_GITHUB_TEMPLATE, value_name = "TEMPLATE")]
+    pub kubernetes_user_github: String,
+    /// The Kubernetes user name of a User with `google: EMAIL`: {email} is the address (e.g. '{email}' for an
+    /// API server with --oidc-username-claim=email and no prefix).
+    #[arg(long, env = "ORGKEEPER_KUBERNETES_USER_GOOGLE", default_value = DEFAULT_GOOGLE_TEMPLATE, value_name = "TEMPLATE")]
+    pub kubernetes_user_google: String,
     /// The URL clients reach the sidecar at, written as OSO_URL next to each key in its Secret.
     #[arg(long, env = "ORGKEEPER_OSO_URL", default_value = "http://127.0.0.1:8080")]
     pub oso_url: String,
@@ -206,6 +216,7 @@ fn settings(args: &Args) -> anyhow::Result<(Settings, Option<LeaseSettings>)> {
         warn_after_waiting: args.warn_after_waiting,
         concurrency: args.concurrency,
         identity: args.identity.clone().unwrap_or_else(controller::default_identity),
+        kubernetes_users: KubernetesUserNames::new(&args.kubernetes_user_github, &args.kubernetes_user_google)?,
         accounts: args.accounts.directory(DeclaredSource::watched())?,
         declared_accounts_namespace: args
             .declared_accounts_namespace

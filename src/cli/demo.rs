@@ -118,6 +118,8 @@ async fn reconcile(args: &Args) -> anyhow::Result<u8> {
     plan::run(plan::Args {
         common: common(),
         output: OutputFormat::Text,
+        as_account: None,
+        base: None,
     })
     .await
 }

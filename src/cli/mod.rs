@@ -4,6 +4,7 @@
 
 mod accounts;
 mod apply;
+mod codeowners;
 mod controller;
 mod crds;
 mod demo;
@@ -29,6 +30,8 @@ pub mod exit {
     pub const ERROR: u8 = 1;
     /// `plan` only: there are changes to apply.
     pub const CHANGES: u8 = 2;
+    /// `plan --as` only: a change the account may not make (each is listed with the rule).
+    pub const REFUSED: u8 = 3;
 }
 
 #[derive(Debug, Parser)]
@@ -59,11 +62,13 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the changes that `apply` would make to the store (exit 0: none, 2: some, 1: error).
+    /// Show the changes that `apply` would make to the store (exit 0: none, 2: some, 3: not allowed --as, 1: error).
     Plan(plan::Args),
     /// Make the store match a folder of manifests, in one transaction; write issued keys as Secret manifests
     /// (a plan that revokes more than 3 live keys needs --allow-revocations N).
     Apply(apply::Args),
+    /// Print a GitHub CODEOWNERS file asking an Admin's review for files declaring what only Admins may change.
+    Codeowners(codeowners::Args),
     /// Register, unregister and list the existing accounts (github:NAME, google:EMAIL) users may reference.
     Accounts(accounts::Args),
     /// Reconcile the cluster's orgkeeper resources into the store and write each issued key once into a Secret.
@@ -94,6 +99,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Plan(args) => plan::run(args).await,
             Command::Apply(args) => apply::run(args).await,
+            Command::Codeowners(args) => codeowners::run(args),
             Command::Accounts(args) => accounts::run(args).await,
             Command::Controller(args) => controller::run(*args).await,
             Command::Crds(args) => crds::run(args),

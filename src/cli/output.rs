@@ -6,8 +6,8 @@ use clap::ValueEnum;
 use serde_json::json;
 
 use super::exit;
-use super::prepared::Prepared;
-use crate::domain::{Problem, live_keys_revoked};
+use super::prepared::{Prepared, Review};
+use crate::domain::{Problem, Refusal, live_keys_revoked};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -32,12 +32,15 @@ fn located(prepared: &Prepared, problem: &Problem) -> String {
 }
 
 /// Prints a plan (or, with `applied`, what was done). Returns the exit code for `plan`: 0 with no changes,
-/// 2 with changes, 1 when a problem blocks the plan.
+/// 2 with changes, 3 with a change the `--as` account may not make, 1 when a problem blocks the plan.
 pub fn print_plan(prepared: &Prepared, format: OutputFormat, applied: bool) -> u8 {
     let plan = &prepared.plan;
     let (added, changed, removed) = plan.summary();
+    let refusals = prepared.review.as_ref().map_or(&[][..], |r| &r.refusals[..]);
     let code = if !plan.problems.is_empty() {
         exit::ERROR
+    } else if !refusals.is_empty() {
+        exit::REFUSED
     } else if plan.is_empty() {
         exit::OK
     } else {
@@ -71,15 +74,20 @@ pub fn print_plan(prepared: &Prepared, format: OutputFormat, applied: bool) -> u
                     .map(|s| json!({"message": s.to_string(), "location": s.path})),
             )
             .collect();
-        let doc = json!({
+        let mut doc = json!({
             "applied": applied,
             "changes": plan.changes,
             "problems": problems,
             "warnings": warnings,
             "revocations": revocations,
             "summary": {"add": added, "change": changed, "remove": removed, "objects": prepared.objects},
-            "store": {"statements": prepared.store.statements(), "writes": prepared.store.writes()},
+            "store": prepared.store.as_ref().map(|store| json!({"statements": store.statements(), "writes": store.writes()})),
         });
+        if let (Some(review), Some(object)) = (&prepared.review, doc.as_object_mut()) {
+            let refusals: Vec<_> = review.refusals.iter().map(|r| refusal_json(prepared, r)).collect();
+            object.insert("as".into(), json!(review.account));
+            object.insert("refusals".into(), json!(refusals));
+        }
         println!("{}", serde_json::to_string_pretty(&doc).expect("JSON serialises"));
         return code;
     }
@@ -125,7 +133,46 @@ pub fn print_plan(prepared: &Prepared, format: OutputFormat, applied: bool) -> u
     }
     let verb = if applied { "Applied" } else { "Plan" };
     println!("{verb}: {added} to add, {changed} to change, {removed} to remove.");
+    if let Some(review) = &prepared.review {
+        print_review(prepared, review);
+    }
     code
+}
+
+/// The `--as` verdict, after the plan so that a CI log reads: what changes, then who may not change it.
+fn print_review(prepared: &Prepared, review: &Review) {
+    if review.refusals.is_empty() {
+        println!("{} may make every change.", review.account);
+        return;
+    }
+    for refusal in &review.refusals {
+        let change = refusal.change.to_string();
+        let change = change.lines().next().unwrap_or_default();
+        match refusal_location(prepared, refusal) {
+            Some(location) => eprintln!("refused: {location}: {change}\n    {refusal}"),
+            None => eprintln!("refused: {change}\n    {refusal}"),
+        }
+    }
+    eprintln!(
+        "{} change(s) {} may not make; an Admin of the organization must make them",
+        review.refusals.len(),
+        review.account
+    );
+}
+
+fn refusal_location(prepared: &Prepared, refusal: &Refusal) -> Option<String> {
+    let object = refusal.object.as_ref()?;
+    prepared.manifests.location_of(object).map(ToString::to_string)
+}
+
+fn refusal_json(prepared: &Prepared, refusal: &Refusal) -> serde_json::Value {
+    json!({
+        "change": refusal.change,
+        "object": refusal.object,
+        "rule": refusal.rule,
+        "message": refusal.message,
+        "location": refusal_location(prepared, refusal),
+    })
 }
 
 fn problem_json(prepared: &Prepared, problem: &Problem) -> serde_json::Value {

@@ -3,12 +3,12 @@
 //! that shows it; this module prints nothing, so every arrow points away from it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use super::secrets_dir::{Inspection, SecretsDir, Templates};
-use crate::domain::{self, OrgKey, Plan, StoredOrganization};
+use crate::domain::{self, Account, Declarations, KnownAccounts, OrgKey, Plan, Refusal, StoredOrganization};
 use crate::identity::DeclaredSource;
 use crate::manifests::{self, LoadLimits, ManifestError, ManifestSet, Resource};
 use crate::store::{DEFAULT_DATABASE_URL, Store};
@@ -49,13 +49,28 @@ impl CommonArgs {
     }
 }
 
+/// What the plan is computed against: the store, or the manifests of the target branch (`plan --base`).
+pub enum StateBefore<'a> {
+    Store,
+    Manifests(&'a Path),
+}
+
+/// The judgement of `plan --as`: every change the account may not make.
+pub struct Review {
+    pub account: Account,
+    pub refusals: Vec<Refusal>,
+}
+
 /// Everything `plan` and `apply` compute before changing anything.
 pub struct Prepared {
     pub manifests: ManifestSet,
-    pub store: Store,
-    /// What the store holds for the declared organizations, before the plan.
+    /// `None` when planning against `--base` manifests: no database is opened.
+    pub store: Option<Store>,
+    /// What the store holds for the declared organizations (or the base manifests declare), before the plan.
     pub stored: BTreeMap<OrgKey, StoredOrganization>,
     pub plan: Plan,
+    /// Set by `plan --as`.
+    pub review: Option<Review>,
     pub secrets: SecretsDir,
     pub inspection: Inspection,
     pub objects: usize,
@@ -85,30 +100,56 @@ impl Prepared {
 /// Reads and validates the manifests, opens the store, and plans. Errors in the manifests (all of them)
 /// come back as `Ok(Err(errors))`, for the caller to show.
 pub async fn prepare(common: &CommonArgs) -> anyhow::Result<Result<Prepared, Vec<ManifestError>>> {
-    let manifests = match manifests::load_dir_with(&common.manifests, common.load_limits()) {
-        Ok(set) => set,
+    prepare_against(common, StateBefore::Store).await
+}
+
+fn read_declarations(dir: &Path, common: &CommonArgs) -> Result<(ManifestSet, Declarations), Vec<ManifestError>> {
+    let manifests = manifests::load_dir_with(dir, common.load_limits())?;
+    let declarations = manifests.declarations()?;
+    Ok((manifests, declarations))
+}
+
+/// [`prepare`], with the state before the plan taken from the store or from a folder of manifests.
+pub async fn prepare_against(
+    common: &CommonArgs,
+    before: StateBefore<'_>,
+) -> anyhow::Result<Result<Prepared, Vec<ManifestError>>> {
+    let (manifests, declarations) = match read_declarations(&common.manifests, common) {
+        Ok(read) => read,
         Err(errors) => return Ok(Err(errors)),
     };
-    let declarations = match manifests.declarations() {
-        Ok(d) => d,
-        Err(errors) => return Ok(Err(errors)),
-    };
-    let store = Store::connect(&common.database_url)
-        .await
-        .context("opening the store")?;
-    let keys: Vec<OrgKey> = declarations.organizations.iter().map(|o| o.key()).collect();
-    let stored: BTreeMap<OrgKey, StoredOrganization> = store.load_organizations(&keys).await?;
-    let declared = match crate::identity::declared::load_dir(&common.manifests, common.load_limits()) {
-        Ok(declared) => declared,
-        Err(errors) => return Ok(Err(errors)),
-    };
-    let directory = common.accounts.directory(DeclaredSource::fixed(declared))?;
-    let accounts = directory
-        .resolve(declarations.users.iter().map(|u| &u.account), &store)
-        .await?;
-    let mut plan = domain::plan(&declarations, &stored, &accounts);
     let secrets = SecretsDir::new(&common.secrets_dir);
-    let inspection = secrets.inspect(&mut plan, &stored);
+    let (store, stored, mut plan, inspection) = match before {
+        StateBefore::Store => {
+            let store = Store::connect(&common.database_url)
+                .await
+                .context("opening the store")?;
+            let keys: Vec<OrgKey> = declarations.organizations.iter().map(|o| o.key()).collect();
+            let stored: BTreeMap<OrgKey, StoredOrganization> = store.load_organizations(&keys).await?;
+            let declared = match crate::identity::declared::load_dir(&common.manifests, common.load_limits()) {
+                Ok(declared) => declared,
+                Err(errors) => return Ok(Err(errors)),
+            };
+            let directory = common.accounts.directory(DeclaredSource::fixed(declared))?;
+            let accounts = directory
+                .resolve(declarations.users.iter().map(|u| &u.account), &store)
+                .await?;
+            let mut plan = domain::plan(&declarations, &stored, &accounts);
+            let inspection = secrets.inspect(&mut plan, &stored);
+            (Some(store), stored, plan, inspection)
+        }
+        StateBefore::Manifests(base) => {
+            let (_, base_declarations) = match read_declarations(base, common) {
+                Ok(read) => read,
+                Err(errors) => return Ok(Err(errors)),
+            };
+            let stored = domain::state_declared_by(&base_declarations);
+            // Whether an account exists is the controller's check; a pull request is judged on authority.
+            let accounts: KnownAccounts = declarations.users.iter().map(|u| u.account.clone()).collect();
+            let plan = domain::plan(&declarations, &stored, &accounts);
+            (None, stored, plan, Inspection::default())
+        }
+    };
     plan.problems.extend(inspection.conflicts.iter().cloned());
     plan.problems.sort_by(|a, b| a.object.cmp(&b.object));
     let objects = declarations.object_count();
@@ -117,6 +158,7 @@ pub async fn prepare(common: &CommonArgs) -> anyhow::Result<Result<Prepared, Vec
         store,
         stored,
         plan,
+        review: None,
         secrets,
         inspection,
         objects,

@@ -17,7 +17,7 @@ use super::failpoint::Failpoint;
 use super::metrics::{Metrics, StoreWrites};
 use super::secrets::RecentSecrets;
 use super::triggers::Triggers;
-use crate::domain::{ObjectRef, OrgKey, StoredOrganization};
+use crate::domain::{KubernetesUserNames, ObjectRef, OrgKey, StoredOrganization};
 use crate::identity::Directory;
 use crate::store::Store;
 
@@ -49,6 +49,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Who this replica is, in the Lease and in events.
     pub identity: String,
+    /// The Kubernetes user each User's account authenticates as, for the generated RoleBindings.
+    pub kubernetes_users: KubernetesUserNames,
     /// Where accounts are looked up (declared lists, GitHub, Google, the registry).
     pub accounts: Directory,
     /// The namespace of the declared account lists (`None`: the client's default namespace).
@@ -72,6 +74,8 @@ pub struct Context {
     pub triggers: Triggers,
     pub recent_secrets: RecentSecrets,
     pub failpoint: Failpoint,
+    /// What the generated RBAC step applied last, per organization.
+    pub rbac: super::rbac::Applied,
     locks: Mutex<HashMap<OrgKey, Arc<tokio::sync::Mutex<()>>>>,
     stored: Mutex<HashMap<OrgKey, Stored>>,
     retries: Mutex<HashMap<ObjectRef, u32>>,
@@ -103,6 +107,7 @@ impl Context {
             triggers,
             recent_secrets: RecentSecrets::default(),
             failpoint,
+            rbac: Default::default(),
             locks: Mutex::default(),
             stored: Mutex::default(),
             retries: Mutex::default(),

@@ -70,6 +70,7 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
         ctx.triggers.after_changes(&view, &executed.changes);
         stored = load(ctx, key).await?;
     }
+    super::rbac::keep(ctx, &view, stored.as_ref()).await?;
     tracing::debug!(
         organization = %key,
         loaded_ms = loaded.as_secs_f64() * 1e3,

@@ -6,9 +6,11 @@
 //! which is what keeps `orgkeeper apply` and the controller in agreement.
 
 pub mod account;
+pub mod authority;
 pub mod facts;
 #[cfg(test)]
 pub mod fixtures;
+pub mod identity;
 pub mod issuance;
 pub mod keys;
 pub mod limits;
@@ -18,6 +20,8 @@ pub mod removal;
 pub mod rules;
 
 pub use account::{Account, AccountError, KnownAccounts, ListError, Provider, Verdict, parse_account_list};
+pub use authority::{Refusal, admin_only_objects, admins, review, state_declared_by};
+pub use identity::{Collision, KubernetesUserNames, TemplateError};
 pub use issuance::{
     PendingCompletion, SecretReview, SecretState, StaleSecret, WriteOrder, live_keys_revoked, review_key_secrets,
     review_secrets,

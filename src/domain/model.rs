@@ -133,6 +133,21 @@ pub enum Permission {
     ReadEnvironment { production: bool },
     ManageEnvironment { production: bool },
     ManageUsers,
+    ManageOrganization,
+}
+
+impl Permission {
+    /// The name of the rule a refusal cites. The Admin-only ones are also the custom RBAC verbs the generated
+    /// Roles grant and the admission policy asks the authorizer about, so one name means one rule everywhere.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Permission::ReadEnvironment { .. } => "read",
+            Permission::ManageEnvironment { production: false } => "manage-environments",
+            Permission::ManageEnvironment { production: true } => "manage-production",
+            Permission::ManageUsers => "manage-users",
+            Permission::ManageOrganization => "manage-organization",
+        }
+    }
 }
 
 impl Role {
@@ -364,6 +379,8 @@ mod tests {
         assert!(!Role::Member.allows(ManageUsers));
         assert!(Role::Admin.allows(ManageEnvironment { production: true }));
         assert!(Role::Admin.allows(ManageUsers));
+        assert!(!Role::Member.allows(ManageOrganization));
+        assert!(Role::Admin.allows(ManageOrganization));
     }
 
     #[test]

@@ -102,6 +102,20 @@ check_template_external_upstream() {
   echo "sidecar forwards to the configured upstream; no fact store container"
 }
 
+# Who may do what: the admission policies are on by default, name the exempt users, and go with one value.
+check_admission_policy_switch() {
+  local out
+  out="$(helm_template --set 'admissionPolicy.gitOpsServiceAccounts={argocd/argocd-application-controller}')"
+  [[ "$(grep -c '^kind: ValidatingAdmissionPolicy$' <<<"$out")" == 2 ]] || { echo "expected 2 policies"; return 1; }
+  grep -q 'system:serviceaccount:argocd:argocd-application-controller' <<<"$out" || {
+    echo "the GitOps applier is not exempt"
+    return 1
+  }
+  out="$(helm_template --set admissionPolicy.enabled=false)"
+  if grep -q 'ValidatingAdmissionPolicy' <<<"$out"; then echo "admissionPolicy.enabled=false still renders a policy"; return 1; fi
+  echo "two policies and bindings by default, the applier exempt only when listed, none with enabled=false"
+}
+
 # Each case: a description, text the error must contain, and helm --set arguments.
 check_schema_refuses_bad_values() {
   local cases=(
@@ -128,6 +142,8 @@ check_schema_refuses_bad_values() {
     "an existing ServiceAccount without a name|serviceAccount|--set serviceAccount.create=false"
     "a bad scrape interval|metrics.serviceMonitor.interval|--set metrics.serviceMonitor.interval=soon"
     "a memory quantity with a typo|controller.resources.limits.memory|--set controller.resources.limits.memory=256MB"
+    "a user name template without its placeholder|controller.kubernetesUser.github|--set controller.kubernetesUser.github=oidc:{user}"
+    "a GitOps applier that is not NAMESPACE/NAME|admissionPolicy.gitOpsServiceAccounts|--set admissionPolicy.gitOpsServiceAccounts={argocd}"
     "a key staleness that is not a duration|dataPlane.sidecar.maxKeyStaleness|--set dataPlane.sidecar.maxKeyStaleness=never"
   )
   local entry what expected args failures=0
@@ -205,6 +221,7 @@ static_checks() {
   run_check "topology: an exposed fact store admits only networkPolicy.factsFrom" check_topology_exposed_facts
   run_check "topology: the example application needs no store credentials" check_app_needs_no_store_credentials
   run_check "values.schema.json refuses bad values" check_schema_refuses_bad_values
+  run_check "admission policies: on by default, exemptions explicit, off with one value" check_admission_policy_switch
   run_check "alerts: promtool check rules and promtool test rules" check_alert_rules
   run_check "PrometheusRule and Grafana dashboard rendered from the chart's files; valid PromQL" check_monitoring_rendered
   run_check "Argo CD health checks (Lua) and Flux healthCheckExprs (CEL)" check_health_checks

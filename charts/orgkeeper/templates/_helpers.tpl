@@ -133,6 +133,28 @@ end-to-end tests run under (tests/chart checks that the two agree). Why each ver
   resources: ["apikeys/finalizers"]
   # lets the key Secrets carry an owner reference with blockOwnerDeletion
   verbs: ["update"]
+- apiGroups: ["orgkeeper.dev"]
+  resources: ["environments", "apikeys", "users"]
+  # the rights the generated per-organization Roles grant: Kubernetes lets the controller create and bind a
+  # Role only with rights it holds, so it holds these instead of escalate/bind
+  verbs: ["create", "update", "delete"]
+- apiGroups: ["orgkeeper.dev"]
+  resources: ["organizations"]
+  verbs: ["update", "delete", "manage-organization"]
+- apiGroups: ["orgkeeper.dev"]
+  resources: ["environments"]
+  verbs: ["manage-production"]
+- apiGroups: ["orgkeeper.dev"]
+  resources: ["users"]
+  verbs: ["manage-users"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  # the generated Roles and RoleBindings, server-side applied (garbage collection deletes them)
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  # the admission policy's parameters, one ConfigMap per organization (server-side apply: no read needed)
+  verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   # create a key's Secret once (never update or delete: garbage collection follows the owner reference);

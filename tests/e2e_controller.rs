@@ -271,6 +271,45 @@ async fn a_key_waits_for_its_organization_and_environment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_that_lasts_is_announced_once_with_a_warning() {
+    let ns = TestNamespace::create("lasting");
+    let store = TestStore::new().await;
+    let options = Options::default().with("--warn-after-waiting", "3s");
+    let _controller = ControllerProcess::start(&ns, &store, options);
+    let client = ns.cluster.client().await;
+    ns.apply_ok(&documents([
+        organization("acme", "Retain"),
+        api_key("backend", "acme", "staging"),
+    ]));
+    let events: Api<Event> = ns.api(&client);
+    let is_warning = |e: &Event| e.type_.as_deref() == Some("Warning");
+    let warning = eventually("a Warning for the lasting wait", WAIT, || async {
+        events_about(&events, "backend").await.into_iter().find(is_warning)
+    })
+    .await;
+    assert_eq!(warning.reason.as_deref(), Some("EnvironmentNotFound"));
+    let note = warning.note.unwrap_or_default();
+    assert!(note.starts_with("still waiting after"), "{note}");
+    assert!(note.contains("\"staging\""), "{note}");
+    let all = events_about(&events, "backend").await;
+    assert!(
+        all.iter()
+            .any(|e| e.reason.as_deref() == Some("EnvironmentNotFound") && !is_warning(e)),
+        "the wait was announced as Normal first: {all:?}"
+    );
+
+    // Once: retries go on (every 2s at most here) without another warning.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let warnings: Vec<Event> = events_about(&events, "backend")
+        .await
+        .into_iter()
+        .filter(is_warning)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].series, None, "recorded once, not repeated: {warnings:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_fields_can_be_corrected_until_it_is_issued_and_not_after() {
     let ns = TestNamespace::create("mutable");
     let store = TestStore::new().await;

@@ -9,7 +9,7 @@ use crate::store::{DEFAULT_DATABASE_URL, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The store: sqlite:PATH (created if missing), sqlite::memory:, or postgres://USER:PASSWORD@HOST/DB.
+    /// The store: sqlite://PATH (created if missing), sqlite::memory:, or postgres://USER:PASSWORD@HOST/DB.
     #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true, hide_env_values = true)]
     pub database_url: String,
     #[command(subcommand)]

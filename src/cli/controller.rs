@@ -15,14 +15,14 @@ use super::duration::parse_duration;
 use super::exit;
 use crate::controller::{self, LeaseSettings, Settings};
 use crate::domain::KubernetesUserNames;
-use crate::domain::identity::{DEFAULT_GITHUB_TEMPLATE, DEFAULT_GOOGLE_TEMPLATE};
+use crate::domain::kubernetes_user::{DEFAULT_GITHUB_TEMPLATE, DEFAULT_GOOGLE_TEMPLATE};
 use crate::identity::DeclaredSource;
 use crate::store::{DEFAULT_DATABASE_URL, Store, redact_url};
 use crate::telemetry::{Telemetry, shutdown_signal};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The store: sqlite:PATH (created if missing) or postgres://USER:PASSWORD@HOST/DB. Replicas share it.
+    /// The store: sqlite://PATH (created if missing) or postgres://USER:PASSWORD@HOST/DB. Replicas share it.
     #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
     /// kubeconfig file. Without it: $KUBECONFIG or ~/.kube/config when present, else the in-cluster

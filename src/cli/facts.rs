@@ -21,7 +21,7 @@ pub struct Args {
     /// Address the fact API listens on.
     #[arg(long, env = "ORGKEEPER_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,
-    /// The store: sqlite:PATH (created if missing) or postgres://USER:PASSWORD@HOST/DB.
+    /// The store: sqlite://PATH (created if missing) or postgres://USER:PASSWORD@HOST/DB.
     #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
     /// Address of /healthz, /readyz and /metrics.

@@ -17,7 +17,7 @@ use crate::store::{DEFAULT_DATABASE_URL, KeyEvent, KeyRecord, Revocation, Store,
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The store: sqlite:PATH, or postgres://USER:PASSWORD@HOST/DB.
+    /// The store: sqlite://PATH, or postgres://USER:PASSWORD@HOST/DB.
     #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true, hide_env_values = true)]
     pub database_url: String,
     /// Who is making the change, for the audit trail (default: the OS user running the command).

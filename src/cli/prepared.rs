@@ -19,7 +19,7 @@ pub struct CommonArgs {
     /// Folder (or file) of manifests: every *.yaml/*.yml below it, multi-document; other kinds are skipped.
     #[arg(short = 'f', long = "filename", env = "ORGKEEPER_MANIFESTS", value_name = "DIR")]
     pub manifests: PathBuf,
-    /// The store: sqlite:PATH (created if missing), sqlite::memory:, or postgres://USER:PASSWORD@HOST/DB.
+    /// The store: sqlite://PATH (created if missing), sqlite::memory:, or postgres://USER:PASSWORD@HOST/DB.
     #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
     /// Folder for issued keys: one Secret manifest per key at DIR/NAMESPACE/SECRET.yaml, mode 0600.

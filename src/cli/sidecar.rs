@@ -22,7 +22,7 @@ pub struct Args {
     /// The fact API requests are forwarded to: http://HOST:PORT[/PREFIX] (orgkeeper facts listens on 8081).
     #[arg(long, env = "ORGKEEPER_UPSTREAM", default_value = "http://127.0.0.1:8081")]
     pub upstream: String,
-    /// The store holding keys and limits: sqlite:PATH or postgres://USER:PASSWORD@HOST/DB.
+    /// The store holding keys and limits: sqlite://PATH or postgres://USER:PASSWORD@HOST/DB.
     #[arg(long, env = "ORGKEEPER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
     /// Address of /healthz, /readyz and Prometheus /metrics.

@@ -10,9 +10,9 @@ pub mod authority;
 pub mod facts;
 #[cfg(test)]
 pub mod fixtures;
-pub mod identity;
 pub mod issuance;
 pub mod keys;
+pub mod kubernetes_user;
 pub mod limits;
 pub mod model;
 pub mod plan;
@@ -21,12 +21,12 @@ pub mod rules;
 
 pub use account::{Account, AccountError, KnownAccounts, ListError, Provider, Verdict, parse_account_list};
 pub use authority::{Refusal, admin_only_objects, admins, review, state_declared_by};
-pub use identity::{Collision, KubernetesUserNames, TemplateError};
 pub use issuance::{
     PendingCompletion, SecretReview, SecretState, StaleSecret, WriteOrder, live_keys_revoked, review_key_secrets,
     review_secrets,
 };
 pub use keys::{ApiKeyToken, KeyHash, TokenError};
+pub use kubernetes_user::{Collision, KubernetesUserNames, TemplateError};
 pub use limits::{EffectiveLimits, LimitOverrides, PlanTier};
 pub use model::*;
 pub use plan::{Change, Plan, plan};

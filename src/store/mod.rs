@@ -41,7 +41,7 @@ pub enum Backend {
 pub enum StoreError {
     #[error("cannot connect to the store at {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
-    #[error("unsupported database URL {url}: use sqlite:PATH, sqlite::memory: or postgres://...")]
+    #[error("unsupported database URL {url}: use sqlite://PATH, sqlite::memory: or postgres://...")]
     UnsupportedUrl { url: String },
     #[error("cannot create the SQLite store {}: {source}", path.display())]
     CreateFile { path: PathBuf, source: std::io::Error },

@@ -45,9 +45,25 @@ fn install_policies(ns: &TestNamespace) {
         "helm template: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    ns.cluster
-        .apply_yaml(&String::from_utf8_lossy(&output.stdout))
-        .expect("installing the admission policies");
+    // The policies are cluster-wide and every test installs them, in parallel: server-side apply is one
+    // idempotent request, where a client-side apply's get-then-create races into AlreadyExists.
+    let policies = String::from_utf8_lossy(&output.stdout);
+    let install = ns.cluster.kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=e2e-roles",
+            "-f",
+            "-",
+        ],
+        Some(&policies),
+    );
+    assert!(
+        install.status.success(),
+        "installing the admission policies: {}",
+        String::from_utf8_lossy(&install.stderr)
+    );
     ns.kubectl_ok(&["label", "namespace", &ns.name, &format!("{SCOPE_LABEL}=true")]);
 }
 

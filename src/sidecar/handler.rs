@@ -23,7 +23,7 @@ use super::answers::{Limited, Refusal};
 use super::body::{ReadError, RequestBody, ResponseBody, StreamFault, read_bounded};
 use super::classify::{Route, WriteKind, classify, count_facts};
 use super::headers;
-use super::limits::{LimitRefusal, Limiter, Permit, Policy, Quota};
+use super::limits::{LimitError, Limiter, Permit, Policy, Quota};
 use super::metrics::{EnvironmentCounters, InFlight, SidecarMetrics};
 use super::proxy::{ForwardError, Upstream};
 use crate::auth::{AuthError, KeyRing, Principal};
@@ -68,7 +68,11 @@ impl Caller {
         }
     }
 
-    fn limited(&self, by: LimitRefusal, body_unread: bool) -> RefusedRequest {
+    fn limited(&self, by: LimitError, body_unread: bool) -> RefusedRequest {
+        let by = match by {
+            LimitError::Refused(by) => by,
+            LimitError::Unavailable(why) => return self.refuse(Refusal::LimitsUnavailable(why), body_unread),
+        };
         let refusal = match (by.policy, by.retry_after) {
             (Policy::FactWrites, None) => Refusal::BeyondWholeBudget {
                 facts: by.needed,

@@ -162,7 +162,7 @@ impl Limiter for LocalLimiter {
         limits: &'a EffectiveLimits,
         facts: u64,
     ) -> BoxFuture<'a, Vec<Quota>> {
-        let quotas = if limits.fact_writes_per_minute.is_none() {
+        let quotas = if limits.fact_writes_per_minute.is_none() && limits.requests_per_minute.is_none() {
             Vec::new()
         } else {
             let now = self.now();

@@ -96,7 +96,7 @@ impl LocalLimiter {
 
     /// Takes facts from the fact-write budget even beyond what it holds (see [`Limiter::charge`]).
     pub(super) fn charge_now(&self, environment: &str, limits: &EffectiveLimits, facts: u64) -> Vec<Quota> {
-        if limits.fact_writes_per_minute.is_none() {
+        if limits.fact_writes_per_minute.is_none() && limits.requests_per_minute.is_none() {
             return Vec::new();
         }
         let now = self.now();

@@ -578,7 +578,7 @@ impl Limiter for RedisLimiter {
         facts: u64,
     ) -> BoxFuture<'a, Vec<Quota>> {
         Box::pin(async move {
-            if limits.fact_writes_per_minute.is_none() {
+            if limits.fact_writes_per_minute.is_none() && limits.requests_per_minute.is_none() {
                 return Vec::new();
             }
             let asked = self

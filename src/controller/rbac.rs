@@ -318,7 +318,7 @@ mod tests {
             secret_name: name.into(),
             access: Access::ReadWrite,
             state,
-            fingerprint: String::new(),
+            ..crate::domain::fixtures::api_key(name, name, state)
         };
         StoredOrganization {
             id: "org".into(),

@@ -10,7 +10,7 @@ use hyper::{Response, StatusCode};
 use super::body::ResponseBody;
 use super::classify::BodyError;
 use super::headers;
-use super::limits::{LimitRefusal, Policy};
+use super::limits::{LimitRefusal, LimitsUnavailable, Policy};
 use super::metrics::RefusalReason;
 use crate::auth::AuthError;
 use crate::domain::EffectiveLimits;
@@ -42,6 +42,10 @@ pub enum Refusal {
     BodyTooLarge {
         limit: u64,
     },
+    /// A read's body (e.g. `/api/authorize` with its context facts) beyond the fixed bound for reads.
+    ReadBodyTooLarge {
+        limit: u64,
+    },
     BatchTooLarge {
         facts: u64,
         limit: u64,
@@ -59,6 +63,8 @@ pub enum Refusal {
     BodyAborted,
     /// Over a rate or concurrency limit (boxed: it is much larger than the other variants).
     Limited(Box<Limited>),
+    /// The shared limits cannot be checked and `--redis-fallback deny` says to refuse meanwhile.
+    LimitsUnavailable(LimitsUnavailable),
     UpstreamUnreachable(String),
     UpstreamTimeout {
         after: Duration,
@@ -68,12 +74,15 @@ pub enum Refusal {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::NotReady | Refusal::KeysStale { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotReady | Refusal::KeysStale { .. } | Refusal::LimitsUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => StatusCode::UNAUTHORIZED,
             Refusal::ReadOnlyKey { .. } => StatusCode::FORBIDDEN,
-            Refusal::BodyTooLarge { .. } | Refusal::BatchTooLarge { .. } | Refusal::BeyondWholeBudget { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Refusal::BodyTooLarge { .. }
+            | Refusal::ReadBodyTooLarge { .. }
+            | Refusal::BatchTooLarge { .. }
+            | Refusal::BeyondWholeBudget { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::CompressedWrite => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::MalformedBody(_) | Refusal::BodyAborted => StatusCode::BAD_REQUEST,
             Refusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -89,7 +98,7 @@ impl Refusal {
             Refusal::KeysStale { .. } => RefusalReason::KeysStale,
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => RefusalReason::Unauthenticated,
             Refusal::ReadOnlyKey { .. } => RefusalReason::Forbidden,
-            Refusal::BodyTooLarge { .. } => RefusalReason::BodyTooLarge,
+            Refusal::BodyTooLarge { .. } | Refusal::ReadBodyTooLarge { .. } => RefusalReason::BodyTooLarge,
             Refusal::BatchTooLarge { .. } | Refusal::BeyondWholeBudget { .. } => RefusalReason::BatchTooLarge,
             Refusal::CompressedWrite => RefusalReason::UnsupportedEncoding,
             Refusal::MalformedBody(_) | Refusal::BodyAborted => RefusalReason::BadRequest,
@@ -99,6 +108,7 @@ impl Refusal {
                 Policy::FactWrites => RefusalReason::RateLimitedFacts,
                 Policy::Concurrency => RefusalReason::ConcurrencyLimited,
             },
+            Refusal::LimitsUnavailable(_) => RefusalReason::LimitsUnavailable,
             Refusal::UpstreamUnreachable(_) => RefusalReason::UpstreamUnreachable,
             Refusal::UpstreamTimeout { .. } => RefusalReason::UpstreamTimeout,
         }
@@ -117,6 +127,9 @@ impl Refusal {
             Refusal::BodyTooLarge { limit } => format!(
                 "the request body is larger than this environment's maxWriteBodyBytes ({limit} bytes); split the write"
             ),
+            Refusal::ReadBodyTooLarge { limit } => {
+                format!("the request body is larger than {limit} bytes, the most a read request may send (10 MiB)")
+            }
             Refusal::BatchTooLarge { facts, limit } => format!(
                 "this write has {facts} facts; this environment's maxBatchFacts is {limit}: split it into smaller writes"
             ),
@@ -136,6 +149,7 @@ impl Refusal {
             ),
             Refusal::BodyAborted => "the request body was cut off before its end".into(),
             Refusal::Limited(limited) => limited_message(&limited.by),
+            Refusal::LimitsUnavailable(why) => why.to_string(),
             Refusal::UpstreamUnreachable(detail) => format!("the sidecar cannot reach its upstream: {detail}"),
             Refusal::UpstreamTimeout { after } => format!(
                 "the upstream did not answer within {} s",
@@ -152,7 +166,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Refusal::NotReady | Refusal::KeysStale { .. } => {
+            Refusal::NotReady | Refusal::KeysStale { .. } | Refusal::LimitsUnavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Refusal::Limited(limited) => {
@@ -307,6 +321,7 @@ mod tests {
             Refusal::Unauthenticated(AuthError::Invalid),
             Refusal::ReadOnlyKey { endpoint: "/api/batch" },
             Refusal::BodyTooLarge { limit: 10 },
+            Refusal::ReadBodyTooLarge { limit: 10 },
             Refusal::BatchTooLarge { facts: 21, limit: 20 },
             Refusal::BodyTimeout {
                 after: Duration::from_secs(30),

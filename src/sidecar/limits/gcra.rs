@@ -7,6 +7,11 @@
 //! cannot check two budgets atomically without consuming from one of them. The wait it reports is exact:
 //! the same request sent after it would be admitted (unless other requests of the same environment use the
 //! budget first). This is pure arithmetic on nanosecond timestamps: the caller owns the clock and the lock.
+//!
+//! [`Budgets::charge`] takes facts whatever the budget holds (work already done, such as the facts a
+//! wildcard delete removed): the fact bucket's `tat` then lies beyond the window, a debt that later writes
+//! wait out with the same exact arithmetic. A limit change carries at most one whole budget of use over, so
+//! it also forgives a debt beyond that.
 
 use std::time::Duration;
 
@@ -14,6 +19,9 @@ use super::{LimitRefusal, Policy, Quota};
 use crate::domain::EffectiveLimits;
 
 const MINUTE_NANOS: u64 = 60_000_000_000;
+
+/// The `tat` of a bucket that starts used up: the first `follow` sets it to a whole window ahead.
+const DRAINED: u64 = u64::MAX;
 
 /// One budget as a GCRA cell: `tat` is the theoretical arrival time of the next unit, in clock nanoseconds.
 #[derive(Clone, Copy, Debug, Default)]
@@ -34,6 +42,11 @@ impl Bucket {
 
     /// Adopts a new limit, keeping the units already used (capped at the new budget).
     fn follow(&mut self, per_minute: u64, now: u64) {
+        if self.tat == DRAINED {
+            self.per_minute = per_minute;
+            self.tat = now.saturating_add(self.window());
+            return;
+        }
         if self.per_minute == per_minute {
             return;
         }
@@ -66,6 +79,14 @@ impl Bucket {
         }
     }
 
+    /// Takes `cost` units whether or not they fit: the budget may end up owing more than it holds.
+    fn force(&mut self, cost: u64, now: u64) {
+        self.tat = self
+            .tat
+            .max(now)
+            .saturating_add(cost.saturating_mul(Bucket::interval(self.per_minute)));
+    }
+
     fn quota(&self, policy: Policy, now: u64) -> Quota {
         let backlog = self.tat.saturating_sub(now);
         let window = self.window();
@@ -86,6 +107,18 @@ pub struct Budgets {
 }
 
 impl Budgets {
+    /// Budgets that start used up and refill at their rate (instead of starting whole).
+    pub fn drained() -> Self {
+        let bucket = Bucket {
+            tat: DRAINED,
+            per_minute: 0,
+        };
+        Budgets {
+            requests: bucket,
+            facts: bucket,
+        }
+    }
+
     /// Checks one request carrying `facts` fact writes against both budgets at `now` (nanoseconds), and
     /// when `commit` is set and both fit, takes from both. Returns the budgets left, or the budget that
     /// keeps the request out longest (never counts as longest).
@@ -153,6 +186,21 @@ impl Budgets {
             }
         }
         Ok(self.current(limits, now))
+    }
+
+    /// Takes `facts` from the fact-write budget even beyond what it holds (a debt the next writes wait
+    /// for), and nothing from the request budget. Returns the budgets left.
+    pub fn charge(&mut self, limits: &EffectiveLimits, facts: u64, now: u64) -> Vec<Quota> {
+        if let Some(limit) = limits.requests_per_minute {
+            self.requests.follow(limit, now);
+        }
+        if let Some(limit) = limits.fact_writes_per_minute {
+            self.facts.follow(limit, now);
+            if facts > 0 {
+                self.facts.force(facts, now);
+            }
+        }
+        self.current(limits, now)
     }
 
     /// The budgets left at `now`, without taking anything.
@@ -264,6 +312,54 @@ mod tests {
         // Lowering it below what was used empties the budget but never waits more than a minute.
         let refusal = admit(&mut budgets, &limits(Some(5), None), 0, 0).unwrap_err();
         assert!(refusal.retry_after.unwrap() <= Duration::from_secs(12));
+    }
+
+    #[test]
+    fn a_charge_beyond_the_budget_is_a_debt_the_next_write_waits_for_exactly() {
+        let mut budgets = Budgets::default();
+        let limits = limits(Some(100), Some(600));
+        assert!(admit(&mut budgets, &limits, 1, 0).is_ok());
+        // 5,000 facts at 600 a minute (one per 100 ms): 4,400 beyond the budget, 440 s of debt.
+        let quotas = budgets.charge(&limits, 4_999, 0);
+        assert_eq!(quotas[1].remaining, 0);
+        assert_eq!(quotas[1].full_in, Some(Duration::from_millis(500_000)));
+        assert_eq!(quotas[0].remaining, 99, "a charge takes no request");
+        let refusal = admit(&mut budgets, &limits, 1, 0).unwrap_err();
+        assert_eq!(refusal.policy, Policy::FactWrites);
+        assert!(
+            admit(&mut budgets, &limits, 0, 0).is_ok(),
+            "a request without facts owes nothing"
+        );
+        let wait = refusal.retry_after.unwrap();
+        assert_eq!(
+            wait,
+            Duration::from_millis(440_100),
+            "the debt, then room for one more fact"
+        );
+        let wait = wait.as_nanos() as u64;
+        assert!(admit(&mut budgets, &limits, 1, wait - 1).is_err());
+        assert!(admit(&mut budgets, &limits, 1, wait).is_ok());
+    }
+
+    #[test]
+    fn a_charge_without_a_fact_budget_takes_nothing() {
+        let mut budgets = Budgets::default();
+        let limits = limits(Some(2), None);
+        assert_eq!(budgets.charge(&limits, 1_000_000, 0)[0].remaining, 2);
+        assert!(admit(&mut budgets, &limits, 1_000, 0).is_ok());
+    }
+
+    #[test]
+    fn drained_budgets_start_used_up_and_refill_at_their_rate() {
+        let mut budgets = Budgets::drained();
+        let limits = limits(Some(60), Some(60));
+        let refusal = admit(&mut budgets, &limits, 0, 5 * SECOND).unwrap_err();
+        assert_eq!(refusal.retry_after, Some(Duration::from_secs(1)));
+        assert!(
+            admit(&mut budgets, &limits, 1, 6 * SECOND).is_ok(),
+            "one unit a second later"
+        );
+        assert!(admit(&mut budgets, &limits, 0, 6 * SECOND).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use hyper::{Response, StatusCode};
 use super::body::ResponseBody;
 use super::classify::BodyError;
 use super::headers;
-use super::limits::{LimitRefusal, Policy};
+use super::limits::{LimitRefusal, LimitsUnavailable, Policy};
 use super::metrics::RefusalReason;
 use crate::auth::AuthError;
 use crate::domain::EffectiveLimits;
@@ -63,6 +63,8 @@ pub enum Refusal {
     BodyAborted,
     /// Over a rate or concurrency limit (boxed: it is much larger than the other variants).
     Limited(Box<Limited>),
+    /// The shared limits cannot be checked and `--redis-fallback deny` says to refuse meanwhile.
+    LimitsUnavailable(LimitsUnavailable),
     UpstreamUnreachable(String),
     UpstreamTimeout {
         after: Duration,
@@ -72,7 +74,9 @@ pub enum Refusal {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::NotReady | Refusal::KeysStale { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotReady | Refusal::KeysStale { .. } | Refusal::LimitsUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => StatusCode::UNAUTHORIZED,
             Refusal::ReadOnlyKey { .. } => StatusCode::FORBIDDEN,
             Refusal::BodyTooLarge { .. }
@@ -104,6 +108,7 @@ impl Refusal {
                 Policy::FactWrites => RefusalReason::RateLimitedFacts,
                 Policy::Concurrency => RefusalReason::ConcurrencyLimited,
             },
+            Refusal::LimitsUnavailable(_) => RefusalReason::LimitsUnavailable,
             Refusal::UpstreamUnreachable(_) => RefusalReason::UpstreamUnreachable,
             Refusal::UpstreamTimeout { .. } => RefusalReason::UpstreamTimeout,
         }
@@ -144,6 +149,7 @@ impl Refusal {
             ),
             Refusal::BodyAborted => "the request body was cut off before its end".into(),
             Refusal::Limited(limited) => limited_message(&limited.by),
+            Refusal::LimitsUnavailable(why) => why.to_string(),
             Refusal::UpstreamUnreachable(detail) => format!("the sidecar cannot reach its upstream: {detail}"),
             Refusal::UpstreamTimeout { after } => format!(
                 "the upstream did not answer within {} s",
@@ -160,7 +166,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Refusal::NotReady | Refusal::KeysStale { .. } => {
+            Refusal::NotReady | Refusal::KeysStale { .. } | Refusal::LimitsUnavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Refusal::Limited(limited) => {

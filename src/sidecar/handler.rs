@@ -27,7 +27,7 @@ use super::answers::{Limited, Refusal};
 use super::body::{ReadError, RequestBody, ResponseBody, StreamFault, read_bounded};
 use super::classify::{Route, WriteKind, classify, count_changes};
 use super::headers;
-use super::limits::{LimitRefusal, Limiter, Permit, Policy, Quota};
+use super::limits::{LimitError, Limiter, Permit, Policy, Quota};
 use super::metrics::{EnvironmentCounters, InFlight, SidecarMetrics};
 use super::proxy::{ForwardError, Upstream};
 use crate::auth::{AuthError, KeyRing, Principal};
@@ -76,7 +76,11 @@ impl Caller {
         }
     }
 
-    fn limited(&self, by: LimitRefusal, body_unread: bool) -> RefusedRequest {
+    fn limited(&self, by: LimitError, body_unread: bool) -> RefusedRequest {
+        let by = match by {
+            LimitError::Refused(by) => by,
+            LimitError::Unavailable(why) => return self.refuse(Refusal::LimitsUnavailable(why), body_unread),
+        };
         let refusal = match (by.policy, by.retry_after) {
             (Policy::FactWrites, None) => Refusal::BeyondWholeBudget {
                 facts: by.needed,
@@ -287,6 +291,11 @@ impl Handler {
             return quotas;
         }
         caller.counters.facts.inc_by(owed);
+        tracing::debug!(
+            environment = caller.environment(),
+            facts = owed,
+            "charging a write the facts it removed beyond its deletes"
+        );
         self.limiter.charge(caller.environment(), &caller.limits, owed).await
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
 use super::body::ResponseBody;
@@ -175,10 +175,10 @@ impl Refusal {
                     headers.insert(RETRY_AFTER, HeaderValue::from(headers::whole_seconds(wait)));
                 }
                 if let Some(policy) = headers::policy(limits) {
-                    headers.insert(HeaderName::from_static(headers::RATELIMIT_POLICY), policy);
+                    headers.insert(headers::RATELIMIT_POLICY, policy);
                 }
                 if let Some(state) = headers::state(&by.quotas) {
-                    headers.insert(HeaderName::from_static(headers::RATELIMIT), state);
+                    headers.insert(headers::RATELIMIT, state);
                 }
             }
             _ => {}
@@ -231,8 +231,15 @@ pub fn stale_message(age: Duration, limit: Duration) -> String {
 pub fn json_response(status: StatusCode, message: &str) -> Response<ResponseBody> {
     let mut body = Vec::with_capacity(message.len() + 16);
     body.extend_from_slice(b"{\"message\":");
-    // Writing a string to a Vec cannot fail; it escapes what JSON requires.
-    let _ = serde_json::to_writer(&mut body, message);
+    // Most messages are plain text that JSON takes as it is; the others go through serde_json, which
+    // escapes what JSON requires (writing to a Vec cannot fail).
+    if message.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        body.push(b'"');
+        body.extend_from_slice(message.as_bytes());
+        body.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut body, message);
+    }
     body.push(b'}');
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
@@ -292,6 +299,15 @@ mod tests {
             .to_bytes();
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed, serde_json::json!({ "message": message }));
+        // A message with nothing to escape is written as it is, and reads back the same.
+        let plain = "rate limit exceeded: this environment's requestsPerMinute (1) is used up; retry in 60 s, ünïcode";
+        let body = json_response(StatusCode::TOO_MANY_REQUESTS, plain)
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, serde_json::json!({ "message": plain }).to_string());
     }
 
     #[test]

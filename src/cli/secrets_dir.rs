@@ -83,8 +83,17 @@ pub struct Inspection {
     pub rotations: Vec<RotationCompletion>,
 }
 
-/// The extra labels and annotations an ApiKey asks for on its Secret, by (namespace, ApiKey name).
-pub type Templates = BTreeMap<(String, String), (BTreeMap<String, String>, BTreeMap<String, String>)>;
+/// What an ApiKey asks of its Secret, by (namespace, ApiKey name).
+pub type Templates = BTreeMap<(String, String), SecretShape>;
+
+/// The extra labels and annotations an ApiKey asks for on its Secret, and whether it rotates (a rotating
+/// ApiKey's Secret is not `immutable`, so that `kubectl apply` of the rotated file updates it in place).
+#[derive(Clone, Debug, Default)]
+pub struct SecretShape {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub rotates: bool,
+}
 
 /// What is at a key file's path.
 enum FileState {
@@ -265,56 +274,24 @@ impl SecretsDir {
     pub fn rotate(&self, issued: &[IssuedKey], oso_url: &str, templates: &Templates) -> anyhow::Result<Vec<PathBuf>> {
         let mut written = Vec::new();
         for key in issued.iter().filter(|key| key.rotation.is_some()) {
-            let (yaml, path) = self.manifest(key, oso_url, templates)?;
-            let dir = path.parent().expect("a secret path has a folder");
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
-            let temp = dir.join(format!(".{}.yaml{TEMP_SUFFIX}", key.secret_name));
-            remove_if_present(&temp).with_context(|| format!("removing the leftover {}", temp.display()))?;
-            let renamed = write_synced(&temp, yaml.as_bytes()).and_then(|()| {
-                fs::rename(&temp, &path).with_context(|| format!("replacing {} with the rotated key", path.display()))
-            });
-            if renamed.is_err() {
-                let _ = fs::remove_file(&temp);
-            }
-            renamed?;
-            sync_dir(dir)?;
+            let path = self.write_whole(key, oso_url, templates, |temp, path| {
+                fs::rename(temp, path).with_context(|| format!("replacing {} with the rotated key", path.display()))
+            })?;
+            sync_dir(path.parent().expect("a secret path has a folder"))?;
             written.push(path);
         }
         Ok(written)
     }
 
-    /// A key's Secret manifest and the path it goes to. A rotating ApiKey's Secret is not `immutable`, so
-    /// that `kubectl apply` of the rotated file updates it in place.
-    fn manifest(&self, key: &IssuedKey, oso_url: &str, templates: &Templates) -> anyhow::Result<(String, PathBuf)> {
-        let namespace = &key.organization.namespace;
-        let (labels, annotations) = templates
-            .get(&(namespace.clone(), key.api_key.clone()))
-            .cloned()
-            .unwrap_or_default();
-        let spec = KeySecretSpec {
-            namespace: namespace.clone(),
-            secret_name: key.secret_name.clone(),
-            api_key: key.api_key.clone(),
-            organization: key.organization.name.clone(),
-            environment: key.environment.clone(),
-            oso_url: oso_url.to_owned(),
-            extra_labels: labels,
-            extra_annotations: annotations,
-            owner: None,
-        };
-        let mut secret = key_secret(&spec, &key.token);
-        if key.rotation.is_some() {
-            secret.immutable = None;
-        }
-        let yaml = serde_norway::to_string(&secret).context("serialising a Secret")?;
-        Ok((yaml, self.path_for(namespace, &key.secret_name)))
-    }
-
-    fn write_one(&self, key: &IssuedKey, oso_url: &str, templates: &Templates) -> anyhow::Result<PathBuf> {
+    /// Writes the key's manifest to a temporary file beside its final path, synced, then moves it into place
+    /// with `place(temp, final)`; the temporary file never outlives this call.
+    fn write_whole(
+        &self,
+        key: &IssuedKey,
+        oso_url: &str,
+        templates: &Templates,
+        place: impl FnOnce(&Path, &Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<PathBuf> {
         let (yaml, path) = self.manifest(key, oso_url, templates)?;
         let dir = path.parent().expect("a secret path has a folder");
         fs::DirBuilder::new()
@@ -325,14 +302,43 @@ impl SecretsDir {
         let temp = dir.join(format!(".{}.yaml{TEMP_SUFFIX}", key.secret_name));
         // A temporary file of ours left by a crash holds a key that never became live.
         remove_if_present(&temp).with_context(|| format!("removing the leftover {}", temp.display()))?;
-        let written = write_synced(&temp, yaml.as_bytes()).and_then(|()| {
-            // A hard link fails if the name exists: the final file is never replaced, only created whole.
-            fs::hard_link(&temp, &path)
-                .with_context(|| format!("creating {} (it is never overwritten)", path.display()))
-        });
+        let written = write_synced(&temp, yaml.as_bytes()).and_then(|()| place(&temp, &path));
         let _ = fs::remove_file(&temp);
         written?;
         Ok(path)
+    }
+
+    /// A key's Secret manifest and the path it goes to (see [`SecretShape`]).
+    fn manifest(&self, key: &IssuedKey, oso_url: &str, templates: &Templates) -> anyhow::Result<(String, PathBuf)> {
+        let namespace = &key.organization.namespace;
+        let shape = templates
+            .get(&(namespace.clone(), key.api_key.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let spec = KeySecretSpec {
+            namespace: namespace.clone(),
+            secret_name: key.secret_name.clone(),
+            api_key: key.api_key.clone(),
+            organization: key.organization.name.clone(),
+            environment: key.environment.clone(),
+            oso_url: oso_url.to_owned(),
+            extra_labels: shape.labels,
+            extra_annotations: shape.annotations,
+            owner: None,
+        };
+        let mut secret = key_secret(&spec, &key.token);
+        if shape.rotates || key.rotation.is_some() {
+            secret.immutable = None;
+        }
+        let yaml = serde_norway::to_string(&secret).context("serialising a Secret")?;
+        Ok((yaml, self.path_for(namespace, &key.secret_name)))
+    }
+
+    fn write_one(&self, key: &IssuedKey, oso_url: &str, templates: &Templates) -> anyhow::Result<PathBuf> {
+        self.write_whole(key, oso_url, templates, |temp, path| {
+            // A hard link fails if the name exists: the final file is never replaced, only created whole.
+            fs::hard_link(temp, path).with_context(|| format!("creating {} (it is never overwritten)", path.display()))
+        })
     }
 }
 

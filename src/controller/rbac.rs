@@ -319,6 +319,9 @@ mod tests {
             access: Access::ReadWrite,
             state,
             fingerprint: String::new(),
+            issued_at: 0,
+            last_used_at: None,
+            revoked_outside_git: None,
         };
         StoredOrganization {
             id: "org".into(),

@@ -256,6 +256,9 @@ pub fn state_declared_by(declarations: &Declarations) -> BTreeMap<OrgKey, Stored
                 access: key.access,
                 state: if key.revoked { KeyState::Revoked } else { KeyState::Live },
                 fingerprint: String::new(),
+                issued_at: 0,
+                last_used_at: None,
+                revoked_outside_git: None,
             });
         }
     }

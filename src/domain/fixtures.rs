@@ -48,5 +48,8 @@ pub fn api_key(name: &str, key_id: &str, state: KeyState) -> StoredApiKey {
         access: Access::ReadWrite,
         state,
         fingerprint: String::new(),
+        issued_at: 0,
+        last_used_at: None,
+        revoked_outside_git: None,
     }
 }

@@ -364,6 +364,19 @@ pub struct StoredApiKey {
     pub access: Access,
     pub state: KeyState,
     pub fingerprint: String,
+    /// When the key was recorded (seconds since the Unix epoch).
+    pub issued_at: i64,
+    /// When a data plane last saw the key in use (coarse: to the minute); `None`: never.
+    pub last_used_at: Option<i64>,
+    /// Set when the key was revoked by id outside Git (`orgkeeper keys revoke`) rather than by a plan.
+    pub revoked_outside_git: Option<OutsideRevocation>,
+}
+
+/// Who revoked a key outside Git, and why, as they said it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutsideRevocation {
+    pub by: String,
+    pub reason: String,
 }
 
 #[cfg(test)]

@@ -114,8 +114,8 @@ pub(super) async fn load_organization(
     .collect::<Result<Vec<_>, StoreError>>()?;
 
     let api_keys = sqlx::query::<Any>(
-        "SELECT key_id, environment_id, resource_name, secret_name, access, secret_hash, state \
-         FROM api_keys WHERE organization_id = $1 ORDER BY resource_name",
+        "SELECT key_id, environment_id, resource_name, secret_name, access, secret_hash, state, created_at, \
+         last_used_at, revoked_by, revoked_reason FROM api_keys WHERE organization_id = $1 ORDER BY resource_name",
     )
     .bind(&id)
     .fetch_all(&mut *conn)
@@ -157,6 +157,9 @@ fn api_key_from_row(row: &Row, environment_names: &BTreeMap<String, String>) -> 
     let fingerprint = KeyHash::from_hex(&hash)
         .ok_or_else(|| StoreError::Corrupt("an api key hash".into()))?
         .fingerprint();
+    // `keys revoke` sets both; a revocation declared in Git neither.
+    let revoked_by: Option<String> = row.try_get("revoked_by").context("reading api keys")?;
+    let revoked_reason: Option<String> = row.try_get("revoked_reason").context("reading api keys")?;
     Ok(StoredApiKey {
         key_id: row.try_get("key_id").context("reading api keys")?,
         environment: environment_names
@@ -168,6 +171,12 @@ fn api_key_from_row(row: &Row, environment_names: &BTreeMap<String, String>) -> 
         access: parse_column(row, "access")?,
         state: parse_column(row, "state")?,
         fingerprint,
+        issued_at: row.try_get("created_at").context("reading api keys")?,
+        last_used_at: row.try_get("last_used_at").context("reading api keys")?,
+        revoked_outside_git: revoked_by.map(|by| OutsideRevocation {
+            by,
+            reason: revoked_reason.unwrap_or_default(),
+        }),
     })
 }
 

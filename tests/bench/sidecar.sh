@@ -10,6 +10,7 @@
 #   3. nginx as a reverse proxy with limit_req keyed by the Authorization header, same keys, same upstream,
 #      as configured by default (worker_processes auto: one per CPU) and with one worker like the sidecar's
 #      default;
+#      and with last-use tracking off (--key-use-flush-interval off), for the cost of tracking;
 #   4. the sidecar's rejection path: one key of an environment allowed 1 request a minute (almost all 429).
 # Then the sidecar's memory (RSS) holding 10,000 keys of 1,000 environments.
 #
@@ -189,6 +190,13 @@ ORGKEEPER_LOG_LEVEL=warn "$BIN" sidecar ${SIDECAR_WORKERS:+--workers "$SIDECAR_W
   --metrics-addr "127.0.0.1:$(free_port)" 2>"$WORK/logs-sidecar-http1.txt" &
 SIDECAR1_PID=$!
 PIDS+=("$SIDECAR1_PID")
+# The same sidecar with last-use tracking off, for the cost of tracking (same run, on vs off).
+SIDECAR_OFF_PORT=$(free_port)
+ORGKEEPER_LOG_LEVEL=warn "$BIN" sidecar ${SIDECAR_WORKERS:+--workers "$SIDECAR_WORKERS"} --key-use-flush-interval off \
+  --listen "127.0.0.1:$SIDECAR_OFF_PORT" --upstream "http://127.0.0.1:$UP_PORT" --database-url "$DB" \
+  --metrics-addr "127.0.0.1:$(free_port)" 2>"$WORK/logs-sidecar-off.txt" &
+SIDECAR_OFF_PID=$!
+PIDS+=("$SIDECAR_OFF_PID")
 rss() { awk -v f="$2" '$1 == f":" {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 RSS_LOADED=$(rss "$SIDECAR_PID" VmRSS)
 
@@ -277,6 +285,7 @@ for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS"
   run "upstream direct" "$UP_PORT" "$WORK/keys-rotating.txt" $UPSTREAM_PIDS
   run "sidecar (forwarding)" "$SIDECAR_PORT" "$WORK/keys-rotating.txt" "$SIDECAR_PID"
+  run "sidecar, last-use tracking off" "$SIDECAR_OFF_PORT" "$WORK/keys-rotating.txt" "$SIDECAR_OFF_PID"
   run "sidecar, HTTP/1.1 to the upstream" "$SIDECAR1_PORT" "$WORK/keys-rotating.txt" "$SIDECAR1_PID"
   run "nginx limit_req proxy" "$NGINX_PORT" "$WORK/keys-rotating.txt" $(nginx_workers proxy)
   run "nginx limit_req proxy, 1 worker" "$NGINX1_PORT" "$WORK/keys-rotating.txt" $(nginx_workers proxy1)
@@ -314,6 +323,7 @@ for label, (rps, p50, p99, non2xx, errors, cpu, upstream_cpu) in median.items():
 print(f"\nSidecar memory: {loaded} MiB RSS with {keys} keys of {envs} environments loaded; "
       f"{after} MiB after the runs (peak {peak} MiB)\n")
 side, reject = median["sidecar (forwarding)"], median["sidecar (429 path)"]
+untracked = median["sidecar, last-use tracking off"]
 nginx, nginx1 = median["nginx limit_req proxy"], median["nginx limit_req proxy, 1 worker"]
 checks = [
     ("sidecar throughput >= nginx's", side[0] >= nginx[0], f"{int(side[0]):,} vs {int(nginx[0]):,} req/s"),
@@ -321,6 +331,8 @@ checks = [
     ("sidecar throughput >= nginx's with 1 worker", side[0] >= nginx1[0],
      f"{int(side[0]):,} vs {int(nginx1[0]):,} req/s"),
     ("sidecar p99 <= nginx's with 1 worker", side[2] <= nginx1[2], f"{side[2]:.2f} vs {nginx1[2]:.2f} ms"),
+    ("last-use tracking costs <= 2% of forwarding throughput", side[0] >= 0.98 * untracked[0],
+     f"{int(side[0]):,} on vs {int(untracked[0]):,} req/s off ({100 * (side[0] / untracked[0] - 1):+.1f}%)"),
     ("429 path >= 3x forwarding", reject[0] >= 3 * side[0], f"{reject[0] / side[0]:.1f}x"),
     ("sidecar RSS < 50 MiB (10,000 keys, 1,000 environments)", float(peak) < 50, f"peak {peak} MiB"),
 ]

@@ -59,6 +59,8 @@ struct Answer {
     content_type: String,
     body: String,
     request_id: Option<String>,
+    /// `orgkeeper-facts-deleted`: how many facts a write removed.
+    facts_deleted: Option<String>,
 }
 
 impl Answer {
@@ -88,12 +90,14 @@ impl Api {
         };
         let content_type = header(header::CONTENT_TYPE).unwrap_or_default();
         let request_id = header(header::HeaderName::from_static("x-request-id"));
+        let facts_deleted = header(header::HeaderName::from_static("orgkeeper-facts-deleted"));
         let body = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap();
         Answer {
             status,
             content_type,
             body: String::from_utf8(body.to_vec()).unwrap(),
             request_id,
+            facts_deleted,
         }
     }
 
@@ -693,3 +697,85 @@ async fn a_database_outage_is_answered_at_once_and_noticed_within_the_refresh_in
     }
     shutdown.cancel();
 }
+
+/// Facts of arity five, so that a pattern on the fifth argument takes the path filtered in Rust.
+fn wide(i: usize) -> orgkeeper::domain::facts::Fact {
+    let user = format!("u{i}");
+    fact(
+        "wide",
+        &[
+            ("User", &user),
+            ("String", "a"),
+            ("String", "b"),
+            ("String", "c"),
+            ("Tag", "x"),
+        ],
+    )
+}
+
+fn deletes(pattern: &str) -> String {
+    format!(r#"[{{"deletes": [{pattern}]}}]"#)
+}
+
+/// Matched in SQL (the first argument's type only).
+const BY_TYPE: &str = r#"{"predicate": "wide", "args": [{"type": "User", "id": null}, {"type": null, "id": null}, {"type": null, "id": null}, {"type": null, "id": null}, {"type": null, "id": null}]}"#;
+/// Matched in Rust (the fifth argument).
+const BY_TAG: &str = r#"{"predicate": "wide", "args": [{"type": null, "id": null}, {"type": null, "id": null}, {"type": null, "id": null}, {"type": null, "id": null}, {"type": "Tag", "id": "x"}]}"#;
+
+/// Oso Cloud's bound: the wildcard deletes of one request remove at most 10,000 facts; beyond, 413 and
+/// nothing changes (the whole batch rolls back), on both paths a pattern can take. A write says how many
+/// facts it removed, which the sidecar charges.
+async fn wildcard_deletes_remove_at_most_ten_thousand_facts_and_say_how_many(store: Store) {
+    use orgkeeper::domain::facts::FactChange;
+    let api = api_on(store).await;
+    let env = api.tenancy.env("staging").to_owned();
+    let facts: Vec<_> = (0..10_001).map(wide).collect();
+    api.store.write_facts(&env, &[FactChange::Insert(facts)]).await.unwrap();
+    for pattern in [BY_TYPE, BY_TAG] {
+        let answer = api.post("/api/batch", "rw", &deletes(pattern)).await;
+        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", answer.body);
+        assert_eq!(
+            answer.message(),
+            "the wildcard deletes of this request match more than 10000 facts, so nothing was deleted: delete \
+             them with narrower patterns, 10000 facts at most per request"
+        );
+        assert_eq!(answer.facts_deleted, None);
+        assert_eq!(api.store.count_facts(&env).await.unwrap(), 10_001, "{pattern}");
+    }
+    let v1 = api.post("/api/bulk_delete", "rw", &format!("[{BY_TAG}]")).await;
+    assert_eq!(v1.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", v1.body);
+
+    let concrete = serde_json::to_string(&orgkeeper::facts::wire::WireFact::from(&wide(0))).unwrap();
+    let answer = api.post("/api/batch", "rw", &deletes(&concrete)).await;
+    assert_eq!(
+        (answer.status, answer.facts_deleted.as_deref()),
+        (StatusCode::OK, Some("1"))
+    );
+    assert_eq!(api.store.count_facts(&env).await.unwrap(), 10_000);
+
+    // The bound counts what the request itself inserted first; refused, the insert is undone too.
+    let extra = serde_json::to_string(&orgkeeper::facts::wire::WireFact::from(&wide(99_999))).unwrap();
+    let batch = format!(r#"[{{"inserts": [{extra}]}}, {{"deletes": [{BY_TYPE}]}}]"#);
+    let answer = api.post("/api/batch", "rw", &batch).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", answer.body);
+    assert_eq!(
+        api.get("/api/facts?predicate=wide&args.0.type=User&args.0.id=u99999", "rw")
+            .await
+            .body,
+        "[]"
+    );
+    assert_eq!(api.store.count_facts(&env).await.unwrap(), 10_000);
+
+    let answer = api.post("/api/batch", "rw", &deletes(BY_TAG)).await;
+    assert_eq!(
+        (answer.status, answer.facts_deleted.as_deref()),
+        (StatusCode::OK, Some("10000")),
+        "{}",
+        answer.body
+    );
+    assert_eq!(api.store.count_facts(&env).await.unwrap(), 0);
+    let replay = api.post("/api/batch", "rw", &deletes(BY_TAG)).await;
+    assert_eq!((replay.status, replay.facts_deleted), (StatusCode::OK, None));
+}
+
+on_both_backends!(wildcard_deletes_remove_at_most_ten_thousand_facts_and_say_how_many);

@@ -5,6 +5,10 @@
 //! directly, and the key's environment decides whose facts are read or written. Then, for writes: the key
 //! must be ReadWrite (403), the body JSON (415), not too large (413, refused before it is read whole),
 //! received in time (408) and well formed (400). Every answer is JSON.
+//!
+//! A write that removed facts says how many in [`FACTS_DELETED`], so that the sidecar in front can charge a
+//! wildcard delete the facts it removed (it strips the header); wildcard deletes that would remove more than
+//! [`crate::store::MAX_WILDCARD_DELETED`] facts are refused with 413 and change nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,10 +30,12 @@ use super::wire::{self, WireError, WireFact};
 use crate::auth::{KeyRing, Principal};
 use crate::domain::Access;
 use crate::domain::facts::FactChange;
-use crate::store::{FactStoreError, Store, StoreError};
+use crate::store::{FactStoreError, FactWrite, Store, StoreError};
 
 /// The clients refuse to send bodies of 10 MiB or more; so does the fact store by default.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// The response header of a write that removed facts: how many (concrete and wildcard deletes together).
+pub const FACTS_DELETED: &str = "orgkeeper-facts-deleted";
 /// How long a client has to send its whole body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `/api/healthcheck` waits for the database before it answers 503.
@@ -196,6 +202,13 @@ impl From<FactStoreError> for ApiError {
                 StatusCode::UNAUTHORIZED,
                 "invalid API key: its environment no longer exists",
             ),
+            FactStoreError::WildcardTooLarge { limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the wildcard deletes of this request match more than {limit} facts, so nothing was deleted: \
+                     delete them with narrower patterns, {limit} facts at most per request"
+                ),
+            ),
             FactStoreError::Store(e) => e.into(),
         }
     }
@@ -268,7 +281,7 @@ impl FactsApp {
         headers: &HeaderMap,
         body: Body,
         parse: impl FnOnce(&[u8]) -> Result<Vec<FactChange>, WireError>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<FactWrite, ApiError> {
         let principal = self.principal(headers, true)?;
         let bytes = self.json_body(headers, body).await?;
         let changes = parse(&bytes)?;
@@ -281,7 +294,7 @@ impl FactsApp {
                 other => other.into(),
             })?;
         self.count_written(&principal, outcome.inserted, outcome.deleted);
-        Ok(())
+        Ok(outcome)
     }
 
     fn count_written(&self, principal: &Principal, inserted: u64, deleted: u64) {
@@ -325,6 +338,16 @@ fn ok(message: &str) -> Response {
     json::message(StatusCode::OK, message)
 }
 
+/// A write's answer, with how many facts it removed when it removed any.
+fn written(mut response: Response, outcome: FactWrite) -> Response {
+    if outcome.deleted > 0 {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(FACTS_DELETED), outcome.deleted.into());
+    }
+    response
+}
+
 /// Answers within [`HEALTHCHECK_TIMEOUT`] whatever the database does, and at once during a known outage.
 async fn healthcheck(State(app): State<FactsApp>) -> Response {
     let unreachable = || json::message(StatusCode::SERVICE_UNAVAILABLE, STORE_UNREACHABLE);
@@ -347,8 +370,8 @@ async fn healthcheck(State(app): State<FactsApp>) -> Response {
 }
 
 async fn batch(State(app): State<FactsApp>, headers: HeaderMap, body: Body) -> ApiResult {
-    app.write(&headers, body, wire::parse_batch).await?;
-    Ok(ok("Batch operation successful"))
+    let outcome = app.write(&headers, body, wire::parse_batch).await?;
+    Ok(written(ok("Batch operation successful"), outcome))
 }
 
 async fn tell(State(app): State<FactsApp>, headers: HeaderMap, body: Body) -> ApiResult {
@@ -366,11 +389,12 @@ async fn tell(State(app): State<FactsApp>, headers: HeaderMap, body: Body) -> Ap
 }
 
 async fn delete(State(app): State<FactsApp>, headers: HeaderMap, body: Body) -> ApiResult {
-    app.write(&headers, body, |bytes| {
-        Ok(vec![FactChange::Delete(vec![wire::parse_delete(bytes)?])])
-    })
-    .await?;
-    Ok(ok("Deleted"))
+    let outcome = app
+        .write(&headers, body, |bytes| {
+            Ok(vec![FactChange::Delete(vec![wire::parse_delete(bytes)?])])
+        })
+        .await?;
+    Ok(written(ok("Deleted"), outcome))
 }
 
 async fn bulk_load(State(app): State<FactsApp>, headers: HeaderMap, body: Body) -> ApiResult {
@@ -382,16 +406,17 @@ async fn bulk_load(State(app): State<FactsApp>, headers: HeaderMap, body: Body) 
 }
 
 async fn bulk_delete(State(app): State<FactsApp>, headers: HeaderMap, body: Body) -> ApiResult {
-    app.write(&headers, body, |bytes| {
-        Ok(vec![FactChange::Delete(wire::parse_bulk_delete(bytes)?)])
-    })
-    .await?;
-    Ok(ok("Bulk delete successful"))
+    let outcome = app
+        .write(&headers, body, |bytes| {
+            Ok(vec![FactChange::Delete(wire::parse_bulk_delete(bytes)?)])
+        })
+        .await?;
+    Ok(written(ok("Bulk delete successful"), outcome))
 }
 
 async fn bulk(State(app): State<FactsApp>, headers: HeaderMap, body: Body) -> ApiResult {
-    app.write(&headers, body, wire::parse_bulk).await?;
-    Ok(ok("Bulk operation successful"))
+    let outcome = app.write(&headers, body, wire::parse_bulk).await?;
+    Ok(written(ok("Bulk operation successful"), outcome))
 }
 
 /// Deletes every fact of the key's environment (no body).

@@ -42,6 +42,10 @@ pub enum Refusal {
     BodyTooLarge {
         limit: u64,
     },
+    /// A read's body (e.g. `/api/authorize` with its context facts) beyond the fixed bound for reads.
+    ReadBodyTooLarge {
+        limit: u64,
+    },
     BatchTooLarge {
         facts: u64,
         limit: u64,
@@ -71,9 +75,10 @@ impl Refusal {
             Refusal::NotReady | Refusal::KeysStale { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => StatusCode::UNAUTHORIZED,
             Refusal::ReadOnlyKey { .. } => StatusCode::FORBIDDEN,
-            Refusal::BodyTooLarge { .. } | Refusal::BatchTooLarge { .. } | Refusal::BeyondWholeBudget { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Refusal::BodyTooLarge { .. }
+            | Refusal::ReadBodyTooLarge { .. }
+            | Refusal::BatchTooLarge { .. }
+            | Refusal::BeyondWholeBudget { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::CompressedWrite => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::MalformedBody(_) | Refusal::BodyAborted => StatusCode::BAD_REQUEST,
             Refusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -89,7 +94,7 @@ impl Refusal {
             Refusal::KeysStale { .. } => RefusalReason::KeysStale,
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => RefusalReason::Unauthenticated,
             Refusal::ReadOnlyKey { .. } => RefusalReason::Forbidden,
-            Refusal::BodyTooLarge { .. } => RefusalReason::BodyTooLarge,
+            Refusal::BodyTooLarge { .. } | Refusal::ReadBodyTooLarge { .. } => RefusalReason::BodyTooLarge,
             Refusal::BatchTooLarge { .. } | Refusal::BeyondWholeBudget { .. } => RefusalReason::BatchTooLarge,
             Refusal::CompressedWrite => RefusalReason::UnsupportedEncoding,
             Refusal::MalformedBody(_) | Refusal::BodyAborted => RefusalReason::BadRequest,
@@ -117,6 +122,9 @@ impl Refusal {
             Refusal::BodyTooLarge { limit } => format!(
                 "the request body is larger than this environment's maxWriteBodyBytes ({limit} bytes); split the write"
             ),
+            Refusal::ReadBodyTooLarge { limit } => {
+                format!("the request body is larger than {limit} bytes, the most a read request may send (10 MiB)")
+            }
             Refusal::BatchTooLarge { facts, limit } => format!(
                 "this write has {facts} facts; this environment's maxBatchFacts is {limit}: split it into smaller writes"
             ),
@@ -291,6 +299,7 @@ mod tests {
             Refusal::Unauthenticated(AuthError::Invalid),
             Refusal::ReadOnlyKey { endpoint: "/api/batch" },
             Refusal::BodyTooLarge { limit: 10 },
+            Refusal::ReadBodyTooLarge { limit: 10 },
             Refusal::BatchTooLarge { facts: 21, limit: 20 },
             Refusal::BodyTimeout {
                 after: Duration::from_secs(30),

@@ -1,5 +1,5 @@
 //! Request and response bodies: a write's body read whole but bounded in size and time, a read's body
-//! streamed to the upstream under a deadline, and the upstream's response streamed back while the request
+//! streamed to the upstream under a deadline and a size bound, and the upstream's response streamed back while the request
 //! keeps its concurrency slot.
 
 use std::pin::Pin;
@@ -69,6 +69,7 @@ pub struct StreamFault(Arc<AtomicU8>);
 impl StreamFault {
     const TIMED_OUT: u8 = 1;
     const ABORTED: u8 = 2;
+    const TOO_LARGE: u8 = 3;
 
     pub fn timed_out(&self) -> bool {
         self.0.load(Ordering::Acquire) == Self::TIMED_OUT
@@ -76,6 +77,11 @@ impl StreamFault {
 
     pub fn aborted(&self) -> bool {
         self.0.load(Ordering::Acquire) == Self::ABORTED
+    }
+
+    /// More arrived than the body's bound: the upstream got part of it, then an error, never all of it.
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::TOO_LARGE
     }
 
     fn set(&self, fault: u8) {
@@ -86,16 +92,18 @@ impl StreamFault {
 /// The body sent to the upstream.
 pub enum RequestBody {
     Full(Option<Bytes>),
-    /// A client's body streamed through; it fails if it has not ended by the deadline.
+    /// A client's body streamed through; it fails if it has not ended by the deadline, or once more than
+    /// `left` bytes more arrive.
     Streaming {
         inner: Incoming,
         deadline: Pin<Box<Sleep>>,
         fault: StreamFault,
+        left: u64,
     },
 }
 
 impl RequestBody {
-    pub fn streaming(inner: Incoming, deadline: Instant, fault: StreamFault) -> Self {
+    pub fn streaming(inner: Incoming, deadline: Instant, max: u64, fault: StreamFault) -> Self {
         if inner.is_end_stream() {
             return RequestBody::Full(None);
         }
@@ -103,6 +111,7 @@ impl RequestBody {
             inner,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             fault,
+            left: max,
         }
     }
 }
@@ -111,6 +120,10 @@ impl RequestBody {
 #[error("the request body did not arrive in time")]
 struct BodyTimedOut;
 
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than allowed")]
+struct BodyTooLarge;
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -118,10 +131,24 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            RequestBody::Streaming { inner, deadline, fault } => match Pin::new(inner).poll_frame(cx) {
+            RequestBody::Streaming {
+                inner,
+                deadline,
+                fault,
+                left,
+            } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
                     fault.set(StreamFault::ABORTED);
                     Poll::Ready(Some(Err(e.into())))
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let size = frame.data_ref().map_or(0, |data| data.len() as u64);
+                    if size > *left {
+                        fault.set(StreamFault::TOO_LARGE);
+                        return Poll::Ready(Some(Err(BodyTooLarge.into())));
+                    }
+                    *left -= size;
+                    Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(other) => Poll::Ready(other.map(|frame| frame.map_err(Into::into))),
                 Poll::Pending => {

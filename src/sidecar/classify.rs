@@ -6,8 +6,10 @@
 //! OPTIONS on a write path is a write.
 //!
 //! Counting parses the body with serde visitors that validate the shape the clients send and count facts
-//! without building a JSON tree. A wildcard delete counts as one fact: how many stored facts it matches is
-//! known only to the upstream.
+//! without building a JSON tree. A wildcard delete counts as one fact here: how many stored facts it matches
+//! is known only to the upstream. The fact store reports how many facts a write removed, and the sidecar
+//! charges what goes beyond the deletes counted here afterwards (see `handler`), so a wildcard delete costs
+//! the facts it removed. Hence [`count_changes`] also says how many of the counted facts are deletes.
 
 use std::fmt;
 
@@ -152,30 +154,55 @@ pub struct BodyError {
     pub detail: String,
 }
 
+/// What a write's body costs before it is applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Facts inserted or deleted, a wildcard delete counting as one.
+    pub facts: u64,
+    /// How many of those may be deletes (`/api/facts` counts its one fact here whatever the method): the
+    /// part of a reported removal already paid for.
+    pub deletes: u64,
+}
+
 /// Counts the facts a write inserts or deletes, checking the body has the shape the endpoint expects.
 pub fn count_facts(kind: WriteKind, body: &[u8]) -> Result<u64, BodyError> {
+    count_changes(kind, body).map(|c| c.facts)
+}
+
+/// [`count_facts`], with how many of the facts are deletes.
+pub fn count_changes(kind: WriteKind, body: &[u8]) -> Result<Changes, BodyError> {
     let error = |e: serde_json::Error| BodyError {
         endpoint: kind.endpoint(),
         detail: e.to_string(),
     };
+    let all = |facts| Changes { facts, deletes: facts };
     match kind {
         WriteKind::Batch => serde_json::from_slice::<Batch>(body).map(|b| b.0).map_err(error),
         WriteKind::Fact => serde_json::from_slice::<MapOnly<FactShape>>(body)
-            .map(|_| 1)
+            .map(|_| all(1))
             .map_err(error),
-        WriteKind::BulkLoad | WriteKind::BulkDelete => {
-            serde_json::from_slice::<Facts>(body).map(|f| f.0).map_err(error)
-        }
+        WriteKind::BulkLoad => serde_json::from_slice::<Facts>(body)
+            .map(|f| Changes { facts: f.0, deletes: 0 })
+            .map_err(error),
+        WriteKind::BulkDelete => serde_json::from_slice::<Facts>(body).map(|f| all(f.0)).map_err(error),
         WriteKind::Bulk => serde_json::from_slice::<MapOnly<Bulk>>(body)
-            .map(|MapOnly(b)| b.delete.map_or(0, |f| f.0) + b.tell.map_or(0, |f| f.0))
+            .map(|MapOnly(b)| {
+                let deletes = b.delete.map_or(0, |f| f.0);
+                Changes {
+                    facts: deletes + b.tell.map_or(0, |f| f.0),
+                    deletes,
+                }
+            })
             .map_err(error),
         WriteKind::ClearData => {
             if !body.iter().all(u8::is_ascii_whitespace) {
                 serde_json::from_slice::<IgnoredAny>(body).map_err(error)?;
             }
-            Ok(1)
+            Ok(all(1))
         }
-        WriteKind::Policy => serde_json::from_slice::<IgnoredAny>(body).map(|_| 0).map_err(error),
+        WriteKind::Policy => serde_json::from_slice::<IgnoredAny>(body)
+            .map(|_| Changes::default())
+            .map_err(error),
     }
 }
 
@@ -256,7 +283,7 @@ impl Expecting for Changeset {
 }
 
 /// A batch: an array of changesets, each with inserts or deletes.
-struct Batch(u64);
+struct Batch(Changes);
 
 impl<'de> Deserialize<'de> for Batch {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -267,12 +294,14 @@ impl<'de> Deserialize<'de> for Batch {
                 f.write_str("an array of changesets ([{\"inserts\": [...]}, {\"deletes\": [...]}])")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Batch, A::Error> {
-                let mut n = 0;
+                let mut n = Changes::default();
                 while let Some(MapOnly(changeset)) = seq.next_element::<MapOnly<Changeset>>()? {
                     if changeset.inserts.is_none() && changeset.deletes.is_none() {
                         return Err(de::Error::custom("a changeset needs \"inserts\" or \"deletes\""));
                     }
-                    n += changeset.inserts.map_or(0, |f| f.0) + changeset.deletes.map_or(0, |f| f.0);
+                    let deletes = changeset.deletes.map_or(0, |f| f.0);
+                    n.facts += changeset.inserts.map_or(0, |f| f.0) + deletes;
+                    n.deletes += deletes;
                 }
                 Ok(Batch(n))
             }
@@ -355,6 +384,19 @@ mod tests {
         assert_eq!(count_facts(WriteKind::Batch, b"[]"), Ok(0));
         let both = format!(r#"[{{"inserts": [{FACT}], "deletes": [{FACT}, {FACT}]}}]"#);
         assert_eq!(count_facts(WriteKind::Batch, both.as_bytes()), Ok(3));
+    }
+
+    #[test]
+    fn the_deletes_among_the_counted_facts_are_counted_apart() {
+        let changes = |kind, body: String| count_changes(kind, body.as_bytes()).unwrap();
+        let batch = format!(r#"[{{"inserts": [{FACT}, {FACT}]}}, {{"deletes": [{WILDCARD}, {FACT}]}}]"#);
+        assert_eq!(changes(WriteKind::Batch, batch), Changes { facts: 4, deletes: 2 });
+        let bulk = format!(r#"{{"delete": [{WILDCARD}], "tell": [{FACT}, {FACT}]}}"#);
+        assert_eq!(changes(WriteKind::Bulk, bulk), Changes { facts: 3, deletes: 1 });
+        let list = format!("[{FACT}, {WILDCARD}]");
+        assert_eq!(changes(WriteKind::BulkLoad, list.clone()).deletes, 0);
+        assert_eq!(changes(WriteKind::BulkDelete, list).deletes, 2);
+        assert_eq!(changes(WriteKind::Fact, FACT.into()).deletes, 1);
     }
 
     #[test]

@@ -3,13 +3,17 @@
 //! 1. authenticate the key (401; 503 before keys are loaded, or once they are older than
 //!    `--max-key-staleness`), and note its use in memory for its last-used time;
 //! 2. classify: a write with a read-only key is 403; a compressed write 415; a declared body over
-//!    `maxWriteBodyBytes` 413 before a byte of it is read;
+//!    `maxWriteBodyBytes` 413 before a byte of it is read; so is a read's declared body over 10 MiB;
 //! 3. take a concurrency slot (429);
-//! 4. reads: take one request from the budget (429) and stream the request to the upstream;
+//! 4. reads: take one request from the budget (429) and stream the request to the upstream, cut off with
+//!    413 once more than 10 MiB of its body arrived;
 //!    writes: check the request budget has room (429, body unread), read the body bounded in size (413) and
 //!    time (408), count its facts (400 when malformed), check `maxBatchFacts` (413), take one request and
 //!    the facts from both budgets at once (429), and forward it;
-//! 5. stream the upstream's response back with the `RateLimit` headers; 502/504 when the upstream fails.
+//! 5. a write whose answer reports (`orgkeeper-facts-deleted`, taken off the answer) more facts removed than
+//!    it had deletes counted in step 4, i.e. a wildcard delete, is charged the rest to the fact-write budget,
+//!    a debt the environment's next writes wait for;
+//! 6. stream the upstream's response back with the `RateLimit` headers; 502/504 when the upstream fails.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,13 +25,17 @@ use hyper::{Request, Response};
 
 use super::answers::{Limited, Refusal};
 use super::body::{ReadError, RequestBody, ResponseBody, StreamFault, read_bounded};
-use super::classify::{Route, WriteKind, classify, count_facts};
+use super::classify::{Route, WriteKind, classify, count_changes};
 use super::headers;
 use super::limits::{LimitRefusal, Limiter, Permit, Policy, Quota};
 use super::metrics::{EnvironmentCounters, InFlight, SidecarMetrics};
 use super::proxy::{ForwardError, Upstream};
 use crate::auth::{AuthError, KeyRing, Principal};
 use crate::domain::{Access, EffectiveLimits};
+use crate::facts::server::FACTS_DELETED;
+
+/// The most a read request may send as its body (Oso Cloud's bound on request bodies).
+pub const MAX_READ_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
 /// What a connection needs to know about how its last request ended.
 #[derive(Default)]
@@ -147,8 +155,17 @@ impl Handler {
         }
         self.ring.record_use(&caller.principal);
         let route = classify(&parts.method, parts.uri.path());
-        if let Route::Write(kind) = route {
-            check_write_headers(&caller, kind, &parts.headers, &body).map_err(|r| caller.refuse(r, has_body))?;
+        match route {
+            Route::Write(kind) => {
+                check_write_headers(&caller, kind, &parts.headers, &body).map_err(|r| caller.refuse(r, has_body))?
+            }
+            Route::Read if body.size_hint().lower() > MAX_READ_BODY_BYTES => {
+                let refusal = Refusal::ReadBodyTooLarge {
+                    limit: MAX_READ_BODY_BYTES,
+                };
+                return Err(caller.refuse(refusal, true));
+            }
+            Route::Read => {}
         }
         let permit = self
             .limiter
@@ -166,8 +183,8 @@ impl Handler {
                 (quotas, Outgoing::Stream(body))
             }
             Route::Write(kind) => {
-                let (quotas, bytes) = self.admit_write(&caller, kind, body, deadline).await?;
-                (quotas, Outgoing::Full(bytes))
+                let (quotas, bytes, deletes) = self.admit_write(&caller, kind, body, deadline).await?;
+                (quotas, Outgoing::Full { bytes, deletes })
             }
         };
         self.forward(&caller, parts, body, deadline, quotas, permit, in_flight)
@@ -205,14 +222,15 @@ impl Handler {
         })
     }
 
-    /// Reads and counts a write, then takes its request and facts from the budgets.
+    /// Reads and counts a write, then takes its request and facts from the budgets. Returns the budgets
+    /// left, the body, and how many of its facts were deletes.
     async fn admit_write(
         &self,
         caller: &Caller,
         kind: WriteKind,
         body: Incoming,
         deadline: tokio::time::Instant,
-    ) -> Result<(Vec<Quota>, Bytes), RefusedRequest> {
+    ) -> Result<(Vec<Quota>, Bytes, u64), RefusedRequest> {
         let limits = &caller.limits;
         let has_body = !body.is_end_stream();
         self.limiter
@@ -233,7 +251,8 @@ impl Handler {
                 };
                 caller.refuse(refusal, true)
             })?;
-        let facts = count_facts(kind, &bytes).map_err(|e| caller.refuse(Refusal::MalformedBody(e), false))?;
+        let changes = count_changes(kind, &bytes).map_err(|e| caller.refuse(Refusal::MalformedBody(e), false))?;
+        let facts = changes.facts;
         if let Some(limit) = limits.max_batch_facts.filter(|limit| facts > *limit) {
             return Err(caller.refuse(Refusal::BatchTooLarge { facts, limit }, false));
         }
@@ -244,7 +263,31 @@ impl Handler {
             .map_err(|by| caller.limited(by, false))?;
         caller.counters.writes.inc();
         caller.counters.facts.inc_by(facts);
-        Ok((quotas, bytes))
+        Ok((quotas, bytes, changes.deletes))
+    }
+
+    /// Step 5: charges a write the facts its answer says it removed beyond the deletes it paid for, and
+    /// returns the budgets left then. The header is the fact store's, so it never reaches the client.
+    async fn charge_removed(
+        &self,
+        caller: &Caller,
+        headers: &mut HeaderMap,
+        paid_deletes: Option<u64>,
+        quotas: Vec<Quota>,
+    ) -> Vec<Quota> {
+        let Some(removed) = headers.remove(FACTS_DELETED) else {
+            return quotas;
+        };
+        let removed = removed.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
+        let owed = match (paid_deletes, removed) {
+            (Some(paid), Some(removed)) => removed.saturating_sub(paid),
+            _ => 0,
+        };
+        if owed == 0 {
+            return quotas;
+        }
+        caller.counters.facts.inc_by(owed);
+        self.limiter.charge(caller.environment(), &caller.limits, owed).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -254,23 +297,33 @@ impl Handler {
         mut parts: hyper::http::request::Parts,
         body: Outgoing,
         deadline: tokio::time::Instant,
-        mut quotas: Vec<Quota>,
+        quotas: Vec<Quota>,
         permit: Permit,
         in_flight: InFlight,
     ) -> Result<Response<ResponseBody>, RefusedRequest> {
         let fault = StreamFault::default();
+        let paid_deletes = match &body {
+            Outgoing::Full { deletes, .. } => Some(*deletes),
+            Outgoing::Stream(_) => None,
+        };
         let body = match body {
-            Outgoing::Full(bytes) => {
+            Outgoing::Full { bytes, .. } => {
                 parts.headers.remove(header::TRANSFER_ENCODING);
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                 RequestBody::Full(Some(bytes))
             }
-            Outgoing::Stream(incoming) => RequestBody::streaming(incoming, deadline, fault.clone()),
+            Outgoing::Stream(incoming) => {
+                RequestBody::streaming(incoming, deadline, MAX_READ_BODY_BYTES, fault.clone())
+            }
         };
         let (response, lease) = self.upstream.forward(parts, body).await.map_err(|e| {
-            let refusal = if fault.timed_out() {
+            let refusal = if fault.too_large() {
+                Refusal::ReadBodyTooLarge {
+                    limit: MAX_READ_BODY_BYTES,
+                }
+            } else if fault.timed_out() {
                 Refusal::BodyTimeout {
                     after: self.body_timeout,
                 }
@@ -288,10 +341,16 @@ impl Handler {
                 }
             };
             // A read body that timed out or broke was not read to its end.
-            let body_unread = matches!(refusal, Refusal::BodyTimeout { .. } | Refusal::BodyAborted);
+            let body_unread = matches!(
+                refusal,
+                Refusal::BodyTimeout { .. } | Refusal::BodyAborted | Refusal::ReadBodyTooLarge { .. }
+            );
             caller.refuse(refusal, body_unread)
         })?;
         let (mut head, inner) = response.into_parts();
+        let mut quotas = self
+            .charge_removed(caller, &mut head.headers, paid_deletes, quotas)
+            .await;
         quotas.extend(permit.quota);
         if let Some(policy) = headers::policy(&caller.limits) {
             head.headers
@@ -312,9 +371,10 @@ impl Handler {
     }
 }
 
-/// What goes to the upstream: a write's body, read and counted, or a read's body, streamed.
+/// What goes to the upstream: a write's body, read and counted (`deletes` of its facts were deletes), or
+/// a read's body, streamed.
 enum Outgoing {
-    Full(Bytes),
+    Full { bytes: Bytes, deletes: u64 },
     Stream(Incoming),
 }
 

@@ -6,6 +6,13 @@
 //! `ON CONFLICT DO NOTHING` and concrete deletes are lookups: a batch replayed after a timeout leaves the
 //! store exactly as the first delivery did.
 //!
+//! Wildcard deletes are bounded: the facts one request's wildcard deletes remove may not exceed
+//! [`MAX_WILDCARD_DELETED`]. Each wildcard first counts its matches (reading at most one row past what is
+//! still allowed, so refusing a huge match is cheap) and is refused before it deletes anything; the rows it
+//! then deletes are checked again, so a concurrent insert cannot slip past the bound, and a refusal rolls
+//! the whole transaction back. Every fact a write removed is reported ([`FactWrite::deleted`]) so that the
+//! sidecar can charge what a wildcard cost.
+//!
 //! Fact writes do not bump `store_revision`: that revision tells the data plane to reload keys and limits,
 //! which facts do not affect.
 
@@ -25,6 +32,9 @@ fn rows_per_statement(backend: Backend) -> usize {
         Backend::Postgres => 400,
     }
 }
+/// The most facts the wildcard deletes of one request may remove (Oso Cloud's bound).
+pub const MAX_WILDCARD_DELETED: u64 = 10_000;
+
 /// Attempts at a write transaction that hit a deadlock, a serialization failure or a busy SQLite database.
 /// Retrying is safe because a batch is all or nothing and idempotent.
 const WRITE_ATTEMPTS: usize = 5;
@@ -44,10 +54,14 @@ pub enum FactStoreError {
     /// The environment was deleted (its facts with it) between authentication and the write.
     #[error("the environment no longer exists")]
     EnvironmentGone,
+    /// The request's wildcard deletes match more than [`MAX_WILDCARD_DELETED`] facts; nothing was changed.
+    #[error("the wildcard deletes of this request match more than {limit} facts")]
+    WildcardTooLarge { limit: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+#[derive(Clone)]
 enum Bind {
     Text(String),
     Int(i64),
@@ -59,26 +73,31 @@ impl Store {
         let mut attempt = 1;
         loop {
             match self.try_write_facts(environment_id, changes).await {
-                Err(e) if attempt < WRITE_ATTEMPTS && is_transient(self.backend(), &e) => {
+                Err(FactStoreError::Store(e)) if attempt < WRITE_ATTEMPTS && is_transient(self.backend(), &e) => {
                     tracing::debug!(attempt, error = %e, "retrying a fact write");
                     tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
                     attempt += 1;
                 }
-                result => return result.map_err(classify),
+                Err(FactStoreError::Store(e)) => return Err(classify(e)),
+                result => return result,
             }
         }
     }
 
-    async fn try_write_facts(&self, environment_id: &str, changes: &[FactChange]) -> Result<FactWrite, StoreError> {
+    /// One attempt; a refusal drops `tx`, which rolls back everything the attempt did.
+    async fn try_write_facts(&self, environment_id: &str, changes: &[FactChange]) -> Result<FactWrite, FactStoreError> {
         let mut tx = self.pool().begin().await.context("starting a fact transaction")?;
         let mut outcome = FactWrite::default();
+        let mut wildcard_allowance = MAX_WILDCARD_DELETED;
         for change in changes {
             match change {
                 FactChange::Insert(facts) => {
                     outcome.inserted += self.insert_facts(&mut tx, environment_id, facts).await?
                 }
                 FactChange::Delete(filters) => {
-                    outcome.deleted += self.delete_facts(&mut tx, environment_id, filters).await?
+                    outcome.deleted += self
+                        .delete_facts(&mut tx, environment_id, filters, &mut wildcard_allowance)
+                        .await?
                 }
             }
         }
@@ -136,13 +155,20 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         environment_id: &str,
         filters: &[FactFilter],
-    ) -> Result<u64, StoreError> {
+        wildcard_allowance: &mut u64,
+    ) -> Result<u64, FactStoreError> {
         let mut keys: Vec<String> = Vec::new();
         let mut deleted = 0;
         for filter in filters {
             match filter.concrete() {
                 Some(fact) => keys.push(fact.key()),
-                None => deleted += self.delete_matching(tx, environment_id, filter).await?,
+                None => {
+                    let removed = self
+                        .delete_matching(tx, environment_id, filter, *wildcard_allowance)
+                        .await?;
+                    *wildcard_allowance -= removed;
+                    deleted += removed;
+                }
             }
         }
         keys.sort();
@@ -172,18 +198,47 @@ impl Store {
         Ok(query.execute(&mut **tx).await.context(context)?.rows_affected())
     }
 
-    /// Deletes what a wildcard pattern matches: in SQL when the pattern constrains only indexed columns,
-    /// otherwise by selecting candidates, filtering them in Rust and deleting those rows.
+    /// Deletes what a wildcard pattern matches, at most `allowance` facts (more refuses the request): in SQL
+    /// when the pattern constrains only indexed columns, otherwise by selecting candidates, filtering them
+    /// in Rust and deleting those rows.
     async fn delete_matching(
         &self,
         tx: &mut Transaction<'static, Any>,
         environment_id: &str,
         filter: &FactFilter,
-    ) -> Result<u64, StoreError> {
-        let (conditions, binds) = conditions(environment_id, filter);
+        allowance: u64,
+    ) -> Result<u64, FactStoreError> {
+        let too_large = FactStoreError::WildcardTooLarge {
+            limit: MAX_WILDCARD_DELETED,
+        };
+        let (conditions, mut binds) = conditions(environment_id, filter);
         if !needs_rust_filter(filter) {
-            let query = bind_all(format!("DELETE FROM facts WHERE {conditions}"), binds);
-            return self.execute_write(tx, query, "deleting facts").await;
+            // Counted first, reading at most one row past the allowance: a refusal deletes nothing.
+            let delete = bind_all(format!("DELETE FROM facts WHERE {conditions}"), binds.clone());
+            binds.push(Bind::Int(i64::try_from(allowance + 1).unwrap_or(i64::MAX)));
+            let count = bind_all(
+                format!(
+                    "SELECT COUNT(*) AS n FROM (SELECT 1 FROM facts WHERE {conditions} LIMIT ${}) AS matched",
+                    binds.len()
+                ),
+                binds,
+            );
+            self.count(1);
+            let matched: i64 = count
+                .fetch_one(&mut **tx)
+                .await
+                .context("counting facts to delete")?
+                .try_get("n")
+                .context("counting facts to delete")?;
+            if matched.max(0) as u64 > allowance {
+                return Err(too_large);
+            }
+            let deleted = self.execute_write(tx, delete, "deleting facts").await?;
+            // Facts inserted since the count by a concurrent writer: the transaction is dropped, rolled back.
+            if deleted > allowance {
+                return Err(too_large);
+            }
+            return Ok(deleted);
         }
         let select = bind_all(format!("SELECT id, {COLUMNS} FROM facts WHERE {conditions}"), binds);
         self.count(1);
@@ -193,6 +248,9 @@ impl Store {
             if decode(row)?.matches(filter) {
                 ids.push(row.try_get::<i64, _>("id").context("finding facts to delete")?);
             }
+        }
+        if ids.len() as u64 > allowance {
+            return Err(too_large);
         }
         let mut deleted = 0;
         for chunk in ids.chunks(rows_per_statement(self.backend())) {

@@ -66,6 +66,14 @@ impl Bucket {
         }
     }
 
+    /// Takes `cost` units whether or not they fit: the budget may end up owing more than it holds.
+    fn force(&mut self, cost: u64, now: u64) {
+        self.tat = self
+            .tat
+            .max(now)
+            .saturating_add(cost.saturating_mul(Bucket::interval(self.per_minute)));
+    }
+
     fn quota(&self, policy: Policy, now: u64) -> Quota {
         let backlog = self.tat.saturating_sub(now);
         let window = self.window();
@@ -153,6 +161,21 @@ impl Budgets {
             }
         }
         Ok(self.current(limits, now))
+    }
+
+    /// Takes `facts` from the fact-write budget even beyond what it holds (a debt the next writes wait
+    /// for), and nothing from the request budget. Returns the budgets left.
+    pub fn charge(&mut self, limits: &EffectiveLimits, facts: u64, now: u64) -> Vec<Quota> {
+        if let Some(limit) = limits.requests_per_minute {
+            self.requests.follow(limit, now);
+        }
+        if let Some(limit) = limits.fact_writes_per_minute {
+            self.facts.follow(limit, now);
+            if facts > 0 {
+                self.facts.force(facts, now);
+            }
+        }
+        self.current(limits, now)
     }
 
     /// The budgets left at `now`, without taking anything.
@@ -264,6 +287,41 @@ mod tests {
         // Lowering it below what was used empties the budget but never waits more than a minute.
         let refusal = admit(&mut budgets, &limits(Some(5), None), 0, 0).unwrap_err();
         assert!(refusal.retry_after.unwrap() <= Duration::from_secs(12));
+    }
+
+    #[test]
+    fn a_charge_beyond_the_budget_is_a_debt_the_next_write_waits_for_exactly() {
+        let mut budgets = Budgets::default();
+        let limits = limits(Some(100), Some(600));
+        assert!(admit(&mut budgets, &limits, 1, 0).is_ok());
+        // 5,000 facts at 600 a minute (one per 100 ms): 4,400 beyond the budget, 440 s of debt.
+        let quotas = budgets.charge(&limits, 4_999, 0);
+        assert_eq!(quotas[1].remaining, 0);
+        assert_eq!(quotas[1].full_in, Some(Duration::from_millis(500_000)));
+        assert_eq!(quotas[0].remaining, 99, "a charge takes no request");
+        let refusal = admit(&mut budgets, &limits, 1, 0).unwrap_err();
+        assert_eq!(refusal.policy, Policy::FactWrites);
+        assert!(
+            admit(&mut budgets, &limits, 0, 0).is_ok(),
+            "a request without facts owes nothing"
+        );
+        let wait = refusal.retry_after.unwrap();
+        assert_eq!(
+            wait,
+            Duration::from_millis(440_100),
+            "the debt, then room for one more fact"
+        );
+        let wait = wait.as_nanos() as u64;
+        assert!(admit(&mut budgets, &limits, 1, wait - 1).is_err());
+        assert!(admit(&mut budgets, &limits, 1, wait).is_ok());
+    }
+
+    #[test]
+    fn a_charge_without_a_fact_budget_takes_nothing() {
+        let mut budgets = Budgets::default();
+        let limits = limits(Some(2), None);
+        assert_eq!(budgets.charge(&limits, 1_000_000, 0)[0].remaining, 2);
+        assert!(admit(&mut budgets, &limits, 1_000, 0).is_ok());
     }
 
     #[test]

@@ -156,6 +156,23 @@ impl Limiter for LocalLimiter {
         Box::pin(std::future::ready(self.take_now(environment, limits, facts, true)))
     }
 
+    fn charge<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+        facts: u64,
+    ) -> BoxFuture<'a, Vec<Quota>> {
+        let quotas = if limits.fact_writes_per_minute.is_none() && limits.requests_per_minute.is_none() {
+            Vec::new()
+        } else {
+            let now = self.now();
+            let state = self.state(environment);
+            let mut budgets = state.budgets.lock().unwrap_or_else(|e| e.into_inner());
+            budgets.charge(limits, facts, now)
+        };
+        Box::pin(std::future::ready(quotas))
+    }
+
     fn retain(&self, keep: &dyn Fn(&str) -> bool) {
         self.environments
             .write()
@@ -200,6 +217,26 @@ mod tests {
         assert!(admit(&limiter, &limits, 3).is_err());
         clock.advance(Duration::from_nanos(1));
         assert!(admit(&limiter, &limits, 3).is_ok());
+    }
+
+    #[test]
+    fn a_charged_debt_holds_the_environments_next_writes_and_no_other_environment() {
+        let (limiter, clock) = limiter();
+        let limits = limits(None, Some(60), None);
+        let quotas = futures::executor::block_on(limiter.charge("env", &limits, 120));
+        assert_eq!(
+            (quotas[0].remaining, quotas[0].full_in),
+            (0, Some(Duration::from_secs(120)))
+        );
+        let wait = admit(&limiter, &limits, 1).unwrap_err().retry_after.unwrap();
+        assert_eq!(
+            wait,
+            Duration::from_secs(61),
+            "60 s of debt beyond the budget, then one fact"
+        );
+        assert!(limiter.take_now("other", &limits, 1, true).is_ok());
+        clock.advance(wait);
+        assert!(admit(&limiter, &limits, 1).is_ok());
     }
 
     #[test]

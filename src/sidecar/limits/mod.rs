@@ -126,6 +126,13 @@ pub trait Limiter: Send + Sync + 'static {
         facts: u64,
     ) -> BoxFuture<'a, Result<Vec<Quota>, LimitRefusal>>;
 
+    /// Charges `facts` fact writes to the fact-write budget unconditionally, for work already done whose cost
+    /// was known only afterwards (a wildcard delete costs the facts it removed). The budget may go into debt:
+    /// the environment's next writes wait until it is repaid, and their `Retry-After` says how long. Nothing
+    /// is taken when the environment has no fact-write budget. Returns the budgets left (as `admit` does).
+    fn charge<'a>(&'a self, environment: &'a str, limits: &'a EffectiveLimits, facts: u64)
+    -> BoxFuture<'a, Vec<Quota>>;
+
     /// Drops the state of environments for which `keep` is false (deleted environments).
     fn retain(&self, keep: &dyn Fn(&str) -> bool);
 }

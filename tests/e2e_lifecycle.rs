@@ -142,9 +142,14 @@ async fn last_used_time_follows_traffic_and_a_key_revoked_outside_git_stays_revo
     let ns = TestNamespace::create("lifecycle");
     let store = TestStore::new().await;
     let _controller = ControllerProcess::start(&ns, &store, Options::default().with("--resync-interval", RESYNC));
+    // As Argo CD applies it: its tracking annotation, and the revision stamped at render time.
+    let busy_manifest = api_key("busy", "acme", "production").replace(
+        "  name: busy\n",
+        "  name: busy\n  annotations:\n    orgkeeper.dev/git-revision: 3f2c1ab\n    argocd.argoproj.io/tracking-id: tenants:orgkeeper.dev/ApiKey:x/busy\n",
+    );
     let declared = [
         organization("acme", "Delete"),
-        api_key("busy", "acme", "production"),
+        busy_manifest,
         api_key("idle", "acme", "production"),
         api_key("leaked", "acme", "production"),
     ];
@@ -155,6 +160,22 @@ async fn last_used_time_follows_traffic_and_a_key_revoked_outside_git_stays_revo
     for name in ["busy", "idle", "leaked"] {
         wait_reason(&keys, name, "Issued").await;
     }
+    let history = store.open().await.key_history(None).await.unwrap();
+    let issued = |name: &str| history.iter().find(|e| e.api_key == name).unwrap().clone();
+    let busy_issued = issued("busy");
+    assert_eq!(busy_issued.git_revision.as_deref(), Some("3f2c1ab"));
+    assert!(
+        busy_issued.actor.starts_with("orgkeeper controller ")
+            && busy_issued.actor.ends_with("(applied by Argo CD application tenants)"),
+        "{}",
+        busy_issued.actor
+    );
+    let idle_issued = issued("idle");
+    assert!(
+        idle_issued.actor.starts_with("orgkeeper controller ") && !idle_issued.actor.contains("applied by"),
+        "kubectl leaves no mark: {}",
+        idle_issued.actor
+    );
     let sidecar = SidecarProcess::start(&store).await;
     let (busy, leaked) = (secret_key(&secrets, "busy").await, secret_key(&secrets, "leaked").await);
 

@@ -38,10 +38,7 @@ pub async fn execute(
 ) -> Result<Executed, Error> {
     let completions = confirm(ctx, view, completions).await?;
     let mut tx = ctx.store.begin().await?;
-    let provenance = super::provenance::of_changes(view, stored, &changes, &ctx.settings.identity);
-    tx.set_actor(&provenance.actor);
-    tx.set_git_revision(provenance.git_revision);
-    let outcome = tx.apply(&changes, KeyState::Pending).await?;
+    let outcome = super::provenance::apply(&mut tx, view, stored, &changes, &ctx.settings.identity).await?;
     for completion in &completions {
         tx.set_key_state(&completion.key_id, KeyState::Pending, KeyState::Live)
             .await?;

@@ -17,7 +17,8 @@ use kube::ResourceExt;
 
 use super::view::OrgView;
 use crate::domain::pause::object_of;
-use crate::domain::{Change, Kind, ObjectRef, StoredOrganization};
+use crate::domain::{Change, KeyState, Kind, ObjectRef, StoredOrganization};
+use crate::store::{ApplyOutcome, StoreError, StoreTx};
 
 /// The annotation holding the Git commit a resource was rendered from.
 pub const GIT_REVISION_ANNOTATION: &str = "orgkeeper.dev/git-revision";
@@ -32,8 +33,39 @@ const FLUX_NAMESPACE_LABEL: &str = "kustomize.toolkit.fluxcd.io/namespace";
 pub struct Provenance {
     /// The controller replica, and the GitOps tool that applied the resources when they say so.
     pub actor: String,
-    /// The Git revisions of the changed resources (several, comma-separated, when they disagree).
+    /// The Git revision of the changed resources (several, comma-separated, when they disagree).
     pub git_revision: Option<String>,
+}
+
+/// Carries out `changes` in `tx` in order, each recorded with the provenance of its own resource: one
+/// organization's resources can come from several applications or revisions (a resource applied by hand
+/// next to the GitOps ones), so runs of changes that share a provenance are applied one after another,
+/// each run under its actor and revision, in the same transaction.
+pub async fn apply(
+    tx: &mut StoreTx,
+    view: &OrgView,
+    stored: Option<&StoredOrganization>,
+    changes: &[Change],
+    controller: &str,
+) -> Result<ApplyOutcome, StoreError> {
+    let mut outcome = ApplyOutcome {
+        changes: changes.len(),
+        ..Default::default()
+    };
+    let mut rest = changes;
+    while let Some(first) = rest.first() {
+        let provenance = of_changes(view, stored, std::slice::from_ref(first), controller);
+        let run = 1 + rest[1..]
+            .iter()
+            .take_while(|c| of_changes(view, stored, std::slice::from_ref(*c), controller) == provenance)
+            .count();
+        let (batch, tail) = rest.split_at(run);
+        tx.set_actor(&provenance.actor);
+        tx.set_git_revision(provenance.git_revision);
+        outcome.issued.extend(tx.apply(batch, KeyState::Pending).await?.issued);
+        rest = tail;
+    }
+    Ok(outcome)
 }
 
 /// The provenance of `changes`, from the annotations and labels of the resources they carry out.

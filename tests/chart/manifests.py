@@ -6,7 +6,9 @@ usage: manifests.py RENDERED.yaml --release-namespace NS [--watch-namespaces a,b
 - YAML: no duplicate keys (YAML parsers silently keep the last one, so a template bug would go unnoticed).
 - Pods: every container of every Deployment runs hardened (non-root, read-only root filesystem, no privilege
   escalation, all capabilities dropped, RuntimeDefault seccomp), with a memory limit, liveness and readiness
-  probes on /healthz and /readyz, and the database URL only through a secretKeyRef.
+  probes on /healthz and /readyz (or readiness on /healthz after a startupProbe on /readyz: the fact store,
+  which stays in its Service during a database outage to answer 503 JSON), and the database URL only through a
+  secretKeyRef.
 - Nothing renders a Secret: the chart never holds credentials.
 - RBAC: the controller's ServiceAccount is bound to exactly the rules of docs/controller-rbac.yaml (the role the
   controller's end-to-end tests run under), as a ClusterRole
@@ -79,9 +81,15 @@ def check_container(where, c, problems):
         problems.append(f"{where}: seccompProfile must be RuntimeDefault")
     if not ((c.get("resources") or {}).get("limits") or {}).get("memory"):
         problems.append(f"{where}: no memory limit")
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-        if ((c.get(probe) or {}).get("httpGet") or {}).get("path") != path:
-            problems.append(f"{where}: {probe} should GET {path}")
+    def path_of(probe):
+        return ((c.get(probe) or {}).get("httpGet") or {}).get("path")
+
+    if path_of("livenessProbe") != "/healthz":
+        problems.append(f"{where}: livenessProbe should GET /healthz")
+    # Readiness on /readyz, or (a container that answers 503 JSON itself while its dependency is down) a
+    # startupProbe on /readyz and readiness on /healthz, so that an outage does not empty the Service.
+    if (path_of("readinessProbe"), path_of("startupProbe")) not in (("/readyz", None), ("/healthz", "/readyz")):
+        problems.append(f"{where}: readinessProbe should GET /readyz (or /healthz after a startupProbe on /readyz)")
     for env in c.get("env", []):
         if env["name"] == "ORGKEEPER_DATABASE_URL" and "secretKeyRef" not in (env.get("valueFrom") or {}):
             problems.append(f"{where}: ORGKEEPER_DATABASE_URL must come from a secretKeyRef")

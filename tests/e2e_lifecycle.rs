@@ -237,7 +237,7 @@ async fn last_used_time_follows_traffic_and_a_key_revoked_outside_git_stays_revo
         "\"alice\"",
         "leaked in a CI log",
         "revoked: true",
-        "rotate",
+        "another name",
     ] {
         assert!(message.contains(part), "{part:?} missing from {message}");
     }

@@ -44,6 +44,8 @@ fn declarations() -> Declarations {
         access,
         secret_name: format!("{name}-secret"),
         revoked: false,
+        rotation: None,
+        expiry: None,
     };
     Declarations {
         organizations: vec![org],

@@ -43,6 +43,8 @@ fn declarations(policy: DeletionPolicy) -> Declarations {
             access: Access::ReadWrite,
             secret_name: "backend".into(),
             revoked: false,
+            rotation: None,
+            expiry: None,
         }],
     }
 }

@@ -40,7 +40,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let Some(store) = &prepared.store else {
         anyhow::bail!("apply needs a store to change");
     };
-    if !prepared.plan.problems.is_empty() || prepared.plan.is_empty() {
+    let rotations = &prepared.inspection.rotations;
+    if !prepared.plan.problems.is_empty() || (prepared.plan.is_empty() && rotations.is_empty()) {
         let code = output::print_plan(&prepared, args.output, false);
         store.close().await;
         return Ok(if code == exit::CHANGES { exit::OK } else { code });
@@ -65,6 +66,15 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         Ok(outcome) => outcome,
         Err(e) => return refused(e, "applying the plan", &[]),
     };
+    // Rotations a crash interrupted after their file was rewritten: the file holds the new key already.
+    for rotation in rotations {
+        if let Err(e) = tx
+            .complete_rotation(&rotation.incoming, &rotation.previous, rotation.overlap)
+            .await
+        {
+            return refused(e, "finishing an interrupted rotation", &[]);
+        }
+    }
     let written = prepared
         .secrets
         .write(
@@ -78,7 +88,21 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     if let Err(e) = tx.commit().await {
         return refused(e, "committing; nothing was changed", &written);
     }
+    let rotated = match rotate(store, &prepared, &outcome.issued, &args.oso_url).await {
+        Ok(rotated) => rotated,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
     output::print_plan(&prepared, args.output, true);
+    if args.output == OutputFormat::Text && rotated + rotations.len() > 0 {
+        println!(
+            "{} key(s) rotated in {}: each file holds its new key; the old key works until its overlap ends.",
+            rotated + rotations.len(),
+            prepared.secrets.root().display()
+        );
+    }
     if args.output == OutputFormat::Text && !written.is_empty() {
         println!(
             "{} key(s) written to {} (mode 0600).",
@@ -94,6 +118,41 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     );
     store.close().await;
     Ok(exit::OK)
+}
+
+/// Rotation steps 2 and 3 (`domain::rotation`), after the transaction that recorded the new keys live and
+/// incoming has committed: each file is rewritten to hold its new key and synced, then one transaction
+/// makes the new keys current and starts the old keys' overlap. A crash in between is finished by the
+/// next apply. Returns how many keys were rotated.
+async fn rotate(
+    store: &crate::store::Store,
+    prepared: &super::prepared::Prepared,
+    issued: &[crate::store::IssuedKey],
+    oso_url: &str,
+) -> anyhow::Result<usize> {
+    let rotations: Vec<_> = issued
+        .iter()
+        .filter_map(|key| Some((key, key.rotation.as_ref()?)))
+        .collect();
+    if rotations.is_empty() {
+        return Ok(0);
+    }
+    failpoints::reached(failpoints::ROTATION_BEFORE_FILES);
+    prepared
+        .secrets
+        .rotate(issued, oso_url, &prepared.templates())
+        .context("writing rotated keys (the old keys stay current and working; apply again to finish)")?;
+    failpoints::reached(failpoints::ROTATION_AFTER_FILES);
+    let mut tx = store.begin().await.context("finishing the rotations")?;
+    for (key, rotation) in &rotations {
+        tx.complete_rotation(key.token.key_id(), &rotation.previous, rotation.overlap)
+            .await
+            .context("finishing a rotation (apply again to finish)")?;
+    }
+    tx.commit()
+        .await
+        .context("finishing the rotations (apply again to finish)")?;
+    Ok(rotations.len())
 }
 
 /// A transaction that failed rolled back: the key files written for it go too. Losing the race with a

@@ -33,7 +33,9 @@ use serde::Deserialize;
 use crate::crd::secret::{
     KeySecretSpec, LABEL_API_KEY, LABEL_KEY_ID, LABEL_MANAGED_BY, LABEL_ORGANIZATION, MANAGED_BY, key_secret,
 };
-use crate::domain::{OrgKey, Plan, Problem, Reason, SecretState, StoredOrganization, WriteOrder, review_secrets};
+use crate::domain::{
+    OrgKey, Plan, Problem, Reason, RotationCompletion, SecretState, StoredOrganization, WriteOrder, review_secrets,
+};
 use crate::store::IssuedKey;
 
 /// A key file is a few hundred bytes; anything much larger is not one of ours and is not read whole.
@@ -49,6 +51,10 @@ pub mod failpoints {
     pub const PARTIAL_KEY_FILE: &str = "apply-partial-key-file";
     /// Every key file is in place; the transaction that makes the keys live has not committed.
     pub const BEFORE_COMMIT: &str = "apply-before-commit";
+    /// Rotation: the new keys are live and incoming (committed); no key file holds them yet.
+    pub const ROTATION_BEFORE_FILES: &str = "apply-rotation-before-files";
+    /// Rotation: the key files hold the new keys (synced); the old keys are still current.
+    pub const ROTATION_AFTER_FILES: &str = "apply-rotation-after-files";
 
     pub fn reached(step: &str) {
         if std::env::var("ORGKEEPER_FAILPOINT").as_deref() == Ok(step) {
@@ -73,6 +79,8 @@ pub struct Inspection {
     pub missing: Vec<Problem>,
     /// Things the user should fix that do not block the plan (a folder others can read).
     pub notices: Vec<String>,
+    /// Rotations interrupted after their file was rewritten: only the last step is left.
+    pub rotations: Vec<RotationCompletion>,
 }
 
 /// The extra labels and annotations an ApiKey asks for on its Secret, by (namespace, ApiKey name).
@@ -155,6 +163,7 @@ impl SecretsDir {
             },
         );
         plan.changes = review.changes;
+        inspection.rotations = review.rotations;
         let paths = paths.into_inner();
         let with_path = |mut problem: Problem| {
             if let Some(path) = paths.get(&(problem.object.namespace.clone(), problem.object.name.clone())) {
@@ -229,7 +238,8 @@ impl SecretsDir {
             remove_if_present(path).with_context(|| format!("removing the stale {}", path.display()))?;
         }
         let mut written = Vec::with_capacity(issued.len());
-        for key in issued {
+        // Rotated keys are written by [`Self::rotate`], after the transaction that makes them live.
+        for key in issued.iter().filter(|key| key.rotation.is_none()) {
             match self.write_one(key, oso_url, templates) {
                 Ok(path) => written.push(path),
                 Err(e) => {
@@ -248,7 +258,38 @@ impl SecretsDir {
         Ok(written)
     }
 
-    fn write_one(&self, key: &IssuedKey, oso_url: &str, templates: &Templates) -> anyhow::Result<PathBuf> {
+    /// Rotation step 2 for `orgkeeper apply`: rewrites the file of each rotated key (already live) to hold
+    /// it. Each file is written whole to a temporary file, synced, and renamed over the old one (a rename
+    /// replaces atomically: a reader sees the old key or the new one, never neither), then its folder is
+    /// synced, all before the old key's overlap starts counting (the caller's next transaction).
+    pub fn rotate(&self, issued: &[IssuedKey], oso_url: &str, templates: &Templates) -> anyhow::Result<Vec<PathBuf>> {
+        let mut written = Vec::new();
+        for key in issued.iter().filter(|key| key.rotation.is_some()) {
+            let (yaml, path) = self.manifest(key, oso_url, templates)?;
+            let dir = path.parent().expect("a secret path has a folder");
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            let temp = dir.join(format!(".{}.yaml{TEMP_SUFFIX}", key.secret_name));
+            remove_if_present(&temp).with_context(|| format!("removing the leftover {}", temp.display()))?;
+            let renamed = write_synced(&temp, yaml.as_bytes()).and_then(|()| {
+                fs::rename(&temp, &path).with_context(|| format!("replacing {} with the rotated key", path.display()))
+            });
+            if renamed.is_err() {
+                let _ = fs::remove_file(&temp);
+            }
+            renamed?;
+            sync_dir(dir)?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
+    /// A key's Secret manifest and the path it goes to. A rotating ApiKey's Secret is not `immutable`, so
+    /// that `kubectl apply` of the rotated file updates it in place.
+    fn manifest(&self, key: &IssuedKey, oso_url: &str, templates: &Templates) -> anyhow::Result<(String, PathBuf)> {
         let namespace = &key.organization.namespace;
         let (labels, annotations) = templates
             .get(&(namespace.clone(), key.api_key.clone()))
@@ -265,8 +306,16 @@ impl SecretsDir {
             extra_annotations: annotations,
             owner: None,
         };
-        let yaml = serde_norway::to_string(&key_secret(&spec, &key.token)).context("serialising a Secret")?;
-        let path = self.path_for(namespace, &key.secret_name);
+        let mut secret = key_secret(&spec, &key.token);
+        if key.rotation.is_some() {
+            secret.immutable = None;
+        }
+        let yaml = serde_norway::to_string(&secret).context("serialising a Secret")?;
+        Ok((yaml, self.path_for(namespace, &key.secret_name)))
+    }
+
+    fn write_one(&self, key: &IssuedKey, oso_url: &str, templates: &Templates) -> anyhow::Result<PathBuf> {
+        let (yaml, path) = self.manifest(key, oso_url, templates)?;
         let dir = path.parent().expect("a secret path has a folder");
         fs::DirBuilder::new()
             .recursive(true)

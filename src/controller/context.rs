@@ -161,6 +161,17 @@ impl Context {
         Action::requeue(self.settings.resync_interval.mul_f64(factor))
     }
 
+    /// [`Self::resync`], or after `wake` when that is sooner.
+    pub fn resync_within(&self, object: &ObjectRef, wake: Option<Duration>) -> Action {
+        match wake {
+            Some(wake) if wake < self.settings.resync_interval.mul_f64(0.9) => {
+                self.retries.lock().unwrap_or_else(|e| e.into_inner()).remove(object);
+                Action::requeue(wake)
+            }
+            _ => self.resync(object),
+        }
+    }
+
     /// The next attempt for an object that is waiting (or failed): exponential backoff up to the maximum.
     pub fn retry(&self, object: &ObjectRef) -> Action {
         let mut retries = self.retries.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,10 +1,10 @@
-//! Failpoints: a testing hook that aborts the process at a chosen step of key issuance, so that tests can
+//! Failpoints: a testing hook that aborts the process at a chosen step of key issuance or rotation, so that tests can
 //! prove a crash at any step is safe to resume. Set `ORGKEEPER_FAILPOINT=<step>[:<n>]` to abort the n-th
 //! time (default the first) the step is reached. Unset, it costs one branch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The steps of issuance, in order.
+/// The steps of issuance, then of rotation, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Keys are recorded pending (hash only) and committed; no Secret exists yet.
@@ -13,16 +13,32 @@ pub enum Step {
     AfterSecretCreate,
     /// Keys are marked live and committed; statuses are not written yet.
     AfterLiveCommit,
+    /// Rotation step 1 is committed: the new key is live and incoming; the Secret still holds the old key.
+    RotationAfterRecord,
+    /// Rotation step 2: the Secret holds the new key; the old key is still current (no overlap counting).
+    RotationAfterSecretWrite,
+    /// Rotation step 3 is committed: the new key is current and the old one in its overlap.
+    RotationAfterCommit,
 }
 
 impl Step {
-    pub const ALL: [Step; 3] = [Step::AfterPendingCommit, Step::AfterSecretCreate, Step::AfterLiveCommit];
+    pub const ALL: [Step; 6] = [
+        Step::AfterPendingCommit,
+        Step::AfterSecretCreate,
+        Step::AfterLiveCommit,
+        Step::RotationAfterRecord,
+        Step::RotationAfterSecretWrite,
+        Step::RotationAfterCommit,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Step::AfterPendingCommit => "after-pending-commit",
             Step::AfterSecretCreate => "after-secret-create",
             Step::AfterLiveCommit => "after-live-commit",
+            Step::RotationAfterRecord => "rotation-after-record",
+            Step::RotationAfterSecretWrite => "rotation-after-secret-write",
+            Step::RotationAfterCommit => "rotation-after-commit",
         }
     }
 }

@@ -8,6 +8,13 @@
 //! discards and re-issues them. A crash after 2 leaves pending keys whose Secret holds them: the next
 //! reconcile sees the Secret and completes them. No step ever rewrites a Secret, and no key is live
 //! before its Secret exists. `ORGKEEPER_FAILPOINT` aborts the process between these steps in tests.
+//!
+//! A rotation (`domain::rotation`) takes the same path with its own three steps: the new key is recorded
+//! live and *incoming* in the first transaction, the Secret is rewritten to hold it (`secrets::rotate`),
+//! and the second transaction makes it current and starts the old key's overlap. A crash after the
+//! first leaves the Secret on the old key (the next reconcile forgets the incoming key and starts over);
+//! after the second, the Secret holds the incoming key (the next reconcile confirms it on the API server
+//! and finishes the third step). One Event per finished rotation.
 
 use futures::{StreamExt, stream};
 
@@ -16,7 +23,10 @@ use super::context::Context;
 use super::failpoint::Step;
 use super::secrets::{self, Written};
 use super::view::OrgView;
-use crate::domain::{Change, KeyState, PendingCompletion, Problem, SecretState, StoredOrganization};
+use crate::domain::rotation::{format_duration, format_rfc3339};
+use crate::domain::{
+    Change, KeyState, PendingCompletion, Problem, RotationCompletion, SecretState, StoredOrganization, unix_now,
+};
 use crate::store::IssuedKey;
 
 /// Secret writes in flight at once during a large issuance.
@@ -35,15 +45,27 @@ pub async fn execute(
     stored: Option<&StoredOrganization>,
     changes: Vec<Change>,
     completions: Vec<PendingCompletion>,
+    rotations: Vec<RotationCompletion>,
 ) -> Result<Executed, Error> {
     let completions = confirm(ctx, view, completions).await?;
+    let rotations = confirm_rotations(ctx, view, rotations).await?;
     let mut tx = ctx.store.begin().await?;
     let outcome = super::provenance::apply(&mut tx, view, stored, &changes, &ctx.settings.identity).await?;
     for completion in &completions {
         tx.set_key_state(&completion.key_id, KeyState::Pending, KeyState::Live)
             .await?;
     }
+    let mut finished = Vec::new();
+    for rotation in rotations {
+        if tx
+            .complete_rotation(&rotation.incoming, &rotation.previous, rotation.overlap)
+            .await?
+        {
+            finished.push((rotation.api_key, rotation.incoming, rotation.previous, rotation.overlap));
+        }
+    }
     tx.commit().await?;
+    announce_rotations(ctx, view, &finished).await;
     ctx.metrics.keys_revoked(live_keys_revoked(&changes, stored));
     ctx.metrics.keys_issued(completions.len());
     if outcome.issued.is_empty() {
@@ -52,7 +74,12 @@ pub async fn execute(
             problems: Vec::new(),
         });
     }
-    ctx.failpoint.reached(Step::AfterPendingCommit);
+    if outcome.issued.iter().any(|i| i.rotation.is_none()) {
+        ctx.failpoint.reached(Step::AfterPendingCommit);
+    }
+    if outcome.issued.iter().any(|i| i.rotation.is_some()) {
+        ctx.failpoint.reached(Step::RotationAfterRecord);
+    }
     tracing::info!(
         organization = %view.key,
         keys = outcome.issued.len(),
@@ -71,29 +98,48 @@ pub async fn execute(
     let mut problems = Vec::new();
     let mut failure = None;
     let mut live = 0;
+    let mut finished = Vec::new();
     let mut tx = ctx.store.begin().await?;
     for (issued, result) in written {
         let key_id = issued.token.key_id();
-        match result {
-            Ok(Written::Created) => {
+        match (result, &issued.rotation) {
+            (Ok(Written::Created), Some(rotation)) => {
+                if tx
+                    .complete_rotation(key_id, &rotation.previous, rotation.overlap)
+                    .await?
+                {
+                    finished.push((
+                        issued.api_key.clone(),
+                        key_id.to_owned(),
+                        rotation.previous.clone(),
+                        rotation.overlap,
+                    ));
+                }
+            }
+            (Ok(Written::Created), None) => {
                 tx.set_key_state(key_id, KeyState::Pending, KeyState::Live).await?;
                 live += 1;
             }
-            Ok(Written::Conflict(problem)) => {
-                // The key never reached a Secret and never will: forget it rather than leave it pending.
+            (Ok(Written::Conflict(problem)), _) => {
+                // The key never reached a Secret and never will: forget it rather than leave it pending
+                // (or, for a rotation, incoming).
                 tx.delete_key(key_id).await?;
                 problems.push(problem);
             }
-            // Left pending: the next reconcile discards it and issues afresh.
-            Err(error) => failure = Some(error),
+            // Left pending (or incoming): the next reconcile discards it and starts afresh.
+            (Err(error), _) => failure = Some(error),
         }
     }
     tx.commit().await?;
-    ctx.metrics.keys_issued(live);
+    ctx.metrics.keys_issued(live + finished.len());
     if live > 0 {
         ctx.failpoint.reached(Step::AfterLiveCommit);
         tracing::info!(organization = %view.key, keys = live, "keys issued and live");
     }
+    if !finished.is_empty() {
+        ctx.failpoint.reached(Step::RotationAfterCommit);
+    }
+    announce_rotations(ctx, view, &finished).await;
     match failure {
         Some(error) => Err(error),
         None => Ok(Executed { changes, problems }),
@@ -126,11 +172,69 @@ async fn write_secret(ctx: &Context, view: &OrgView, issued: &IssuedKey) -> Resu
             issued.organization.namespace, issued.api_key
         ))
     })?;
-    let written = secrets::create(&ctx.client, &ctx.recent_secrets, issued, owner, &ctx.settings.oso_url).await?;
+    let (client, recent, url) = (&ctx.client, &ctx.recent_secrets, &ctx.settings.oso_url);
+    let written = match &issued.rotation {
+        Some(rotation) => secrets::rotate(client, recent, issued, &rotation.previous, owner, url).await?,
+        None => secrets::create(client, recent, issued, owner, url).await?,
+    };
     if matches!(written, Written::Created) {
-        ctx.failpoint.reached(Step::AfterSecretCreate);
+        ctx.failpoint.reached(match issued.rotation {
+            Some(_) => Step::RotationAfterSecretWrite,
+            None => Step::AfterSecretCreate,
+        });
     }
     Ok(written)
+}
+
+/// Rotations are finished only when the API server itself shows their Secret holding the incoming key.
+async fn confirm_rotations(
+    ctx: &Context,
+    view: &OrgView,
+    rotations: Vec<RotationCompletion>,
+) -> Result<Vec<RotationCompletion>, Error> {
+    let mut confirmed = Vec::with_capacity(rotations.len());
+    for rotation in rotations {
+        let Some(key) = view.api_key(&rotation.api_key) else {
+            continue;
+        };
+        let state = secrets::holds(&ctx.client, &rotation.organization.namespace, &key.secret_name(), key).await?;
+        if state == SecretState::Holds(rotation.incoming.clone()) {
+            confirmed.push(rotation);
+        }
+    }
+    Ok(confirmed)
+}
+
+/// One Normal event per finished rotation, on its ApiKey: which key replaced which, and until when the
+/// old one works.
+async fn announce_rotations(ctx: &Context, view: &OrgView, finished: &[(String, String, String, i64)]) {
+    for (api_key, incoming, previous, overlap) in finished {
+        tracing::info!(organization = %view.key, %api_key, key_id = %incoming, previous = %previous, "key rotated");
+        let Some(object) = view.api_key(api_key) else {
+            continue;
+        };
+        let note = if *overlap == 0 {
+            format!(
+                "key {incoming} replaced key {previous} in Secret {:?}; {previous} is revoked (overlap 0s)",
+                object.secret_name()
+            )
+        } else {
+            format!(
+                "key {incoming} replaced key {previous} in Secret {:?}; {previous} keeps working for {} (until {})",
+                object.secret_name(),
+                format_duration(*overlap),
+                format_rfc3339(unix_now().saturating_add(*overlap))
+            )
+        };
+        super::status::record(
+            ctx,
+            object.as_ref(),
+            kube::runtime::events::EventType::Normal,
+            "Rotated",
+            note,
+        )
+        .await;
+    }
 }
 
 /// How many live keys these changes revoke (pending keys never worked, so they do not count).

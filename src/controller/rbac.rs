@@ -318,10 +318,7 @@ mod tests {
             secret_name: name.into(),
             access: Access::ReadWrite,
             state,
-            fingerprint: String::new(),
-            issued_at: 0,
-            last_used_at: None,
-            revoked_outside_git: None,
+            ..crate::domain::fixtures::api_key(name, name, state)
         };
         StoredOrganization {
             id: "org".into(),

@@ -84,7 +84,7 @@ async fn run<K: OrgkeeperResource>(object: &K, ctx: &Context) -> Result<Action, 
     Ok(if outcome.wants_retry() {
         ctx.retry(&me)
     } else {
-        ctx.resync(&me)
+        ctx.resync_within(&me, object.next_wake(&synced))
     })
 }
 

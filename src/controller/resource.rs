@@ -55,6 +55,12 @@ pub trait OrgkeeperResource:
         None
     }
 
+    /// How soon the object needs another reconcile because of the clock alone (an ApiKey's rotation or
+    /// expiry), if sooner than the resync.
+    fn next_wake(&self, _synced: &Synced) -> Option<std::time::Duration> {
+        None
+    }
+
     fn domain_ref(&self) -> ObjectRef {
         ObjectRef::new(Self::KIND, &self.namespace().unwrap_or_default(), &self.name_any())
     }

@@ -4,8 +4,16 @@
 //! organization, the ApiKey and the key) and an owner reference to that ApiKey's uid all say so; anything
 //! else of the same name is foreign and never touched. A Secret orgkeeper wrote for another ApiKey (of
 //! another organization in the same namespace, or an earlier ApiKey of the same name deleted without its
-//! Secret) is reported naming both. Secrets are created, never updated (they are `immutable`), and
-//! garbage-collected with their ApiKey through the owner reference.
+//! Secret) is reported naming both. Secrets are garbage-collected with their ApiKey through the owner
+//! reference.
+//!
+//! A Secret is written once per key. Without `spec.rotation` it is `immutable` and never updated. With
+//! it, the Secret stays where the app reads its key (same name) and a rotation rewrites its data in one
+//! write (`rotate`), because apps cannot follow a new Secret name without a change of their own: mounted
+//! Secret files update by themselves (kubelet swaps them atomically within its sync period, about a
+//! minute); environment variables are read at start, so such pods need a restart (a rollout on the
+//! `orgkeeper.dev/key-id` label / `orgkeeper.dev/fingerprint` annotation, or Reloader), which the
+//! overlap leaves time for.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -123,8 +131,16 @@ impl RecentSecrets {
         let id = (namespace.to_owned(), name.to_owned());
         let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(secret) = cached.get(&ObjectRef::new(name).within(namespace)) {
+            let state = classify(&secret, key);
+            // A Secret rewritten by a rotation shows its old key in the cache until the watch catches up.
+            if let Some((key_id, at)) = created.get(&id)
+                && at.elapsed() < CACHE_GRACE
+                && matches!(&state, SecretState::Holds(held) if held != key_id)
+            {
+                return SecretState::Holds(key_id.clone());
+            }
             created.remove(&id);
-            return classify(&secret, key);
+            return state;
         }
         match created.get(&id) {
             Some((key_id, at)) if at.elapsed() < CACHE_GRACE => SecretState::Holds(key_id.clone()),
@@ -134,6 +150,7 @@ impl RecentSecrets {
 }
 
 /// What writing a key's Secret came to.
+#[derive(Debug)]
 pub enum Written {
     /// The Secret holds the key.
     Created,
@@ -158,24 +175,16 @@ async fn metadata(client: &Client, namespace: &str, name: &str) -> Result<Option
     }))
 }
 
-/// Creates the immutable Secret for a freshly issued key, owned by its ApiKey. Never updates: when the name
-/// is taken, the Secret found is checked and, unless it already holds this very key, left alone.
-pub async fn create(
-    client: &Client,
-    recent: &RecentSecrets,
-    issued: &IssuedKey,
-    owner: &ApiKey,
-    oso_url: &str,
-) -> Result<Written, kube::Error> {
-    let namespace = issued.organization.namespace.as_str();
+/// Everything about the Secret of `issued` but the key: names, labels, annotations, owner.
+fn secret_spec(issued: &IssuedKey, owner: &ApiKey, oso_url: &str) -> KeySecretSpec {
     let template = owner
         .spec
         .secret
         .as_ref()
         .and_then(|s| s.template.clone())
         .unwrap_or_default();
-    let spec = KeySecretSpec {
-        namespace: namespace.to_owned(),
+    KeySecretSpec {
+        namespace: issued.organization.namespace.clone(),
         secret_name: issued.secret_name.clone(),
         api_key: issued.api_key.clone(),
         organization: issued.organization.name.clone(),
@@ -184,13 +193,38 @@ pub async fn create(
         extra_labels: template.labels,
         extra_annotations: template.annotations,
         owner: Some(owner_reference(owner)),
-    };
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let params = PostParams {
+    }
+}
+
+/// The Secret for `issued`: immutable, unless its ApiKey rotates (a rotation rewrites it in place).
+fn secret_for(issued: &IssuedKey, owner: &ApiKey, oso_url: &str) -> Secret {
+    let mut secret = key_secret(&secret_spec(issued, owner, oso_url), &issued.token);
+    if owner.spec.rotation.is_some() {
+        secret.immutable = None;
+    }
+    secret
+}
+
+fn post_params() -> PostParams {
+    PostParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..Default::default()
-    };
-    match api.create(&params, &key_secret(&spec, &issued.token)).await {
+    }
+}
+
+/// Creates the Secret for a freshly issued key, owned by its ApiKey (immutable unless the ApiKey rotates).
+/// Never updates: when the name is taken, the Secret found is checked and, unless it already holds this
+/// very key, left alone.
+pub async fn create(
+    client: &Client,
+    recent: &RecentSecrets,
+    issued: &IssuedKey,
+    owner: &ApiKey,
+    oso_url: &str,
+) -> Result<Written, kube::Error> {
+    let namespace = issued.organization.namespace.as_str();
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match api.create(&post_params(), &secret_for(issued, owner, oso_url)).await {
         Ok(_) => {
             recent.remember(namespace, &issued.secret_name, issued.token.key_id());
             Ok(Written::Created)
@@ -199,15 +233,73 @@ pub async fn create(
             let found = metadata(client, namespace, &issued.secret_name).await?;
             match found.as_ref().map(|secret| classify(secret, Some(owner))) {
                 Some(SecretState::Holds(key_id)) if key_id == issued.token.key_id() => Ok(Written::Created),
-                _ => Ok(Written::Conflict(
-                    found.and_then(|secret| clash(&secret, owner)).unwrap_or_else(|| {
-                        secret_conflict(
-                            DomainRef::new(Kind::ApiKey, namespace, &issued.api_key),
-                            &issued.secret_name,
-                        )
-                    }),
-                )),
+                _ => Ok(Written::Conflict(conflict_of(found, owner, issued))),
             }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn conflict_of(found: Option<Secret>, owner: &ApiKey, issued: &IssuedKey) -> Problem {
+    found.and_then(|secret| clash(&secret, owner)).unwrap_or_else(|| {
+        secret_conflict(
+            DomainRef::new(Kind::ApiKey, &issued.organization.namespace, &issued.api_key),
+            &issued.secret_name,
+        )
+    })
+}
+
+/// Rotation step 2: rewrites the ApiKey's Secret to hold the incoming key `issued`, in one write, only
+/// while it still holds `previous` (the resourceVersion is the precondition), so at every moment it holds
+/// one live key. A Secret written immutable (before the ApiKey declared `spec.rotation`) cannot be
+/// rewritten: it is replaced by delete (preconditioned on its uid and version) and create, once; the
+/// new one is mutable. A Secret that is gone is created.
+pub async fn rotate(
+    client: &Client,
+    recent: &RecentSecrets,
+    issued: &IssuedKey,
+    previous: &str,
+    owner: &ApiKey,
+    oso_url: &str,
+) -> Result<Written, kube::Error> {
+    let namespace = issued.organization.namespace.as_str();
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let Some(found) = api.get_opt(&issued.secret_name).await? else {
+        return create(client, recent, issued, owner, oso_url).await;
+    };
+    let immutable = found.immutable == Some(true);
+    // The old key is not kept around any longer than this read.
+    let found = Secret {
+        metadata: found.metadata,
+        ..Default::default()
+    };
+    match classify(&found, Some(owner)) {
+        SecretState::Holds(held) if held == issued.token.key_id() => return Ok(Written::Created),
+        SecretState::Holds(held) if held == previous => {}
+        _ => return Ok(Written::Conflict(conflict_of(Some(found), owner, issued))),
+    }
+    let mut secret = secret_for(issued, owner, oso_url);
+    // Only the data and orgkeeper's metadata are rewritten: the version guards against a concurrent writer.
+    secret.metadata.resource_version = found.metadata.resource_version.clone();
+    let written = if immutable {
+        let preconditions = kube::api::Preconditions {
+            uid: found.metadata.uid.clone(),
+            resource_version: found.metadata.resource_version.clone(),
+        };
+        let params = kube::api::DeleteParams {
+            preconditions: Some(preconditions),
+            ..Default::default()
+        };
+        api.delete(&issued.secret_name, &params).await?;
+        secret.metadata.resource_version = None;
+        api.create(&post_params(), &secret).await
+    } else {
+        api.replace(&issued.secret_name, &post_params(), &secret).await
+    };
+    match written {
+        Ok(_) => {
+            recent.remember(namespace, &issued.secret_name, issued.token.key_id());
+            Ok(Written::Created)
         }
         Err(error) => Err(error),
     }

@@ -66,9 +66,17 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
     secrets::name_the_other_key(&mut review_problems, &view, &ctx.caches.secrets);
     problems.extend(review_problems);
     let planned = started.elapsed();
-    let changes = review.changes.len() + review.completions.len();
+    let changes = review.changes.len() + review.completions.len() + review.rotations.len();
     if changes > 0 {
-        let executed = issuance::execute(ctx, &view, stored.as_ref(), review.changes, review.completions).await;
+        let executed = issuance::execute(
+            ctx,
+            &view,
+            stored.as_ref(),
+            review.changes,
+            review.completions,
+            review.rotations,
+        )
+        .await;
         ctx.store_writes.update(&ctx.store, &ctx.metrics);
         let executed = executed?;
         problems.extend(executed.problems);

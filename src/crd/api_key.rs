@@ -5,7 +5,8 @@ use super::common::{AccessSpec, Condition, OrganizationRef, StringMap};
 
 /// An API key for one environment. The key is generated once and written once into a Secret (data keys
 /// `OSO_AUTH` and `OSO_URL`); the store keeps only its hash. Set `revoked: true` (or delete the resource) to
-/// revoke it; to rotate, create a new ApiKey, move clients to its Secret, then delete the old one.
+/// revoke it; `spec.rotation` replaces it in the same Secret (every so often, or when its trigger changes)
+/// with the previous key working for an overlap; `spec.expiresAt`/`expireAfter` make it stop by itself.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "orgkeeper.dev",
@@ -35,6 +36,7 @@ use super::common::{AccessSpec, Condition, OrganizationRef, StringMap};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.expiresAt) && has(self.expireAfter))").message("set at most one of expiresAt and expireAfter"))]
 pub struct ApiKeySpec {
     /// The organization the key belongs to. Immutable: a key never moves to another organization.
     #[x_kube(validation = Rule::new("self == oldSelf").message("organizationRef is immutable (a key never moves to another organization): delete this ApiKey and create it again with the organizationRef you want"))]
@@ -53,6 +55,47 @@ pub struct ApiKeySpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("!oldSelf || self").message("a revoked key cannot be un-revoked: create a new ApiKey"))]
     pub revoked: bool,
+    /// Replaces the key with a new one in the same Secret, every so often and/or when `trigger` changes;
+    /// the previous key keeps working for `overlap`, then stops by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<ApiKeyRotation>,
+    /// The key stops working at this time (RFC 3339, e.g. 2027-01-31T00:00:00Z). Not with expireAfter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 64),
+        regex(
+            pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+        )
+    )]
+    pub expires_at: Option<String>,
+    /// Each key stops working this long after it was issued (like 720h or 90m; units h, m, s). With
+    /// rotation, every new key gets the same lifetime. Not with expiresAt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+[hms])+$"))]
+    pub expire_after: Option<String>,
+}
+
+/// `spec.rotation`. Durations are written like Kubernetes durations: `720h`, `1h30m`, `90s`, `0s`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.every) || !has(self.overlap) || duration(self.overlap) <= duration(self.every)").message("rotation.overlap must not be longer than rotation.every: the previous key would still be working at the next rotation"),
+    validation = Rule::new("!has(self.every) || duration(self.every) > duration('0s')").message("rotation.every must be more than 0s (leave it out to rotate only when trigger changes)")
+)]
+pub struct ApiKeyRotation {
+    /// Rotate when the current key is this old (e.g. 720h). Leave out to rotate only on a trigger change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+[hms])+$"))]
+    pub every: Option<String>,
+    /// How long the previous key keeps working after a rotation (default 24h, or `every` when shorter);
+    /// 0s revokes it at once (a compromised key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+[hms])+$"))]
+    pub overlap: Option<String>,
+    /// Any text: changing it rotates the key now (the GitOps way: a one-line pull request, e.g. a date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub trigger: Option<String>,
 }
 
 /// Where and how the key's Secret is written.
@@ -127,6 +170,21 @@ pub struct ApiKeyStatus {
     /// never seen in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_time: Option<String>,
+    /// When the current key stops working by itself (RFC 3339; spec.expiresAt or spec.expireAfter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The key the Secret held before the last rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_id: Option<String>,
+    /// When the previous key stops (or stopped) working: the end of the rotation's overlap (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_expires_at: Option<String>,
+    /// When the key was last rotated (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<String>,
+    /// When `spec.rotation.every` rotates the key next (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<String>,
 }
 
 impl ApiKey {
@@ -179,6 +237,51 @@ mod tests {
             found.len() == 1 && found[0].contains("tracking annotation"),
             "{found:?}"
         );
+    }
+
+    fn key_with(spec: Value) -> Vec<String> {
+        let mut key = json!({"apiVersion": "orgkeeper.dev/v1alpha1", "kind": "ApiKey", "metadata": {"name": "backend"},
+            "spec": {"organizationRef": {"name": "acme"}, "environment": "production"}});
+        for (field, value) in spec.as_object().unwrap() {
+            key["spec"][field] = value.clone();
+        }
+        SchemaValidator::new()
+            .validate("ApiKey", &key)
+            .into_iter()
+            .map(|v| format!("{}: {}", v.field, v.message))
+            .collect()
+    }
+
+    #[test]
+    fn rotation_and_expiry_are_checked_by_the_crd() {
+        let fine = [
+            json!({"rotation": {"every": "720h", "overlap": "24h", "trigger": "2026-12-01"}}),
+            json!({"rotation": {"trigger": "1", "overlap": "0s"}}),
+            json!({"rotation": {"every": "1h30m"}, "expireAfter": "2160h"}),
+            json!({"expiresAt": "2027-01-31T00:00:00Z"}),
+        ];
+        for spec in fine {
+            assert_eq!(key_with(spec.clone()), Vec::<String>::new(), "{spec}");
+        }
+        let refused = [
+            (
+                json!({"rotation": {"every": "1h", "overlap": "2h"}}),
+                "must not be longer than rotation.every",
+            ),
+            (json!({"rotation": {"every": "0s"}}), "more than 0s"),
+            (json!({"rotation": {"every": "30 days"}}), "every"),
+            (json!({"rotation": {"overlap": "1d"}}), "overlap"),
+            (json!({"expireAfter": "soon"}), "expireAfter"),
+            (json!({"expiresAt": "next tuesday"}), "expiresAt"),
+            (
+                json!({"expiresAt": "2027-01-31T00:00:00Z", "expireAfter": "1h"}),
+                "at most one of expiresAt and expireAfter",
+            ),
+        ];
+        for (spec, expected) in refused {
+            let found = key_with(spec.clone());
+            assert!(found.iter().any(|m| m.contains(expected)), "{spec}: {found:?}");
+        }
     }
 
     #[test]

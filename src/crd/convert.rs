@@ -112,6 +112,15 @@ impl ToDeclaration for ApiKey {
             access: self.spec.access.into(),
             secret_name: self.secret_name(),
             revoked: self.spec.revoked,
+            rotation: self
+                .spec
+                .rotation
+                .as_ref()
+                .map(|r| domain::RotationPolicy::parse(r.every.as_deref(), r.overlap.as_deref(), r.trigger.as_deref()))
+                .transpose()
+                .map_err(|e| DeclarationError::new("spec.rotation", e.to_string()))?,
+            expiry: domain::Expiry::parse(self.spec.expires_at.as_deref(), self.spec.expire_after.as_deref())
+                .map_err(|e| DeclarationError::new("spec", e.to_string()))?,
         })
     }
 }

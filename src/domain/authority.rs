@@ -96,9 +96,12 @@ fn object_of(change: &Change, stored: Option<&StoredOrganization>) -> Option<Obj
             .iter()
             .find(|u| &u.account == account)
             .and_then(|u| object(Kind::User, &u.resource_name)),
-        Change::IssueKey { api_key, .. } | Change::RevokeKey { api_key, .. } | Change::RemoveKey { api_key, .. } => {
-            object(Kind::ApiKey, api_key)
-        }
+        Change::IssueKey { api_key, .. }
+        | Change::RotateKey { api_key, .. }
+        | Change::SetKeyExpiry { api_key, .. }
+        | Change::RetireKey { api_key, .. }
+        | Change::RevokeKey { api_key, .. }
+        | Change::RemoveKey { api_key, .. } => object(Kind::ApiKey, api_key),
     }
 }
 
@@ -179,10 +182,13 @@ fn needed(
         | Change::DeleteEnvironment { environment, .. }
         | Change::ReleaseEnvironment { environment, .. }
         | Change::IssueKey { environment, .. }
+        | Change::RotateKey { environment, .. }
         | Change::RevokeKey { environment, .. } => Permission::ManageEnvironment {
             production: production(environment),
         },
-        Change::RemoveKey { api_key, .. } => {
+        Change::RemoveKey { api_key, .. }
+        | Change::SetKeyExpiry { api_key, .. }
+        | Change::RetireKey { api_key, .. } => {
             let environment = stored
                 .and_then(|org| org.api_keys.iter().find(|k| &k.resource_name == api_key))
                 .map(|k| k.environment.as_str());
@@ -246,6 +252,7 @@ pub fn state_declared_by(declarations: &Declarations) -> BTreeMap<OrgKey, Stored
             });
         }
     }
+    let now = super::plan::unix_now();
     for key in &declarations.api_keys {
         if let Some(org) = organizations.get_mut(&OrgKey::new(&key.namespace, &key.organization)) {
             org.api_keys.push(StoredApiKey {
@@ -256,7 +263,12 @@ pub fn state_declared_by(declarations: &Declarations) -> BTreeMap<OrgKey, Stored
                 access: key.access,
                 state: if key.revoked { KeyState::Revoked } else { KeyState::Live },
                 fingerprint: String::new(),
-                issued_at: 0,
+                // As if issued now under the declared trigger: the base branch's keys are not due.
+                slot: KeySlot::Current,
+                issued_at: now,
+                expires_at: key.expiry.map(|e| e.for_key_issued_at(now)),
+                trigger: key.rotation.as_ref().and_then(|r| r.trigger.clone()),
+                superseded_at: None,
                 last_used_at: None,
                 revoked_outside_git: None,
             });
@@ -379,6 +391,8 @@ mod tests {
             access: Access::ReadWrite,
             secret_name: name.into(),
             revoked: false,
+            rotation: None,
+            expiry: None,
         }
     }
 

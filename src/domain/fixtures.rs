@@ -48,7 +48,11 @@ pub fn api_key(name: &str, key_id: &str, state: KeyState) -> StoredApiKey {
         access: Access::ReadWrite,
         state,
         fingerprint: String::new(),
+        slot: KeySlot::Current,
         issued_at: 0,
+        expires_at: None,
+        trigger: None,
+        superseded_at: None,
         last_used_at: None,
         revoked_outside_git: None,
     }

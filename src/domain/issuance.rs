@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use super::model::{KeyState, Kind, ObjectRef, OrgKey, StoredApiKey, StoredOrganization};
+use super::model::{KeySlot, KeyState, Kind, ObjectRef, OrgKey, StoredApiKey, StoredOrganization};
 use super::plan::Change;
 use super::rules::{Problem, Reason};
 
@@ -56,6 +56,17 @@ pub struct StaleSecret {
     pub key_id: String,
 }
 
+/// A rotation interrupted after its Secret was rewritten: the Secret holds the incoming key (live), so only
+/// the last step is left: the incoming key becomes current and `previous` starts its overlap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationCompletion {
+    pub organization: OrgKey,
+    pub api_key: String,
+    pub incoming: String,
+    pub previous: String,
+    pub overlap: i64,
+}
+
 /// The plan's changes after checking every Secret involved.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SecretReview {
@@ -63,6 +74,7 @@ pub struct SecretReview {
     /// pending keys that only need completing.
     pub changes: Vec<Change>,
     pub completions: Vec<PendingCompletion>,
+    pub rotations: Vec<RotationCompletion>,
     /// Secrets to replace with a fresh key (only with [`WriteOrder::WriteFirst`]).
     pub stale: Vec<StaleSecret>,
     /// `SecretConflict` and `SecretMissing`, each on its ApiKey.
@@ -111,7 +123,47 @@ pub fn review_secrets<'a>(
             .flat_map(|org| &org.api_keys)
             .any(|k| k.key_id == key_id && k.state == KeyState::Live)
     };
+    let mut rotating = BTreeSet::new();
     for change in changes {
+        if let Change::RotateKey {
+            organization,
+            api_key,
+            secret_name,
+            current,
+            resume,
+            overlap,
+            ..
+        } = &change
+        {
+            rotating.insert(current.clone());
+            let object = ObjectRef::new(Kind::ApiKey, &organization.namespace, api_key);
+            match secret_of(organization, secret_name, api_key) {
+                // The Secret holds the current key (or is gone: a rotation is how a lost Secret comes back).
+                SecretState::Absent => review.changes.push(change),
+                SecretState::Holds(held) if &held == current => review.changes.push(change),
+                SecretState::Holds(held) if resume.as_ref() == Some(&held) => review.rotations.push(RotationCompletion {
+                    organization: organization.clone(),
+                    api_key: api_key.clone(),
+                    incoming: held,
+                    previous: current.clone(),
+                    overlap: *overlap,
+                }),
+                SecretState::Holds(held) => review.problems.push(Problem {
+                    object,
+                    reason: Reason::SecretConflict,
+                    message: format!(
+                        "Secret {secret_name:?} holds key {held}, which is neither this ApiKey's current key {current} nor its incoming one; it is not rotated: delete the Secret and the rotation writes a new one"
+                    ),
+                }),
+                SecretState::HoldsAnother { organization: owner, api_key: other } => {
+                    review
+                        .problems
+                        .push(held_by_another(object, organization, secret_name, &owner, &other));
+                }
+                SecretState::Foreign => review.problems.push(secret_conflict(object, secret_name)),
+            }
+            continue;
+        }
         let Change::IssueKey {
             organization,
             api_key,
@@ -158,11 +210,12 @@ pub fn review_secrets<'a>(
         }
     }
     for org in stored {
-        for key in org
-            .api_keys
-            .iter()
-            .filter(|k| k.state == KeyState::Live && !leaving.contains(&k.key_id))
-        {
+        for key in org.api_keys.iter().filter(|k| {
+            k.state == KeyState::Live
+                && k.slot == KeySlot::Current
+                && !leaving.contains(&k.key_id)
+                && !rotating.contains(&k.key_id)
+        }) {
             if let Some(problem) = check_live_key(org, key, secret_of(&org.key, &key.secret_name, &key.resource_name)) {
                 review.problems.push(problem);
             }
@@ -178,7 +231,7 @@ fn check_live_key(org: &StoredOrganization, key: &StoredApiKey, state: SecretSta
         object,
         reason: Reason::SecretConflict,
         message: format!(
-            "Secret {:?} no longer holds this ApiKey's live key {} (it was replaced outside orgkeeper) and is never touched; rotate: create a new ApiKey, move clients to its Secret, then delete this ApiKey",
+            "Secret {:?} no longer holds this ApiKey's live key {} (it was replaced outside orgkeeper) and is never touched; delete that Secret, then rotate (set spec.rotation.trigger to a new value) for a new key in a new Secret",
             key.secret_name, key.key_id
         ),
     };
@@ -188,7 +241,7 @@ fn check_live_key(org: &StoredOrganization, key: &StoredApiKey, state: SecretSta
             object,
             reason: Reason::SecretMissing,
             message: format!(
-                "key {} is live but its Secret {:?} is gone, and a key is never re-issued silently; rotate: create a new ApiKey, move clients to its Secret, then delete this ApiKey (or set revoked: true)",
+                "key {} is live but its Secret {:?} is gone, and a key is never re-issued silently; rotate: set spec.rotation.trigger to a new value and a new key is written into a new Secret (or set revoked: true)",
                 key.key_id, key.secret_name
             ),
         }),
@@ -267,6 +320,8 @@ mod tests {
             access: Access::ReadWrite,
             secret_name: format!("{api_key}-secret"),
             resume: resume.map(Into::into),
+            expires_at: None,
+            trigger: None,
         }
     }
 
@@ -462,5 +517,62 @@ mod tests {
             .map(|(_, key)| key.key_id.as_str())
             .collect();
         assert_eq!(revoked, vec!["k1"]);
+    }
+
+    fn rotate(resume: Option<&str>) -> Change {
+        Change::RotateKey {
+            organization: org(),
+            environment: "production".into(),
+            api_key: "a".into(),
+            access: Access::ReadWrite,
+            secret_name: "a-secret".into(),
+            current: "k1".into(),
+            cause: RotationCause::Trigger,
+            overlap: 60,
+            resume: resume.map(Into::into),
+            expires_at: None,
+            trigger: Some("t2".into()),
+        }
+    }
+
+    #[test]
+    fn a_rotation_goes_ahead_from_the_current_key_and_is_only_finished_once_the_secret_holds_the_new_one() {
+        let stored = stored_with(&[("a", "k1", KeyState::Live)]);
+        let holding = |held: &'static str| move |_: &str, _: &str, _: &str| SecretState::Holds(held.into());
+        for order in [WriteOrder::RecordFirst, WriteOrder::WriteFirst] {
+            let review = review_secrets(vec![rotate(None)], std::iter::once(&stored), order, |_, _, _| {
+                SecretState::Holds("k1".into())
+            });
+            assert_eq!(review.changes, vec![rotate(None)], "{order:?}");
+            assert!(
+                review.problems.is_empty(),
+                "the current key is where it should be: {:?}",
+                review.problems
+            );
+        }
+        // Crash after step 2: the Secret holds the incoming key; only step 3 is left, and no conflict.
+        let review = review_key_secrets(vec![rotate(Some("k2"))], Some(&stored), holding("k2"));
+        assert!(review.changes.is_empty() && review.problems.is_empty(), "{review:?}");
+        assert_eq!(
+            review.rotations,
+            vec![RotationCompletion {
+                organization: org(),
+                api_key: "a".into(),
+                incoming: "k2".into(),
+                previous: "k1".into(),
+                overlap: 60,
+            }]
+        );
+        // Crash after step 1: the Secret still holds the current key: start over.
+        let review = review_key_secrets(vec![rotate(Some("k2"))], Some(&stored), holding("k1"));
+        assert_eq!(review.changes, vec![rotate(Some("k2"))]);
+        // A Secret that is gone comes back with the new key.
+        let review = review_key_secrets(vec![rotate(None)], Some(&stored), |_, _, _| SecretState::Absent);
+        assert_eq!(review.changes, vec![rotate(None)]);
+        assert!(review.problems.is_empty(), "{:?}", review.problems);
+        // Anything else in the Secret is never touched.
+        let review = review_key_secrets(vec![rotate(Some("k2"))], Some(&stored), holding("k7"));
+        assert!(review.changes.is_empty() && review.rotations.is_empty());
+        assert_eq!(reasons(&review), vec![("a", Reason::SecretConflict)]);
     }
 }

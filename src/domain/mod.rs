@@ -18,19 +18,21 @@ pub mod model;
 pub mod pause;
 pub mod plan;
 pub mod removal;
+pub mod rotation;
 pub mod rules;
 
 pub use account::{Account, AccountError, KnownAccounts, ListError, Provider, Verdict, parse_account_list};
 pub use authority::{Refusal, admin_only_objects, admins, review, state_declared_by};
 pub use issuance::{
-    PendingCompletion, SecretReview, SecretState, StaleSecret, WriteOrder, live_keys_revoked, review_key_secrets,
-    review_secrets,
+    PendingCompletion, RotationCompletion, SecretReview, SecretState, StaleSecret, WriteOrder, live_keys_revoked,
+    review_key_secrets, review_secrets,
 };
 pub use keys::{ApiKeyToken, KeyHash, TokenError};
 pub use kubernetes_user::{Collision, KubernetesUserNames, TemplateError};
 pub use limits::{EffectiveLimits, LimitOverrides, PlanTier};
 pub use model::*;
 pub use pause::hold_paused;
-pub use plan::{Change, Plan, plan};
+pub use plan::{Change, Plan, plan, plan_at, unix_now};
 pub use removal::plan_organization_removal;
+pub use rotation::{Expiry, RotationCause, RotationPolicy};
 pub use rules::{Problem, Reason};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::account::Account;
 use super::limits::{LimitOverrides, PlanTier};
+use super::rotation::{Expiry, RotationPolicy};
 
 /// The kinds of declared objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -222,6 +223,10 @@ pub struct ApiKeyDecl {
     pub access: Access,
     pub secret_name: String,
     pub revoked: bool,
+    /// `spec.rotation`, read.
+    pub rotation: Option<RotationPolicy>,
+    /// `spec.expiresAt` / `spec.expireAfter`, read.
+    pub expiry: Option<Expiry>,
 }
 
 /// Everything a set of resources declares.
@@ -364,8 +369,16 @@ pub struct StoredApiKey {
     pub access: Access,
     pub state: KeyState,
     pub fingerprint: String,
-    /// When the key was recorded (seconds since the Unix epoch).
+    /// Where the key stands in its ApiKey's rotation.
+    pub slot: KeySlot,
+    /// When it was recorded (seconds since the epoch).
     pub issued_at: i64,
+    /// From when the data plane refuses it by itself.
+    pub expires_at: Option<i64>,
+    /// `spec.rotation.trigger` as it was when this key was issued.
+    pub trigger: Option<String>,
+    /// When a newer key replaced it (previous keys only).
+    pub superseded_at: Option<i64>,
     /// When a data plane last saw the key in use (coarse: to the minute); `None`: never.
     pub last_used_at: Option<i64>,
     /// Set when the key was revoked by id outside Git (`orgkeeper keys revoke`) rather than by a plan.
@@ -377,6 +390,39 @@ pub struct StoredApiKey {
 pub struct OutsideRevocation {
     pub by: String,
     pub reason: String,
+}
+
+/// An ApiKey has one current key; during a rotation also an incoming one (live, being written to the
+/// Secret) and afterwards previous ones (live until their overlap ends, then revoked).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeySlot {
+    #[default]
+    Current,
+    Incoming,
+    Previous,
+}
+
+impl KeySlot {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySlot::Current => "current",
+            KeySlot::Incoming => "incoming",
+            KeySlot::Previous => "previous",
+        }
+    }
+}
+
+impl FromStr for KeySlot {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "current" => Ok(KeySlot::Current),
+            "incoming" => Ok(KeySlot::Incoming),
+            "previous" => Ok(KeySlot::Previous),
+            other => Err(format!("unknown key slot {other:?}")),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,9 +31,12 @@ pub fn object_of(change: &Change, stored: Option<&StoredOrganization>) -> Option
         Change::RemoveUser { account, .. } => stored
             .and_then(|org| org.users.iter().find(|u| &u.account == account))
             .and_then(|user| object(Kind::User, &user.resource_name)),
-        Change::IssueKey { api_key, .. } | Change::RevokeKey { api_key, .. } | Change::RemoveKey { api_key, .. } => {
-            object(Kind::ApiKey, api_key)
-        }
+        Change::IssueKey { api_key, .. }
+        | Change::RotateKey { api_key, .. }
+        | Change::SetKeyExpiry { api_key, .. }
+        | Change::RetireKey { api_key, .. }
+        | Change::RevokeKey { api_key, .. }
+        | Change::RemoveKey { api_key, .. } => object(Kind::ApiKey, api_key),
     }
 }
 
@@ -67,6 +70,8 @@ mod tests {
             access: Access::ReadWrite,
             secret_name: api_key.into(),
             resume: None,
+            expires_at: None,
+            trigger: None,
         }
     }
 

@@ -287,6 +287,11 @@ impl Handler {
             return quotas;
         }
         caller.counters.facts.inc_by(owed);
+        tracing::debug!(
+            environment = caller.environment(),
+            facts = owed,
+            "charging a write the facts it removed beyond its deletes"
+        );
         self.limiter.charge(caller.environment(), &caller.limits, owed).await
     }
 

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use sqlx::{Any, Transaction};
 
 use super::lifecycle::{KeyEventKind, Keys};
-use super::sql::{Delete, NewRow, Update, insert};
+use super::sql::{Delete, NewRow, Sql, Update, insert};
 use super::{Row, Store, StoreError, now};
 use crate::domain::keys::new_id;
+use crate::domain::rotation::{format_duration, format_rfc3339};
 use crate::domain::*;
 
 /// A key issued by [`StoreTx::apply`]. It holds the plaintext, which exists nowhere else: the caller must
@@ -21,6 +22,16 @@ pub struct IssuedKey {
     pub secret_name: String,
     pub access: Access,
     pub token: ApiKeyToken,
+    /// Set when the key replaces the ApiKey's current key: it was recorded live and *incoming*, and
+    /// becomes current with [`StoreTx::complete_rotation`] once its Secret holds it.
+    pub rotation: Option<KeyRotation>,
+}
+
+/// The key an incoming key replaces, and how long that one keeps working afterwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRotation {
+    pub previous: String,
+    pub overlap: i64,
 }
 
 /// What a transaction did.
@@ -83,6 +94,11 @@ impl StoreTx {
                 Change::CreateEnvironment { .. } => self.create_environments(batch).await?,
                 Change::AddUser { .. } => self.add_users(batch).await?,
                 Change::IssueKey { .. } => outcome.issued.extend(self.issue_keys(batch, issued_state).await?),
+                Change::RotateKey { .. } => {
+                    for change in batch {
+                        outcome.issued.push(self.start_rotation(change).await?);
+                    }
+                }
                 _ => {
                     for change in batch {
                         self.apply_one(change).await?;
@@ -195,10 +211,22 @@ impl StoreTx {
             } => self.update_user(organization, account, *to, resource).await,
             Change::RemoveUser { organization, account } => self.remove_user(organization, account).await,
             Change::RevokeKey { key_id, .. } => self.revoke_key(key_id).await,
+            Change::RetireKey { key_id, .. } => self.retire_key(key_id).await,
+            Change::SetKeyExpiry { key_id, expires_at, .. } => {
+                self.set_expiry(
+                    key_id,
+                    Some(*expires_at),
+                    "spec.expiresAt or spec.expireAfter of its ApiKey",
+                )
+                .await
+            }
             Change::RemoveKey { key_id, .. } => self.delete_key(key_id).await.map(drop),
             Change::DeleteOrganization { organization, .. } => self.delete_organization(organization).await,
             Change::ReleaseOrganization { organization, .. } => self.release_organization(organization).await,
-            Change::CreateEnvironment { .. } | Change::AddUser { .. } | Change::IssueKey { .. } => {
+            Change::CreateEnvironment { .. }
+            | Change::AddUser { .. }
+            | Change::IssueKey { .. }
+            | Change::RotateKey { .. } => {
                 unreachable!("bulk changes are applied in batches")
             }
         }
@@ -384,6 +412,148 @@ impl StoreTx {
         Ok(())
     }
 
+    /// A previous key whose overlap is over: revoked, with the reason in its history.
+    async fn retire_key(&mut self, key_id: &str) -> Result<(), StoreError> {
+        self.record(
+            KeyEventKind::Revoked,
+            Some("its rotation overlap ended"),
+            Keys::UnrevokedId(key_id),
+        )
+        .await?;
+        let revoke = revoke_keys(now()).filter("key_id", key_id);
+        self.execute(revoke.build(), "revoking a previous key").await?;
+        Ok(())
+    }
+
+    /// Step 1 of a rotation (`domain::rotation`): records the new key live and incoming. The incoming key
+    /// of an interrupted rotation (`resume`) never reached its Secret and is forgotten first.
+    async fn start_rotation(&mut self, change: &Change) -> Result<IssuedKey, StoreError> {
+        let Change::RotateKey {
+            organization,
+            environment,
+            api_key,
+            access,
+            secret_name,
+            current,
+            overlap,
+            resume,
+            expires_at,
+            trigger,
+            ..
+        } = change
+        else {
+            unreachable!()
+        };
+        if let Some(incoming) = resume {
+            self.delete_key(incoming).await?;
+        }
+        let organization_id = self.organization_id(organization).await?;
+        let environment_id = self.environment_id(organization, environment).await?;
+        let token = ApiKeyToken::generate(&environment_id);
+        let row = NewRow::default()
+            .with("key_id", token.key_id())
+            .with("organization_id", organization_id)
+            .with("environment_id", environment_id.clone())
+            .with("resource_name", api_key.clone())
+            .with("secret_name", secret_name.clone())
+            .with("access", access.as_str())
+            .with("secret_hash", token.hash().to_hex())
+            .with("state", KeyState::Live.as_str())
+            .with("slot", KeySlot::Incoming.as_str())
+            .with("created_at", now())
+            .with("expires_at", *expires_at)
+            .with("rotation_trigger", trigger.clone());
+        self.execute(insert("api_keys", vec![row]), "recording a rotation's new key")
+            .await?;
+        self.record(
+            KeyEventKind::Issued,
+            Some("rotation: the new key"),
+            Keys::Id(token.key_id()),
+        )
+        .await?;
+        Ok(IssuedKey {
+            organization: organization.clone(),
+            api_key: api_key.clone(),
+            environment: environment.clone(),
+            environment_id,
+            secret_name: secret_name.clone(),
+            access: *access,
+            token,
+            rotation: Some(KeyRotation {
+                previous: current.clone(),
+                overlap: *overlap,
+            }),
+        })
+    }
+
+    /// Step 3 of a rotation, once the Secret holds `incoming`: it becomes current, and `previous` keeps
+    /// working for `overlap` seconds from now (0: revoked now). Previous keys of earlier rotations that no
+    /// longer work are forgotten (their history stays). False when the rotation was finished already.
+    pub async fn complete_rotation(
+        &mut self,
+        incoming: &str,
+        previous: &str,
+        overlap: i64,
+    ) -> Result<bool, StoreError> {
+        let now = now();
+        let until = now.saturating_add(overlap);
+        let demote = Update::table("api_keys")
+            .set("slot", KeySlot::Previous.as_str())
+            .set("superseded_at", now)
+            .filter("key_id", previous)
+            .filter("slot", KeySlot::Current.as_str());
+        if self.execute(demote.build(), "ending a key's time as current").await? == 0 {
+            return Ok(false);
+        }
+        let reason = if overlap == 0 {
+            "rotated with overlap 0s: revoked at once".to_owned()
+        } else {
+            format!(
+                "rotated: keeps working for {} (until {})",
+                format_duration(overlap),
+                format_rfc3339(until)
+            )
+        };
+        self.record(KeyEventKind::Rotated, Some(&reason), Keys::Id(previous))
+            .await?;
+        if overlap == 0 {
+            let revoke = revoke_keys(now).filter("key_id", previous);
+            self.execute(revoke.build(), "revoking the rotated key").await?;
+        } else {
+            // Never later than an expiry the key already had.
+            let mut expire = Sql::default();
+            expire.push("UPDATE api_keys SET expires_at = ");
+            expire.bind(until);
+            expire.push(" WHERE key_id = ");
+            expire.bind(previous);
+            expire.push(" AND (expires_at IS NULL OR expires_at > ");
+            expire.bind(until);
+            expire.push(")");
+            self.execute(expire.build(), "starting a previous key's overlap")
+                .await?;
+        }
+        let promote = Update::table("api_keys")
+            .set("slot", KeySlot::Current.as_str())
+            .filter("key_id", incoming)
+            .filter("slot", KeySlot::Incoming.as_str());
+        if self.execute(promote.build(), "making the new key current").await? == 0 {
+            return Err(StoreError::ConcurrentApply {
+                context: "finishing a rotation",
+            });
+        }
+        let mut forget = Sql::default();
+        forget.push("DELETE FROM api_keys WHERE slot = 'previous' AND key_id <> ");
+        forget.bind(previous);
+        forget
+            .push(" AND state = 'revoked' AND organization_id = (SELECT organization_id FROM api_keys WHERE key_id = ");
+        forget.bind(incoming);
+        forget.push(") AND resource_name = (SELECT resource_name FROM api_keys WHERE key_id = ");
+        forget.bind(incoming);
+        forget.push(")");
+        self.execute(forget.build(), "forgetting revoked previous keys").await?;
+        Ok(true)
+    }
+
     async fn create_environments(&mut self, batch: &[Change]) -> Result<(), StoreError> {
         let now = now();
         let mut rows = Vec::with_capacity(batch.len());
@@ -457,6 +627,8 @@ impl StoreTx {
                 access,
                 secret_name,
                 resume,
+                expires_at,
+                trigger,
             } = change
             else {
                 unreachable!()
@@ -477,7 +649,9 @@ impl StoreTx {
                     .with("access", access.as_str())
                     .with("secret_hash", token.hash().to_hex())
                     .with("state", state.as_str())
-                    .with("created_at", now),
+                    .with("created_at", now)
+                    .with("expires_at", *expires_at)
+                    .with("rotation_trigger", trigger.clone()),
             );
             events.push(
                 NewRow::default()
@@ -499,6 +673,7 @@ impl StoreTx {
                 secret_name: secret_name.clone(),
                 access: *access,
                 token,
+                rotation: None,
             });
         }
         self.insert_rows("api_keys", rows, "issuing keys").await?;

@@ -34,16 +34,19 @@ pub enum KeyEventKind {
     RevokedById,
     /// Its expiry time was set or cleared.
     ExpirySet,
+    /// A rotation replaced it in its Secret with a newer key; it keeps working for the overlap.
+    Rotated,
     /// Its record was removed: the ApiKey, its environment or its organization was deleted.
     Removed,
 }
 
 impl KeyEventKind {
-    pub const ALL: [KeyEventKind; 5] = [
+    pub const ALL: [KeyEventKind; 6] = [
         KeyEventKind::Issued,
         KeyEventKind::Revoked,
         KeyEventKind::RevokedById,
         KeyEventKind::ExpirySet,
+        KeyEventKind::Rotated,
         KeyEventKind::Removed,
     ];
 
@@ -53,6 +56,7 @@ impl KeyEventKind {
             KeyEventKind::Revoked => "revoked",
             KeyEventKind::RevokedById => "revoked-by-id",
             KeyEventKind::ExpirySet => "expiry-set",
+            KeyEventKind::Rotated => "rotated",
             KeyEventKind::Removed => "removed",
         }
     }

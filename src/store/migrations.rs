@@ -34,6 +34,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("migrations/sqlite/0004_key_lifecycle.sql"),
         include_str!("migrations/postgres/0004_key_lifecycle.sql"),
     ),
+    (
+        5,
+        "key rotation",
+        include_str!("migrations/sqlite/0005_key_rotation.sql"),
+        include_str!("migrations/postgres/0005_key_rotation.sql"),
+    ),
 ];
 
 pub(super) fn migrator(backend: Backend) -> Migrator {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor};
 
-pub use apply::{ApplyOutcome, IssuedKey, StoreTx};
+pub use apply::{ApplyOutcome, IssuedKey, KeyRotation, StoreTx};
 pub use auth::{AuthSnapshot, EnvironmentLimits, LiveKey};
 pub use facts::{ARG_COLUMNS, FactStoreError, FactWrite, MAX_WILDCARD_DELETED};
 pub use key_use::{KEY_USE_RESOLUTION, KeyRecord};

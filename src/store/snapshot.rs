@@ -114,8 +114,9 @@ pub(super) async fn load_organization(
     .collect::<Result<Vec<_>, StoreError>>()?;
 
     let api_keys = sqlx::query::<Any>(
-        "SELECT key_id, environment_id, resource_name, secret_name, access, secret_hash, state, created_at, \
-         last_used_at, revoked_by, revoked_reason FROM api_keys WHERE organization_id = $1 ORDER BY resource_name",
+        "SELECT key_id, environment_id, resource_name, secret_name, access, secret_hash, state, slot, created_at, \
+         expires_at, rotation_trigger, superseded_at, last_used_at, revoked_by, revoked_reason FROM api_keys WHERE organization_id = $1 \
+         ORDER BY resource_name, created_at, key_id",
     )
     .bind(&id)
     .fetch_all(&mut *conn)
@@ -171,7 +172,11 @@ fn api_key_from_row(row: &Row, environment_names: &BTreeMap<String, String>) -> 
         access: parse_column(row, "access")?,
         state: parse_column(row, "state")?,
         fingerprint,
+        slot: parse_column(row, "slot")?,
         issued_at: row.try_get("created_at").context("reading api keys")?,
+        expires_at: row.try_get("expires_at").context("reading api keys")?,
+        trigger: row.try_get("rotation_trigger").context("reading api keys")?,
+        superseded_at: row.try_get("superseded_at").context("reading api keys")?,
         last_used_at: row.try_get("last_used_at").context("reading api keys")?,
         revoked_outside_git: revoked_by.map(|by| OutsideRevocation {
             by,

@@ -46,6 +46,8 @@ pub fn declarations(with_staging: bool) -> Declarations {
         access,
         secret_name: format!("{name}-secret"),
         revoked: false,
+        rotation: None,
+        expiry: None,
     };
     let mut declarations = Declarations {
         organizations: vec![OrganizationDecl {

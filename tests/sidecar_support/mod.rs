@@ -79,6 +79,8 @@ impl Tenancy {
                     access: *access,
                     secret_name: format!("{name}-key"),
                     revoked: false,
+                    rotation: None,
+                    expiry: None,
                 })
                 .collect(),
         };

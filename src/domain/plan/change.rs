@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::domain::account::Account;
 use crate::domain::model::*;
+use crate::domain::rotation::RotationCause;
 
 /// One change to the store. Serialised (for `plan -o json`) with an `action` tag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -78,6 +79,44 @@ pub enum Change {
         access: Access,
         secret_name: String,
         resume: Option<String>,
+        /// When the new key stops working (`spec.expiresAt`, or issuance + `spec.expireAfter`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+        /// `spec.rotation.trigger`, recorded with the key so that only a later change rotates it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trigger: Option<String>,
+    },
+    /// Replaces the ApiKey's current key `current` with a new one written to the same Secret; `current`
+    /// keeps working for `overlap` seconds after the Secret holds the new key (0: revoked at once).
+    /// `resume` names the incoming key of an interrupted rotation, which the adapter either finishes (the
+    /// Secret holds it) or forgets before rotating afresh (see `domain::rotation`).
+    RotateKey {
+        organization: OrgKey,
+        environment: String,
+        api_key: String,
+        access: Access,
+        secret_name: String,
+        current: String,
+        cause: RotationCause,
+        overlap: i64,
+        resume: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trigger: Option<String>,
+    },
+    /// Sets when a key stops working, as its ApiKey declares (`spec.expiresAt`, `spec.expireAfter`).
+    SetKeyExpiry {
+        organization: OrgKey,
+        api_key: String,
+        key_id: String,
+        expires_at: i64,
+    },
+    /// A previous key whose overlap is over (it already no longer works): revoked, closing the rotation.
+    RetireKey {
+        organization: OrgKey,
+        api_key: String,
+        key_id: String,
     },
     RevokeKey {
         organization: OrgKey,
@@ -120,6 +159,9 @@ impl Change {
             | Change::UpdateUser { organization, .. }
             | Change::RemoveUser { organization, .. }
             | Change::IssueKey { organization, .. }
+            | Change::RotateKey { organization, .. }
+            | Change::SetKeyExpiry { organization, .. }
+            | Change::RetireKey { organization, .. }
             | Change::RevokeKey { organization, .. }
             | Change::RemoveKey { organization, .. }
             | Change::DeleteOrganization { organization, .. }
@@ -144,7 +186,10 @@ impl Change {
             | Change::AddUser { .. }
             | Change::UpdateUser { .. }
             | Change::RemoveUser { .. }
-            | Change::IssueKey { .. } => &[],
+            | Change::IssueKey { .. }
+            | Change::RotateKey { .. }
+            | Change::SetKeyExpiry { .. }
+            | Change::RetireKey { .. } => &[],
         }
     }
 
@@ -159,10 +204,13 @@ impl Change {
             | Change::UpdateEnvironment { .. }
             | Change::ResetEnvironment { .. }
             | Change::UpdateUser { .. }
+            | Change::RotateKey { .. }
+            | Change::SetKeyExpiry { .. }
             | Change::RevokeKey { .. } => '~',
             Change::DeleteEnvironment { .. }
             | Change::ReleaseEnvironment { .. }
             | Change::RemoveUser { .. }
+            | Change::RetireKey { .. }
             | Change::RemoveKey { .. }
             | Change::DeleteOrganization { .. }
             | Change::ReleaseOrganization { .. } => '-',

@@ -5,6 +5,7 @@ use std::fmt;
 use super::Change;
 use crate::domain::limits::LimitOverrides;
 use crate::domain::model::{EnvironmentSettings, OrganizationSettings};
+use crate::domain::rotation::{format_duration, format_rfc3339};
 
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,6 +113,52 @@ impl fmt::Display for Change {
             } => write!(
                 f,
                 "{s} api key {}/{api_key} in {organization}/{environment} ({access}) -> Secret {secret_name}",
+                organization.namespace
+            ),
+            Change::RotateKey {
+                organization,
+                environment,
+                api_key,
+                secret_name,
+                current,
+                cause,
+                overlap,
+                resume,
+                ..
+            } => {
+                write!(
+                    f,
+                    "{s} api key {}/{api_key} in {organization}/{environment}: rotate key {current} ({cause}) -> Secret {secret_name}; ",
+                    organization.namespace
+                )?;
+                if *overlap == 0 {
+                    f.write_str("the old key is revoked at once")?;
+                } else {
+                    write!(f, "the old key keeps working for {}", format_duration(*overlap))?;
+                }
+                if let Some(incoming) = resume {
+                    write!(f, " (resumes the interrupted rotation to key {incoming})")?;
+                }
+                Ok(())
+            }
+            Change::SetKeyExpiry {
+                organization,
+                api_key,
+                key_id,
+                expires_at,
+            } => write!(
+                f,
+                "{s} api key {}/{api_key} in {organization}: key {key_id} expires at {}",
+                organization.namespace,
+                format_rfc3339(*expires_at)
+            ),
+            Change::RetireKey {
+                organization,
+                api_key,
+                key_id,
+            } => write!(
+                f,
+                "{s} api key {}/{api_key} in {organization}: revoke previous key {key_id} (its rotation overlap is over)",
                 organization.namespace
             ),
             Change::RevokeKey {

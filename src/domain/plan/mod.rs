@@ -17,7 +17,7 @@ mod planner;
 use serde::Serialize;
 
 pub use change::Change;
-pub use planner::plan;
+pub use planner::{plan, plan_at, unix_now};
 
 use super::model::ObjectRef;
 use super::rules::Problem;

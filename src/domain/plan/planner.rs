@@ -6,6 +6,7 @@ use super::grouping::{Children, Grouped};
 use super::{Change, Plan};
 use crate::domain::account::{Account, KnownAccounts};
 use crate::domain::model::*;
+use crate::domain::rotation::{RotationCause, format_rfc3339};
 use crate::domain::rules::{Problem, Reason};
 
 /// Plans every declared organization. `stored` holds what the store has for those organizations (absent
@@ -15,6 +16,23 @@ pub fn plan(
     declarations: &Declarations,
     stored: &BTreeMap<OrgKey, StoredOrganization>,
     accounts: &KnownAccounts,
+) -> Plan {
+    plan_at(declarations, stored, accounts, unix_now())
+}
+
+/// Seconds since the Unix epoch, as the store and the data plane count time.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// [`plan`] at a given time (seconds since the epoch): rotations and expiries depend on it.
+pub fn plan_at(
+    declarations: &Declarations,
+    stored: &BTreeMap<OrgKey, StoredOrganization>,
+    accounts: &KnownAccounts,
+    now: i64,
 ) -> Plan {
     let mut problems = Vec::new();
     let declared = Grouped::new(declarations, &mut problems);
@@ -27,6 +45,7 @@ pub fn plan(
             children: &children,
             stored: stored.get(key),
             accounts,
+            now,
         }
         .plan(&mut steps, &mut problems);
     }
@@ -70,6 +89,7 @@ struct OrganizationPlanner<'a> {
     children: &'a Children<'a>,
     stored: Option<&'a StoredOrganization>,
     accounts: &'a KnownAccounts,
+    now: i64,
 }
 
 impl OrganizationPlanner<'_> {
@@ -267,10 +287,21 @@ impl OrganizationPlanner<'_> {
     }
 
     fn plan_api_keys(&self, environments: &BTreeSet<String>, steps: &mut Steps, problems: &mut Vec<Problem>) {
-        let stored: BTreeMap<&str, &StoredApiKey> = self
-            .stored
-            .map(|org| org.api_keys.iter().map(|k| (k.resource_name.as_str(), k)).collect())
-            .unwrap_or_default();
+        let all_keys: &[StoredApiKey] = self.stored.map_or(&[], |org| org.api_keys.as_slice());
+        let stored: BTreeMap<&str, &StoredApiKey> = all_keys
+            .iter()
+            .filter(|k| k.slot == KeySlot::Current)
+            .map(|k| (k.resource_name.as_str(), k))
+            .collect();
+        fn others_of<'k>(
+            all_keys: &'k [StoredApiKey],
+            name: &'k str,
+            slot: KeySlot,
+        ) -> impl Iterator<Item = &'k StoredApiKey> {
+            all_keys
+                .iter()
+                .filter(move |k| k.slot == slot && k.resource_name == name && k.state != KeyState::Revoked)
+        }
         let mut live_per_environment: BTreeMap<&str, usize> = BTreeMap::new();
         let mut secrets: BTreeMap<&str, &str> = BTreeMap::new();
         let mut wanted = Vec::new();
@@ -300,6 +331,17 @@ impl OrganizationPlanner<'_> {
                 });
                 continue;
             }
+            // A previous key whose overlap is over no longer works (the data plane refuses it as expired);
+            // revoking it records the end of the rotation and frees its slot.
+            for previous in others_of(all_keys, &decl.name, KeySlot::Previous)
+                .filter(|k| k.expires_at.is_some_and(|t| t <= self.now))
+            {
+                steps.revocations.push(Change::RetireKey {
+                    organization: self.org(),
+                    api_key: decl.name.clone(),
+                    key_id: previous.key_id.clone(),
+                });
+            }
             match stored.get(decl.name.as_str()) {
                 Some(key) => {
                     if let Some(problem) = check_immutable(decl, key) {
@@ -307,13 +349,31 @@ impl OrganizationPlanner<'_> {
                         continue;
                     }
                     match (key.state, decl.revoked) {
-                        (KeyState::Live, true) => steps.revocations.push(Change::RevokeKey {
-                            organization: self.org(),
-                            environment: key.environment.clone(),
-                            api_key: decl.name.clone(),
-                            key_id: key.key_id.clone(),
-                        }),
-                        (KeyState::Live, false) => *live_per_environment.entry(&key.environment).or_default() += 1,
+                        (KeyState::Live, true) => {
+                            steps.revocations.push(Change::RevokeKey {
+                                organization: self.org(),
+                                environment: key.environment.clone(),
+                                api_key: decl.name.clone(),
+                                key_id: key.key_id.clone(),
+                            });
+                            // Every key of a revoked ApiKey stops: the previous one of a rotation too.
+                            for other in others_of(all_keys, &decl.name, KeySlot::Previous)
+                                .chain(others_of(all_keys, &decl.name, KeySlot::Incoming))
+                                .filter(|k| k.expires_at.is_none_or(|t| t > self.now))
+                            {
+                                steps.revocations.push(Change::RevokeKey {
+                                    organization: self.org(),
+                                    environment: other.environment.clone(),
+                                    api_key: decl.name.clone(),
+                                    key_id: other.key_id.clone(),
+                                });
+                            }
+                        }
+                        (KeyState::Live, false) => {
+                            *live_per_environment.entry(&key.environment).or_default() += 1;
+                            let incoming = others_of(all_keys, &decl.name, KeySlot::Incoming).next();
+                            self.plan_key_life(decl, key, incoming, steps, problems);
+                        }
                         (KeyState::Pending, false) => wanted.push((decl, Some(key.key_id.clone()))),
                         (KeyState::Pending, true) => steps.revocations.push(Change::RemoveKey {
                             organization: self.org(),
@@ -328,10 +388,16 @@ impl OrganizationPlanner<'_> {
             }
         }
         for (decl, resume) in wanted {
+            let object = ObjectRef::new(Kind::ApiKey, &decl.namespace, &decl.name);
+            let expires_at = decl.expiry.map(|e| e.for_key_issued_at(self.now));
+            if let Some(problem) = past_expiry(&object, expires_at, self.now) {
+                problems.push(problem);
+                continue;
+            }
             let live = live_per_environment.entry(&decl.environment).or_default();
             if *live >= MAX_LIVE_KEYS_PER_ENVIRONMENT {
                 problems.push(Problem {
-                    object: ObjectRef::new(Kind::ApiKey, &decl.namespace, &decl.name),
+                    object,
                     reason: Reason::KeyLimitReached,
                     message: format!(
                         "environment {:?} of organization {} already has {MAX_LIVE_KEYS_PER_ENVIRONMENT} live keys, the most an environment may have; revoke or delete a key to make room",
@@ -348,16 +414,92 @@ impl OrganizationPlanner<'_> {
                 access: decl.access,
                 secret_name: decl.secret_name.clone(),
                 resume,
+                expires_at,
+                trigger: decl.rotation.as_ref().and_then(|r| r.trigger.clone()),
             });
         }
-        for (name, key) in stored.iter().filter(|(name, _)| !declared.contains(*name)) {
+        // Every key record of an ApiKey that is gone: current, incoming and previous.
+        for key in all_keys.iter().filter(|k| !declared.contains(k.resource_name.as_str())) {
             steps.revocations.push(Change::RemoveKey {
                 organization: self.org(),
-                api_key: (*name).to_owned(),
+                api_key: key.resource_name.clone(),
                 key_id: key.key_id.clone(),
             });
         }
     }
+
+    /// A live current key's expiry and rotation, as its ApiKey declares them (see `domain::rotation`).
+    fn plan_key_life(
+        &self,
+        decl: &ApiKeyDecl,
+        key: &StoredApiKey,
+        incoming: Option<&StoredApiKey>,
+        steps: &mut Steps,
+        problems: &mut Vec<Problem>,
+    ) {
+        let object = ObjectRef::new(Kind::ApiKey, &decl.namespace, &decl.name);
+        if let Some(at) = decl.expiry.map(|e| e.for_key_issued_at(key.issued_at))
+            && key.expires_at != Some(at)
+        {
+            match past_expiry(&object, Some(at), self.now) {
+                Some(problem) => {
+                    problems.push(problem);
+                    return;
+                }
+                None => steps.issuance.push(Change::SetKeyExpiry {
+                    organization: self.org(),
+                    api_key: decl.name.clone(),
+                    key_id: key.key_id.clone(),
+                    expires_at: at,
+                }),
+            }
+        }
+        let Some(policy) = &decl.rotation else {
+            return;
+        };
+        let due = policy.due(key.issued_at, key.trigger.as_deref(), self.now);
+        let cause = match (incoming, due) {
+            (Some(_), due) => due.unwrap_or(RotationCause::Trigger),
+            (None, Some(cause)) => cause,
+            (None, None) => return,
+        };
+        let expires_at = decl.expiry.map(|e| e.for_key_issued_at(self.now));
+        if let Some(mut problem) = past_expiry(&object, expires_at, self.now) {
+            problem.message = format!(
+                "the key is due for rotation ({cause}), but {}; the current key is left as it is",
+                problem.message
+            );
+            problems.push(problem);
+            return;
+        }
+        steps.issuance.push(Change::RotateKey {
+            organization: self.org(),
+            environment: decl.environment.clone(),
+            api_key: decl.name.clone(),
+            access: decl.access,
+            secret_name: decl.secret_name.clone(),
+            current: key.key_id.clone(),
+            cause,
+            overlap: policy.overlap,
+            resume: incoming.map(|k| k.key_id.clone()),
+            expires_at,
+            trigger: policy.trigger.clone(),
+        });
+    }
+}
+
+/// An expiry that is already over when it is declared is refused: a key that never works is a typo.
+fn past_expiry(object: &ObjectRef, expires_at: Option<i64>, now: i64) -> Option<Problem> {
+    let at = expires_at.filter(|at| *at <= now)?;
+    Some(Problem {
+        object: object.clone(),
+        reason: Reason::InvalidSpec,
+        message: format!(
+            "the declared expiry {} is in the past (it is {} now): a key that expires before it is used is refused and nothing was changed; set spec.expiresAt to a later time or spec.expireAfter to a longer duration",
+            format_rfc3339(at),
+            format_rfc3339(now)
+        ),
+    })
 }
 
 /// A default environment keeps its production flag (production is always production, development never)
@@ -399,7 +541,7 @@ fn revoked_outside_git(object: ObjectRef, key_id: &str, outside: &OutsideRevocat
         object,
         reason: Reason::RevokedOutsideGit,
         message: format!(
-            "key {key_id} was revoked outside Git by {:?} (orgkeeper keys revoke), reason: {:?}; the revocation is final and nothing was re-issued. Set `revoked: true` on this ApiKey in Git to record it, and for a new key rotate it or create an ApiKey with another name",
+            "key {key_id} was revoked outside Git by {:?} (orgkeeper keys revoke), reason: {:?}; the revocation is final and nothing was re-issued. Set `revoked: true` on this ApiKey in Git to record it, and for a new key create an ApiKey with another name (a revoked key is not rotated)",
             outside.by, outside.reason
         ),
     }

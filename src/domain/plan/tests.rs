@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::domain::Verdict;
 use crate::domain::account::{Account, KnownAccounts};
+use crate::domain::fixtures;
 use crate::domain::limits::{LimitOverrides, PlanTier};
 use crate::domain::model::*;
 use crate::domain::rules::Reason;
@@ -56,6 +57,8 @@ fn key_decl(name: &str, environment: &str) -> ApiKeyDecl {
         access: Access::ReadWrite,
         secret_name: name.into(),
         revoked: false,
+        rotation: None,
+        expiry: None,
     }
 }
 
@@ -124,10 +127,7 @@ fn stored_after(declarations: &Declarations, known: &KnownAccounts) -> BTreeMap<
                     secret_name,
                     access,
                     state: KeyState::Live,
-                    fingerprint: String::new(),
-                    issued_at: 0,
-                    last_used_at: None,
-                    revoked_outside_git: None,
+                    ..fixtures::api_key("", "", KeyState::Live)
                 });
             }
             other => panic!("unexpected change on a fresh store: {other}"),
@@ -382,7 +382,7 @@ fn a_key_revoked_outside_git_says_so_with_its_reason_and_stays_revoked() {
         "\"alice\"",
         "leaked in a CI log",
         "revoked: true",
-        "rotate",
+        "another name",
     ] {
         assert!(message.contains(part), "{part:?} missing from {message}");
     }
@@ -594,4 +594,161 @@ fn a_default_environment_cannot_be_declared_for_deletion() {
     let plan = plan(&decl, &BTreeMap::new(), &KnownAccounts::default());
     assert_eq!(reasons(&plan), vec![("development".into(), Reason::InvalidSpec)]);
     assert!(plan.problems[0].message.contains("can never be deleted"));
+}
+
+// ----- rotation and expiry -----
+
+use crate::domain::rotation::{Expiry, RotationCause, RotationPolicy};
+
+/// acme with ApiKey k (rotation as given), issued at t=1000 under trigger "r1", and the store after it.
+fn rotating(policy: RotationPolicy) -> (Declarations, BTreeMap<OrgKey, StoredOrganization>) {
+    let mut decl = acme();
+    decl.api_keys.push(ApiKeyDecl {
+        rotation: Some(policy),
+        ..key_decl("k", "production")
+    });
+    let mut stored = stored_after(&decl, &KnownAccounts::default());
+    let key = &mut stored.values_mut().next().unwrap().api_keys[0];
+    key.issued_at = 1000;
+    key.trigger = Some("r1".into());
+    (decl, stored)
+}
+
+fn policy(every: Option<&str>, overlap: Option<&str>, trigger: &str) -> RotationPolicy {
+    RotationPolicy::parse(every, overlap, Some(trigger)).unwrap()
+}
+
+#[test]
+fn a_new_trigger_rotates_the_current_key_once() {
+    let (decl, stored) = rotating(policy(None, Some("10m"), "r2"));
+    let plan = plan_at(&decl, &stored, &KnownAccounts::default(), 2000);
+    match &plan.changes[..] {
+        [
+            Change::RotateKey {
+                current,
+                cause: RotationCause::Trigger,
+                overlap: 600,
+                resume: None,
+                trigger: Some(trigger),
+                ..
+            },
+        ] => assert_eq!((current.as_str(), trigger.as_str()), ("k0", "r2")),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        plan.changes[0].to_string().contains("keeps working for 10m"),
+        "{}",
+        plan.changes[0]
+    );
+    let (same, stored) = rotating(policy(None, Some("10m"), "r1"));
+    assert!(
+        plan_at(&same, &stored, &KnownAccounts::default(), 2000).is_empty(),
+        "same trigger: nothing"
+    );
+}
+
+#[test]
+fn every_rotates_when_the_key_is_that_old_and_not_before() {
+    let (decl, stored) = rotating(policy(Some("1h"), Some("0s"), "r1"));
+    assert!(plan_at(&decl, &stored, &KnownAccounts::default(), 1000 + 3599).is_empty());
+    let plan = plan_at(&decl, &stored, &KnownAccounts::default(), 1000 + 3600);
+    assert!(
+        matches!(
+            &plan.changes[..],
+            [Change::RotateKey {
+                cause: RotationCause::Every,
+                overlap: 0,
+                ..
+            }]
+        ),
+        "{:?}",
+        plan.changes
+    );
+    assert!(plan.changes[0].to_string().contains("revoked at once"));
+}
+
+#[test]
+fn an_interrupted_rotation_is_resumed_with_its_incoming_key() {
+    let (decl, mut stored) = rotating(policy(None, None, "r1"));
+    let org = stored.values_mut().next().unwrap();
+    org.api_keys.push(StoredApiKey {
+        slot: KeySlot::Incoming,
+        trigger: Some("r1".into()),
+        ..fixtures::api_key("k", "k9", KeyState::Live)
+    });
+    let plan = plan_at(&decl, &stored, &KnownAccounts::default(), 2000);
+    assert!(
+        matches!(&plan.changes[..], [Change::RotateKey { resume: Some(id), current, .. }] if id == "k9" && current == "k0"),
+        "{:?}",
+        plan.changes
+    );
+}
+
+#[test]
+fn a_previous_key_is_revoked_once_its_overlap_is_over_and_every_key_goes_with_its_api_key() {
+    let (mut decl, mut stored) = rotating(policy(None, None, "r1"));
+    let org = stored.values_mut().next().unwrap();
+    org.api_keys.push(StoredApiKey {
+        slot: KeySlot::Previous,
+        expires_at: Some(1500),
+        ..fixtures::api_key("k", "old", KeyState::Live)
+    });
+    assert!(
+        plan_at(&decl, &stored, &KnownAccounts::default(), 1499).is_empty(),
+        "still in its overlap"
+    );
+    let plan = plan_at(&decl, &stored, &KnownAccounts::default(), 1500);
+    assert!(matches!(&plan.changes[..], [Change::RetireKey { key_id, .. }] if key_id == "old"));
+    assert!(plan.changes[0].to_string().contains("overlap is over"));
+    decl.api_keys.clear();
+    let plan = plan_at(&decl, &stored, &KnownAccounts::default(), 1499);
+    let removed: Vec<&str> = plan
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::RemoveKey { key_id, .. } => Some(key_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, vec!["k0", "old"]);
+}
+
+#[test]
+fn a_declared_expiry_is_set_once_and_one_in_the_past_is_refused_with_nothing_changed() {
+    let (mut decl, stored) = rotating(policy(None, None, "r1"));
+    decl.api_keys[0].expiry = Some(Expiry::After(3600));
+    let plan = plan_at(&decl, &stored, &KnownAccounts::default(), 2000);
+    assert!(
+        matches!(&plan.changes[..], [Change::SetKeyExpiry { expires_at: 4600, .. }]),
+        "issuance + expireAfter: {:?}",
+        plan.changes
+    );
+    let mut expired = stored.clone();
+    expired.values_mut().next().unwrap().api_keys[0].expires_at = Some(4600);
+    assert!(
+        plan_at(&decl, &expired, &KnownAccounts::default(), 9999).is_empty(),
+        "already set: nothing"
+    );
+
+    decl.api_keys[0].expiry = Some(Expiry::At(1999));
+    let plan = plan_at(&decl, &stored, &KnownAccounts::default(), 2000);
+    assert!(plan.is_empty());
+    assert_eq!(reasons(&plan), vec![("k".into(), Reason::InvalidSpec)]);
+    assert!(
+        plan.problems[0].message.contains("in the past"),
+        "{}",
+        plan.problems[0].message
+    );
+
+    let mut fresh = acme();
+    fresh.api_keys.push(ApiKeyDecl {
+        expiry: Some(Expiry::At(1999)),
+        ..key_decl("new", "production")
+    });
+    let plan = plan_at(&fresh, &BTreeMap::new(), &KnownAccounts::default(), 2000);
+    assert!(
+        !plan.changes.iter().any(|c| matches!(c, Change::IssueKey { .. })),
+        "not issued"
+    );
+    assert_eq!(reasons(&plan), vec![("new".into(), Reason::InvalidSpec)]);
 }

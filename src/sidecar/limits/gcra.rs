@@ -7,6 +7,11 @@
 //! cannot check two budgets atomically without consuming from one of them. The wait it reports is exact:
 //! the same request sent after it would be admitted (unless other requests of the same environment use the
 //! budget first). This is pure arithmetic on nanosecond timestamps: the caller owns the clock and the lock.
+//!
+//! [`Budgets::charge`] takes facts whatever the budget holds (work already done, such as the facts a
+//! wildcard delete removed): the fact bucket's `tat` then lies beyond the window, a debt that later writes
+//! wait out with the same exact arithmetic. A limit change carries at most one whole budget of use over, so
+//! it also forgives a debt beyond that.
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::secrets_dir::{Inspection, SecretsDir, Templates};
+use super::secrets_dir::{Inspection, SecretShape, SecretsDir, Templates};
 use crate::domain::{self, Account, Declarations, KnownAccounts, OrgKey, Plan, Refusal, StoredOrganization};
 use crate::identity::DeclaredSource;
 use crate::manifests::{self, LoadLimits, ManifestError, ManifestSet, Resource};
@@ -77,18 +77,27 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// The labels and annotations each ApiKey asks for on its Secret.
+    /// What each ApiKey asks of its Secret: labels, annotations, and whether it rotates.
     pub fn templates(&self) -> Templates {
         self.manifests
             .manifests
             .iter()
             .filter_map(|m| match &m.resource {
                 Resource::ApiKey(key) => {
-                    let template = key.spec.secret.as_ref()?.template.as_ref()?;
+                    let template = key
+                        .spec
+                        .secret
+                        .as_ref()
+                        .and_then(|s| s.template.clone())
+                        .unwrap_or_default();
                     let object = m.resource.object_ref();
                     Some((
                         (object.namespace, object.name),
-                        (template.labels.clone(), template.annotations.clone()),
+                        SecretShape {
+                            labels: template.labels,
+                            annotations: template.annotations,
+                            rotates: key.spec.rotation.is_some(),
+                        },
                     ))
                 }
                 _ => None,

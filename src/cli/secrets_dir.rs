@@ -83,8 +83,17 @@ pub struct Inspection {
     pub rotations: Vec<RotationCompletion>,
 }
 
-/// The extra labels and annotations an ApiKey asks for on its Secret, by (namespace, ApiKey name).
-pub type Templates = BTreeMap<(String, String), (BTreeMap<String, String>, BTreeMap<String, String>)>;
+/// What an ApiKey asks of its Secret, by (namespace, ApiKey name).
+pub type Templates = BTreeMap<(String, String), SecretShape>;
+
+/// The extra labels and annotations an ApiKey asks for on its Secret, and whether it rotates (a rotating
+/// ApiKey's Secret is not `immutable`, so that `kubectl apply` of the rotated file updates it in place).
+#[derive(Clone, Debug, Default)]
+pub struct SecretShape {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub rotates: bool,
+}
 
 /// What is at a key file's path.
 enum FileState {
@@ -287,11 +296,10 @@ impl SecretsDir {
         Ok(written)
     }
 
-    /// A key's Secret manifest and the path it goes to. A rotating ApiKey's Secret is not `immutable`, so
-    /// that `kubectl apply` of the rotated file updates it in place.
+    /// A key's Secret manifest and the path it goes to (see [`SecretShape`]).
     fn manifest(&self, key: &IssuedKey, oso_url: &str, templates: &Templates) -> anyhow::Result<(String, PathBuf)> {
         let namespace = &key.organization.namespace;
-        let (labels, annotations) = templates
+        let shape = templates
             .get(&(namespace.clone(), key.api_key.clone()))
             .cloned()
             .unwrap_or_default();
@@ -302,12 +310,12 @@ impl SecretsDir {
             organization: key.organization.name.clone(),
             environment: key.environment.clone(),
             oso_url: oso_url.to_owned(),
-            extra_labels: labels,
-            extra_annotations: annotations,
+            extra_labels: shape.labels,
+            extra_annotations: shape.annotations,
             owner: None,
         };
         let mut secret = key_secret(&spec, &key.token);
-        if key.rotation.is_some() {
+        if shape.rotates || key.rotation.is_some() {
             secret.immutable = None;
         }
         let yaml = serde_norway::to_string(&secret).context("serialising a Secret")?;

@@ -9,7 +9,9 @@ use anyhow::Context;
 use super::duration::parse_duration;
 use super::exit;
 use crate::auth::KeyRing;
-use crate::sidecar::{self, LocalLimiter, RunOptions, Settings, UpstreamProtocol};
+use crate::sidecar::{
+    self, Fallback, Limiter, LocalLimiter, RedisLimiter, RedisOptions, RunOptions, Settings, UpstreamProtocol,
+};
 use crate::store::DEFAULT_DATABASE_URL;
 use crate::telemetry::shutdown_signal;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +73,22 @@ pub struct Args {
     /// lastUsedTime and `keys list --unused-for` then see no use from this sidecar).
     #[arg(long, env = "ORGKEEPER_KEY_USE_FLUSH_INTERVAL", default_value = "1m", value_parser = parse_key_use_flush)]
     pub key_use_flush_interval: KeyUseFlush,
+    /// Shares every environment's budgets and concurrency limit with every sidecar using this Redis (or
+    /// Valkey): redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS. Without it, each sidecar
+    /// process enforces the limits on its own (N replicas admit up to N times an environment's budget).
+    #[arg(long, env = "ORGKEEPER_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// A file holding the Redis password (e.g. a mounted Secret); it replaces a password in --redis-url.
+    #[arg(long, env = "ORGKEEPER_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+    /// What the sidecar does while Redis does not answer within --redis-timeout: share (each replica
+    /// enforces budget / replicas seen recently, so the total stays within the budget), deny (503), or
+    /// allow (no limits). The switch is logged, shown on /readyz and in metrics; recovery is automatic.
+    #[arg(long, env = "ORGKEEPER_REDIS_FALLBACK", default_value_t = Fallback::Share)]
+    pub redis_fallback: Fallback,
+    /// The longest a request waits for Redis before --redis-fallback decides it.
+    #[arg(long, env = "ORGKEEPER_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
 }
 
 impl Args {
@@ -115,6 +133,7 @@ fn parse_key_use_flush(text: &str) -> Result<KeyUseFlush, String> {
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     warn_if_few_descriptors(args.max_connections);
     let shutdown = shutdown_signal();
+    let limiter = limiter(&args)?;
     let ring = match args.key_use_flush_interval {
         KeyUseFlush(Some(interval)) => KeyRing::default().with_key_use_flush_interval(interval),
         KeyUseFlush(None) => KeyRing::default().without_key_use(),
@@ -129,7 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         listen: args.listen,
         metrics_addr: args.metrics_addr,
         ring,
-        limiter: Arc::new(LocalLimiter::default()),
+        limiter,
         settings: Settings {
             upstream: args.upstream,
             header_read_timeout: args.header_read_timeout,
@@ -149,6 +168,30 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     }
     served.context("running the sidecar")?;
     Ok(exit::OK)
+}
+
+/// The shared limiter when --redis-url is set, else limits kept in this process.
+fn limiter(args: &Args) -> anyhow::Result<Arc<dyn Limiter>> {
+    let Some(url) = &args.redis_url else {
+        tracing::info!("no --redis-url: each sidecar process enforces the limits on its own");
+        return Ok(Arc::new(LocalLimiter::default()));
+    };
+    let mut options = RedisOptions::new(url.clone());
+    options.fallback = args.redis_fallback;
+    options.timeout = args.redis_timeout;
+    if let Some(path) = &args.redis_password_file {
+        let password = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --redis-password-file {}", path.display()))?;
+        options.password = Some(password.trim_end_matches(['\r', '\n']).to_owned().into());
+    }
+    let limiter = RedisLimiter::connect(options)?;
+    tracing::info!(
+        replica = limiter.replica(),
+        fallback = %args.redis_fallback,
+        timeout_ms = args.redis_timeout.as_millis() as u64,
+        "limits shared through Redis"
+    );
+    Ok(Arc::new(limiter))
 }
 
 /// Descriptors the sidecar needs besides its client connections (upstream and store connections, files).

@@ -22,6 +22,14 @@ pub enum Step {
 }
 
 impl Step {
+    /// The steps of issuing a new key.
+    pub const ISSUANCE: [Step; 3] = [Step::AfterPendingCommit, Step::AfterSecretCreate, Step::AfterLiveCommit];
+    /// The steps of rotating a key.
+    pub const ROTATION: [Step; 3] = [
+        Step::RotationAfterRecord,
+        Step::RotationAfterSecretWrite,
+        Step::RotationAfterCommit,
+    ];
     pub const ALL: [Step; 6] = [
         Step::AfterPendingCommit,
         Step::AfterSecretCreate,

@@ -264,14 +264,8 @@ pub async fn rotate(
 ) -> Result<Written, kube::Error> {
     let namespace = issued.organization.namespace.as_str();
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let Some(found) = api.get_opt(&issued.secret_name).await? else {
+    let Some(found) = metadata(client, namespace, &issued.secret_name).await? else {
         return create(client, recent, issued, owner, oso_url).await;
-    };
-    let immutable = found.immutable == Some(true);
-    // The old key is not kept around any longer than this read.
-    let found = Secret {
-        metadata: found.metadata,
-        ..Default::default()
     };
     match classify(&found, Some(owner)) {
         SecretState::Holds(held) if held == issued.token.key_id() => return Ok(Written::Created),
@@ -279,30 +273,32 @@ pub async fn rotate(
         _ => return Ok(Written::Conflict(conflict_of(Some(found), owner, issued))),
     }
     let mut secret = secret_for(issued, owner, oso_url);
-    // Only the data and orgkeeper's metadata are rewritten: the version guards against a concurrent writer.
+    // The version guards against a concurrent writer: the Secret is rewritten only as it was just seen.
     secret.metadata.resource_version = found.metadata.resource_version.clone();
-    let written = if immutable {
-        let preconditions = kube::api::Preconditions {
-            uid: found.metadata.uid.clone(),
-            resource_version: found.metadata.resource_version.clone(),
-        };
-        let params = kube::api::DeleteParams {
-            preconditions: Some(preconditions),
-            ..Default::default()
-        };
-        api.delete(&issued.secret_name, &params).await?;
-        secret.metadata.resource_version = None;
-        api.create(&post_params(), &secret).await
-    } else {
-        api.replace(&issued.secret_name, &post_params(), &secret).await
-    };
-    match written {
-        Ok(_) => {
-            recent.remember(namespace, &issued.secret_name, issued.token.key_id());
-            Ok(Written::Created)
+    let written = match api.replace(&issued.secret_name, &post_params(), &secret).await {
+        // Written immutable (before the ApiKey declared spec.rotation): replaced once by a mutable one.
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            tracing::info!(
+                secret = %issued.secret_name,
+                namespace,
+                "the key's Secret is immutable: replacing it once with a mutable one for rotation"
+            );
+            let params = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: found.metadata.uid.clone(),
+                    resource_version: found.metadata.resource_version.clone(),
+                }),
+                ..Default::default()
+            };
+            api.delete(&issued.secret_name, &params).await?;
+            secret.metadata.resource_version = None;
+            api.create(&post_params(), &secret).await
         }
-        Err(error) => Err(error),
-    }
+        other => other,
+    };
+    written?;
+    recent.remember(namespace, &issued.secret_name, issued.token.key_id());
+    Ok(Written::Created)
 }
 
 fn owner_reference(key: &ApiKey) -> OwnerReference {

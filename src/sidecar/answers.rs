@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
 use super::body::ResponseBody;
 use super::classify::BodyError;
 use super::headers;
-use super::limits::{LimitRefusal, Policy};
+use super::limits::{LimitRefusal, LimitsUnavailable, Policy};
 use super::metrics::RefusalReason;
 use crate::auth::AuthError;
 use crate::domain::EffectiveLimits;
@@ -63,6 +63,8 @@ pub enum Refusal {
     BodyAborted,
     /// Over a rate or concurrency limit (boxed: it is much larger than the other variants).
     Limited(Box<Limited>),
+    /// The shared limits cannot be checked and `--redis-fallback deny` says to refuse meanwhile.
+    LimitsUnavailable(LimitsUnavailable),
     UpstreamUnreachable(String),
     UpstreamTimeout {
         after: Duration,
@@ -72,7 +74,9 @@ pub enum Refusal {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::NotReady | Refusal::KeysStale { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotReady | Refusal::KeysStale { .. } | Refusal::LimitsUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => StatusCode::UNAUTHORIZED,
             Refusal::ReadOnlyKey { .. } => StatusCode::FORBIDDEN,
             Refusal::BodyTooLarge { .. }
@@ -104,6 +108,7 @@ impl Refusal {
                 Policy::FactWrites => RefusalReason::RateLimitedFacts,
                 Policy::Concurrency => RefusalReason::ConcurrencyLimited,
             },
+            Refusal::LimitsUnavailable(_) => RefusalReason::LimitsUnavailable,
             Refusal::UpstreamUnreachable(_) => RefusalReason::UpstreamUnreachable,
             Refusal::UpstreamTimeout { .. } => RefusalReason::UpstreamTimeout,
         }
@@ -144,6 +149,7 @@ impl Refusal {
             ),
             Refusal::BodyAborted => "the request body was cut off before its end".into(),
             Refusal::Limited(limited) => limited_message(&limited.by),
+            Refusal::LimitsUnavailable(why) => why.to_string(),
             Refusal::UpstreamUnreachable(detail) => format!("the sidecar cannot reach its upstream: {detail}"),
             Refusal::UpstreamTimeout { after } => format!(
                 "the upstream did not answer within {} s",
@@ -160,7 +166,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) | Refusal::AmbiguousAuthorization => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Refusal::NotReady | Refusal::KeysStale { .. } => {
+            Refusal::NotReady | Refusal::KeysStale { .. } | Refusal::LimitsUnavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Refusal::Limited(limited) => {
@@ -169,10 +175,10 @@ impl Refusal {
                     headers.insert(RETRY_AFTER, HeaderValue::from(headers::whole_seconds(wait)));
                 }
                 if let Some(policy) = headers::policy(limits) {
-                    headers.insert(HeaderName::from_static(headers::RATELIMIT_POLICY), policy);
+                    headers.insert(headers::RATELIMIT_POLICY, policy);
                 }
                 if let Some(state) = headers::state(&by.quotas) {
-                    headers.insert(HeaderName::from_static(headers::RATELIMIT), state);
+                    headers.insert(headers::RATELIMIT, state);
                 }
             }
             _ => {}
@@ -225,8 +231,15 @@ pub fn stale_message(age: Duration, limit: Duration) -> String {
 pub fn json_response(status: StatusCode, message: &str) -> Response<ResponseBody> {
     let mut body = Vec::with_capacity(message.len() + 16);
     body.extend_from_slice(b"{\"message\":");
-    // Writing a string to a Vec cannot fail; it escapes what JSON requires.
-    let _ = serde_json::to_writer(&mut body, message);
+    // Most messages are plain text that JSON takes as it is; the others go through serde_json, which
+    // escapes what JSON requires (writing to a Vec cannot fail).
+    if message.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        body.push(b'"');
+        body.extend_from_slice(message.as_bytes());
+        body.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut body, message);
+    }
     body.push(b'}');
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
@@ -286,6 +299,15 @@ mod tests {
             .to_bytes();
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed, serde_json::json!({ "message": message }));
+        // A message with nothing to escape is written as it is, and reads back the same.
+        let plain = "rate limit exceeded: this environment's requestsPerMinute (1) is used up; retry in 60 s, ünïcode";
+        let body = json_response(StatusCode::TOO_MANY_REQUESTS, plain)
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, serde_json::json!({ "message": plain }).to_string());
     }
 
     #[test]

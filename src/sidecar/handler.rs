@@ -20,14 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Bytes, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response};
 
 use super::answers::{Limited, Refusal};
 use super::body::{ReadError, RequestBody, ResponseBody, StreamFault, read_bounded};
 use super::classify::{Route, WriteKind, classify, count_changes};
 use super::headers;
-use super::limits::{LimitRefusal, Limiter, Permit, Policy, Quota};
+use super::limits::{LimitError, Limiter, Permit, Policy, Quota};
 use super::metrics::{EnvironmentCounters, InFlight, SidecarMetrics};
 use super::proxy::{ForwardError, Upstream};
 use crate::auth::{AuthError, KeyRing, Principal};
@@ -76,7 +76,11 @@ impl Caller {
         }
     }
 
-    fn limited(&self, by: LimitRefusal, body_unread: bool) -> RefusedRequest {
+    fn limited(&self, by: LimitError, body_unread: bool) -> RefusedRequest {
+        let by = match by {
+            LimitError::Refused(by) => by,
+            LimitError::Unavailable(why) => return self.refuse(Refusal::LimitsUnavailable(why), body_unread),
+        };
         let refusal = match (by.policy, by.retry_after) {
             (Policy::FactWrites, None) => Refusal::BeyondWholeBudget {
                 facts: by.needed,
@@ -119,7 +123,7 @@ impl Handler {
         let started = Instant::now();
         let in_flight = self.metrics.enter();
         // Boxed: the state machine is large, and hyper moves the service future it gets.
-        let response = match Box::pin(self.process(request, in_flight)).await {
+        let response = match Box::pin(self.process(request, started, in_flight)).await {
             Ok(response) => response,
             Err(refused) => {
                 refused.counters.reject(refused.refusal.reason());
@@ -140,9 +144,11 @@ impl Handler {
     async fn process(
         &self,
         request: Request<Incoming>,
+        started: Instant,
         in_flight: InFlight,
     ) -> Result<Response<ResponseBody>, RefusedRequest> {
-        let deadline = tokio::time::Instant::now() + self.body_timeout;
+        // From the clock read `handle` made (one read fewer per request).
+        let deadline = tokio::time::Instant::from_std(started) + self.body_timeout;
         let (parts, body) = request.into_parts();
         let has_body = !body.is_end_stream();
         let caller = self.authenticate(&parts.headers).map_err(|refusal| RefusedRequest {
@@ -358,11 +364,10 @@ impl Handler {
             .await;
         quotas.extend(permit.quota);
         if let Some(policy) = headers::policy(&caller.limits) {
-            head.headers
-                .insert(HeaderName::from_static(headers::RATELIMIT_POLICY), policy);
+            head.headers.insert(headers::RATELIMIT_POLICY, policy);
         }
         if let Some(state) = headers::state(&quotas) {
-            head.headers.insert(HeaderName::from_static(headers::RATELIMIT), state);
+            head.headers.insert(headers::RATELIMIT, state);
         }
         // Released when the response body ends or is dropped: the slot, the gauge, and the connection.
         let hold: Box<dyn Send + Sync> = Box::new((permit, in_flight, lease));

@@ -15,13 +15,14 @@ use std::fmt::Write as _;
 use std::sync::{LazyLock, RwLock};
 use std::time::Duration;
 
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 
 use super::limits::{Policy, Quota};
 use crate::domain::EffectiveLimits;
 
-pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
-pub const RATELIMIT: &str = "ratelimit";
+// Names built at compile time: `from_static` outside a const context checks its argument on every call.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Whole seconds, rounded up, at least 1: a request sent after that many seconds is past the wait.
 pub fn whole_seconds(wait: Duration) -> u64 {

@@ -37,10 +37,11 @@ pub enum RefusalReason {
     Timeout,
     UpstreamUnreachable,
     UpstreamTimeout,
+    LimitsUnavailable,
 }
 
 impl RefusalReason {
-    const ALL: [RefusalReason; 14] = [
+    const ALL: [RefusalReason; 15] = [
         RefusalReason::NotReady,
         RefusalReason::KeysStale,
         RefusalReason::Unauthenticated,
@@ -55,6 +56,7 @@ impl RefusalReason {
         RefusalReason::Timeout,
         RefusalReason::UpstreamUnreachable,
         RefusalReason::UpstreamTimeout,
+        RefusalReason::LimitsUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +75,7 @@ impl RefusalReason {
             RefusalReason::Timeout => "timeout",
             RefusalReason::UpstreamUnreachable => "upstream_unreachable",
             RefusalReason::UpstreamTimeout => "upstream_timeout",
+            RefusalReason::LimitsUnavailable => "limits_unavailable",
         }
     }
 

@@ -37,7 +37,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use limits::{Clock, Limiter, LocalLimiter, ManualClock, SystemClock};
+pub use limits::{
+    BackendState, Clock, Fallback, Limiter, LocalLimiter, ManualClock, RedisLimiter, RedisOptions, SystemClock,
+};
 pub use metrics::RefusalReason;
 pub use proxy::UpstreamProtocol;
 
@@ -117,6 +119,7 @@ pub enum SidecarError {
 #[derive(Clone)]
 pub struct Sidecar {
     handler: Arc<Handler>,
+    backend: BackendMetrics,
     connection: ConnectionLimits,
     connections: Arc<Connections>,
     workers: usize,
@@ -152,6 +155,7 @@ impl Sidecar {
         );
         Ok(Sidecar {
             handler: Arc::new(handler),
+            backend: BackendMetrics::register(telemetry),
             connections,
             connection: ConnectionLimits {
                 header_read_timeout: settings.header_read_timeout,
@@ -176,6 +180,11 @@ impl Sidecar {
             shutdown,
         )
         .await
+    }
+
+    /// The shared limiter's state (`None` for limits kept in this process).
+    pub fn limits_backend(&self) -> Option<BackendState> {
+        self.handler.limiter.backend()
     }
 
     /// Mirrors the key ring into readiness and metrics every `interval`, and forgets the limiter state of
@@ -208,8 +217,22 @@ impl Sidecar {
         self.handler
             .metrics
             .ring(&status, since.map(|d| d.as_secs_f64()), stale.is_some());
+        let backend = self.handler.limiter.backend();
+        if let Some(state) = &backend {
+            self.backend.set(state);
+        }
         let readiness = match (&status.last_error, status.loaded) {
             _ if let Some(refusal) = &stale => Readiness::NotReady(refusal.message()),
+            (None, true)
+                if let Some(BackendState {
+                    shared: false, detail, ..
+                }) = &backend =>
+            {
+                Readiness::Degraded(format!(
+                    "limits are not shared right now: {}",
+                    detail.as_deref().unwrap_or("Redis is unavailable")
+                ))
+            }
             (why, false) => Readiness::Starting(match why {
                 Some(e) => format!("cannot load API keys from the store yet: {e}"),
                 None => "loading API keys from the store".into(),
@@ -223,6 +246,43 @@ impl Sidecar {
         };
         self.health.set(readiness);
         status.revision
+    }
+}
+
+/// The shared limiter's state as metrics (registered even without Redis: then they stay absent-valued 0).
+#[derive(Clone, Default)]
+struct BackendMetrics {
+    shared: prometheus_client::metrics::gauge::Gauge,
+    replicas: prometheus_client::metrics::gauge::Gauge,
+    fallbacks: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl BackendMetrics {
+    fn register(telemetry: &Telemetry) -> Self {
+        let metrics = BackendMetrics::default();
+        let mut registry = telemetry.registry.lock().unwrap_or_else(|e| e.into_inner());
+        registry.register(
+            "sidecar_limits_shared",
+            "1 while limits are decided in Redis (shared by every replica), 0 while the --redis-fallback decides",
+            metrics.shared.clone(),
+        );
+        registry.register(
+            "sidecar_limits_replicas",
+            "Sidecar replicas seen announcing themselves in Redis recently (the share fallback divides by it)",
+            metrics.replicas.clone(),
+        );
+        registry.register(
+            "sidecar_limits_fallbacks",
+            "Times the shared limits became unavailable and the --redis-fallback took over, since start",
+            metrics.fallbacks.clone(),
+        );
+        metrics
+    }
+
+    fn set(&self, state: &BackendState) {
+        self.shared.set(i64::from(state.shared));
+        self.replicas.set(state.replicas as i64);
+        self.fallbacks.set(state.fallbacks as i64);
     }
 }
 

@@ -2,20 +2,21 @@
 # Benchmarks the sidecar on loopback and prints a table. Not a test: it measures, prints, and says which
 # targets were met on this run.
 #
-# In one run, one after the other with the same load (wrk, same connections and duration):
+# In front of each of two upstreams - nginx answering a fixed JSON body (it costs almost nothing, so the
+# proxy's own cost shows) and `orgkeeper facts` on SQLite (the end-to-end figure) - one after the other
+# with the same load (wrk, same connections and duration):
 #   1. the upstream direct;
 #   2. through the sidecar, keys valid and limits high enough never to reject, rotating over 9,990 keys
-#      of 999 environments (so every environment has limiter and metrics state); as started by default
-#      (it finds out that orgkeeper facts speaks HTTP/2 and uses it), and forced to HTTP/1.1;
+#      of 999 environments (so every environment has limiter and metrics state), as started by default
+#      (it finds out whether the upstream speaks HTTP/2 and uses it); with one worker when its default is
+#      more; with last-use tracking off (--key-use-flush-interval off), for what tracking costs; and, in
+#      front of orgkeeper facts, forced to HTTP/1.1;
 #   3. nginx as a reverse proxy with limit_req keyed by the Authorization header, same keys, same upstream,
-#      as configured by default (worker_processes auto: one per CPU) and with one worker like the sidecar's
-#      default;
-#      and with last-use tracking off (--key-use-flush-interval off), for the cost of tracking;
+#      as configured by default (worker_processes auto: one per CPU) and with one worker;
 #   4. the sidecar's rejection path: one key of an environment allowed 1 request a minute (almost all 429).
 # Then the sidecar's memory (RSS) holding 10,000 keys of 1,000 environments.
 #
-# The upstream is `orgkeeper facts` when the binary has it (BENCH_UPSTREAM=facts|static|auto, default
-# auto), else nginx answering a fixed JSON body.
+# BENCH_UPSTREAM=both (the default; static only when the binary has no `facts` command), static or facts.
 #
 # Needs: wrk, nginx (apt-get install -y wrk nginx), python3, a release build (built if missing).
 # Knobs: DURATION (default 10s), ROUNDS (3), CONNECTIONS (64), THREADS (2), SIDECAR_WORKERS (the sidecar's
@@ -26,7 +27,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
-BENCH_UPSTREAM=${BENCH_UPSTREAM:-auto}
+BENCH_UPSTREAM=${BENCH_UPSTREAM:-both}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${ORGKEEPER_BIN:-$ROOT/target/release/orgkeeper}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/orgkeeper-bench.XXXXXX")
@@ -137,11 +138,7 @@ open(os.path.join(work, "keys-rotating.txt"), "w").write("\n".join(rotating) + "
 open(os.path.join(work, "keys-limited.txt"), "w").write(limited[0] + "\n")
 EOF
 
-# --- 2. The upstream ---------------------------------------------------------------------------------
-UP_PORT=$(free_port)
-if [[ $BENCH_UPSTREAM == auto ]]; then
-  if "$BIN" facts --help >/dev/null 2>&1; then BENCH_UPSTREAM=facts; else BENCH_UPSTREAM=static; fi
-fi
+# --- 2. Processes ------------------------------------------------------------------------------------
 nginx_conf() { # NAME BODY [WORKERS]: writes and starts an nginx with that http block
   local conf="$WORK/nginx-$1.conf"
   mkdir -p "$WORK/logs" "$WORK/tmp-$1"
@@ -163,46 +160,14 @@ http {
 EOF
   nginx -p "$WORK" -c "$conf"
 }
-if [[ $BENCH_UPSTREAM == facts ]]; then
-  UPSTREAM_DESC="orgkeeper facts (SQLite)"
-  "$BIN" facts --listen "127.0.0.1:$UP_PORT" --database-url "$DB" --metrics-addr "127.0.0.1:$(free_port)" \
-    2>"$WORK/logs-facts.txt" &
-  PIDS=($! "${PIDS[@]}")
-else
-  UPSTREAM_DESC="nginx answering a fixed JSON body (orgkeeper facts is not in this build)"
-  nginx_conf upstream "server { listen 127.0.0.1:$UP_PORT; location / { default_type application/json; return 200 '[]'; } }"
-fi
-wait_http "http://127.0.0.1:$UP_PORT/api/healthcheck"
-
-# --- 3. The sidecar and nginx's limit_req proxy --------------------------------------------------------
-SIDECAR_PORT=$(free_port)
-METRICS_PORT=$(free_port)
-ORGKEEPER_LOG_LEVEL=info "$BIN" sidecar ${SIDECAR_WORKERS:+--workers "$SIDECAR_WORKERS"} --listen "127.0.0.1:$SIDECAR_PORT" --upstream "http://127.0.0.1:$UP_PORT" \
-  --database-url "$DB" --metrics-addr "127.0.0.1:$METRICS_PORT" 2>"$WORK/logs-sidecar.txt" &
-SIDECAR_PID=$!
-PIDS+=("$SIDECAR_PID")
-wait_ready "http://127.0.0.1:$METRICS_PORT"
-# The same sidecar forced to HTTP/1.1 to the upstream, for comparison (the default finds out that
-# orgkeeper facts speaks HTTP/2 and uses it).
-SIDECAR1_PORT=$(free_port)
-ORGKEEPER_LOG_LEVEL=warn "$BIN" sidecar ${SIDECAR_WORKERS:+--workers "$SIDECAR_WORKERS"} --upstream-protocol http1 \
-  --listen "127.0.0.1:$SIDECAR1_PORT" --upstream "http://127.0.0.1:$UP_PORT" --database-url "$DB" \
-  --metrics-addr "127.0.0.1:$(free_port)" 2>"$WORK/logs-sidecar-http1.txt" &
-SIDECAR1_PID=$!
-PIDS+=("$SIDECAR1_PID")
-# The same sidecar with last-use tracking off, for the cost of tracking (same run, on vs off).
-SIDECAR_OFF_PORT=$(free_port)
-ORGKEEPER_LOG_LEVEL=warn "$BIN" sidecar ${SIDECAR_WORKERS:+--workers "$SIDECAR_WORKERS"} --key-use-flush-interval off \
-  --listen "127.0.0.1:$SIDECAR_OFF_PORT" --upstream "http://127.0.0.1:$UP_PORT" --database-url "$DB" \
-  --metrics-addr "127.0.0.1:$(free_port)" 2>"$WORK/logs-sidecar-off.txt" &
-SIDECAR_OFF_PID=$!
-PIDS+=("$SIDECAR_OFF_PID")
-rss() { awk -v f="$2" '$1 == f":" {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
-RSS_LOADED=$(rss "$SIDECAR_PID" VmRSS)
-
-nginx_proxy() { # NAME PORT WORKERS
+nginx_stop() { # NAME
+  nginx -p "$WORK" -c "$WORK/nginx-$1.conf" -s stop 2>/dev/null || true
+  rm -f "$WORK/nginx-$1.conf"
+}
+nginx_workers() { pgrep -P "$(cat "$WORK/nginx-$1.pid")" | tr '\n' ' '; }
+nginx_proxy() { # NAME PORT WORKERS UPSTREAM_PORT
   nginx_conf "$1" "
-  upstream facts { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  upstream facts { server 127.0.0.1:$4; keepalive 128; }
   limit_req_zone \$http_authorization zone=keys:32m rate=1000000r/s;
   server {
     listen 127.0.0.1:$2;
@@ -214,14 +179,24 @@ nginx_proxy() { # NAME PORT WORKERS
     }
   }" "$3"
 }
-NGINX_PORT=$(free_port)
-nginx_proxy proxy "$NGINX_PORT" auto
-NGINX1_PORT=$(free_port)
-nginx_proxy proxy1 "$NGINX1_PORT" 1
-wait_http "http://127.0.0.1:$NGINX1_PORT/"
-wait_http "http://127.0.0.1:$NGINX_PORT/"
+sidecar() { # LOG UPSTREAM_PORT METRICS_PORT LISTEN_PORT ARGS...: starts a sidecar, its PID in STARTED
+  local log=$1 upstream=$2 metrics=$3 listen=$4
+  shift 4
+  ORGKEEPER_LOG_LEVEL=info "$BIN" sidecar "$@" --listen "127.0.0.1:$listen" --upstream "http://127.0.0.1:$upstream" \
+    --database-url "$DB" --metrics-addr "127.0.0.1:$metrics" 2>"$WORK/$log" &
+  STARTED=$!
+  PIDS+=("$STARTED")
+  wait_ready "http://127.0.0.1:$metrics"
+}
+rss() { awk -v f="$2" '$1 == f":" {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+metric() { # METRICS_URL NAME
+  python3 -c "import urllib.request,sys; print([l for l in urllib.request.urlopen(sys.argv[1]).read().decode().splitlines() if l.startswith(sys.argv[2] + ' ')][0].split()[1])" "$1/metrics" "$2"
+}
+# The sidecar's own default, read from its help, decides whether a separate one-worker sidecar is needed.
+DEFAULT_WORKERS=${SIDECAR_WORKERS:-$("$BIN" sidecar --help | tr -s ' \n' ' ' | grep -o -- '--workers <WORKERS>[^[]*\[env: [^]]*\] \[default: [0-9]*' | grep -o '[0-9]*$' || echo 1)}
+WORKER_ARGS=(${SIDECAR_WORKERS:+--workers "$SIDECAR_WORKERS"})
 
-# --- 4. Load ------------------------------------------------------------------------------------------
+# --- 3. Load ------------------------------------------------------------------------------------------
 cat >"$WORK/keys.lua" <<'EOF'
 -- Each request carries the next key of KEYS_FILE (a real client population, not one hot key).
 local keys = {}
@@ -244,12 +219,12 @@ ticks() { # PID...: CPU ticks used so far by these processes (a process's stat s
   done
   echo "$total"
 }
-nginx_workers() { pgrep -P "$(cat "$WORK/nginx-$1.pid")" | tr '\n' ' '; }
-run() { # LABEL PORT KEYS_FILE PIDS...: one measured wrk run; PIDS are the processes whose CPU is counted
-  # (the upstream's is counted too: how a proxy drives the upstream changes what each request costs there)
-  local label=$1 port=$2 keys=$3 out="$WORK/wrk.txt"
-  shift 3
-  log "$label: $DURATION with $CONNECTIONS connections"
+run() { # GROUP LABEL PORT KEYS_FILE PIDS...: one measured wrk run; PIDS are the processes whose CPU is
+  # counted (the upstream's is counted too: how a proxy drives the upstream changes what each request
+  # costs there)
+  local group=$1 label=$2 port=$3 keys=$4 out="$WORK/wrk.txt"
+  shift 4
+  log "$group, $label: $DURATION with $CONNECTIONS connections"
   KEYS_FILE=$keys wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/keys.lua" "http://127.0.0.1:$port/" >/dev/null
   local before after upstream_before upstream_after
   upstream_before=$(ticks $UPSTREAM_PIDS)
@@ -258,11 +233,11 @@ run() { # LABEL PORT KEYS_FILE PIDS...: one measured wrk run; PIDS are the proce
     "http://127.0.0.1:$port/" >"$out"
   after=$(ticks "$@")
   upstream_after=$(ticks $UPSTREAM_PIDS)
-  python3 - "$label" "$out" "$((after - before))" "$(getconf CLK_TCK)" "$((upstream_after - upstream_before))" \
-    >>"$RESULTS" <<'PY'
+  python3 - "$group" "$label" "$out" "$((after - before))" "$(getconf CLK_TCK)" \
+    "$((upstream_after - upstream_before))" >>"$RESULTS" <<'PY'
 import re, sys
-label, text, ticks, hz = sys.argv[1], open(sys.argv[2]).read(), int(sys.argv[3]), int(sys.argv[4])
-upstream_ticks = int(sys.argv[5])
+group, label, text, ticks, hz = sys.argv[1], sys.argv[2], open(sys.argv[3]).read(), int(sys.argv[4]), int(sys.argv[5])
+upstream_ticks = int(sys.argv[6])
 def ms(value):
     number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -274,68 +249,161 @@ non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", text) or [0, 0])[1])
 errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
 cpu_us = 1e6 * ticks / hz / max(total, 1)
 upstream_us = 1e6 * upstream_ticks / hz / max(total - non2xx, 1)
-print(f"{label}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{100.0 * non2xx / max(total, 1):.1f}\t{errors}\t{cpu_us:.1f}"
-      f"\t{upstream_us:.1f}")
+print(f"{group}\t{label}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{100.0 * non2xx / max(total, 1):.1f}\t{errors}"
+      f"\t{cpu_us:.1f}\t{upstream_us:.1f}")
 PY
 }
-# Rounds interleave the four runs, so that load from other processes on the machine hits them alike; the
-# report takes each run's median over the rounds.
-UPSTREAM_PIDS=$([[ $BENCH_UPSTREAM == facts ]] && echo "${PIDS[0]}" || nginx_workers upstream)
-for round in $(seq 1 "$ROUNDS"); do
-  log "round $round of $ROUNDS"
-  run "upstream direct" "$UP_PORT" "$WORK/keys-rotating.txt" $UPSTREAM_PIDS
-  run "sidecar (forwarding)" "$SIDECAR_PORT" "$WORK/keys-rotating.txt" "$SIDECAR_PID"
-  run "sidecar, last-use tracking off" "$SIDECAR_OFF_PORT" "$WORK/keys-rotating.txt" "$SIDECAR_OFF_PID"
-  run "sidecar, HTTP/1.1 to the upstream" "$SIDECAR1_PORT" "$WORK/keys-rotating.txt" "$SIDECAR1_PID"
-  run "nginx limit_req proxy" "$NGINX_PORT" "$WORK/keys-rotating.txt" $(nginx_workers proxy)
-  run "nginx limit_req proxy, 1 worker" "$NGINX1_PORT" "$WORK/keys-rotating.txt" $(nginx_workers proxy1)
-  run "sidecar (429 path)" "$SIDECAR_PORT" "$WORK/keys-limited.txt" "$SIDECAR_PID"
-done
-SIDECAR_PROTOCOL=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/logs-sidecar.txt" | grep -o 'protocol="[^"]*"' | tail -1 | cut -d'"' -f2)
-RSS_AFTER=$(rss "$SIDECAR_PID" VmRSS)
-RSS_PEAK=$(rss "$SIDECAR_PID" VmHWM)
-metric() { python3 -c "import urllib.request,sys; print([l for l in urllib.request.urlopen(sys.argv[1]).read().decode().splitlines() if l.startswith(sys.argv[2] + ' ')][0].split()[1])" "http://127.0.0.1:$METRICS_PORT/metrics" "$1"; }
-ENVIRONMENTS=$(metric orgkeeper_sidecar_environments)
-KEYS=$(metric orgkeeper_sidecar_keys)
+
+# --- 4. One upstream at a time: start it and the proxies in front of it, run the rounds, stop them -----
+MEMORY="$WORK/memory.tsv"
+: >"$MEMORY"
+bench() { # static|facts
+  local kind=$1 group up_port pids_before=${#PIDS[@]}
+  up_port=$(free_port)
+  if [[ $kind == facts ]]; then
+    group="orgkeeper facts"
+    "$BIN" facts --listen "127.0.0.1:$up_port" --database-url "$DB" --metrics-addr "127.0.0.1:$(free_port)" \
+      2>"$WORK/logs-facts.txt" &
+    PIDS+=($!)
+    UPSTREAM_PIDS=$!
+  else
+    group="static"
+    nginx_conf "$kind-upstream" \
+      "server { listen 127.0.0.1:$up_port; location / { default_type application/json; return 200 '[]'; } }"
+  fi
+  wait_http "http://127.0.0.1:$up_port/api/healthcheck"
+  [[ $kind == facts ]] || UPSTREAM_PIDS=$(nginx_workers "$kind-upstream")
+
+  local port metrics main_pid loaded port1="" pid1="" port_h1="" pid_h1=""
+  port=$(free_port)
+  metrics=$(free_port)
+  sidecar "logs-sidecar-$kind.txt" "$up_port" "$metrics" "$port" "${WORKER_ARGS[@]}"
+  main_pid=$STARTED
+  loaded=$(rss "$main_pid" VmRSS)
+  if [[ $DEFAULT_WORKERS != 1 ]]; then
+    port1=$(free_port)
+    sidecar "logs-sidecar-$kind-1.txt" "$up_port" "$(free_port)" "$port1" --workers 1
+    pid1=$STARTED
+  fi
+  local port_off pid_off
+  port_off=$(free_port)
+  sidecar "logs-sidecar-$kind-off.txt" "$up_port" "$(free_port)" "$port_off" "${WORKER_ARGS[@]}" \
+    --key-use-flush-interval off
+  pid_off=$STARTED
+  if [[ $kind == facts ]]; then
+    # Forced to HTTP/1.1, for comparison (the default finds out that orgkeeper facts speaks HTTP/2).
+    port_h1=$(free_port)
+    sidecar "logs-sidecar-$kind-http1.txt" "$up_port" "$(free_port)" "$port_h1" "${WORKER_ARGS[@]}" \
+      --upstream-protocol http1
+    pid_h1=$STARTED
+  fi
+  local nginx_port nginx1_port
+  nginx_port=$(free_port)
+  nginx1_port=$(free_port)
+  nginx_proxy "$kind-proxy" "$nginx_port" auto "$up_port"
+  nginx_proxy "$kind-proxy1" "$nginx1_port" 1 "$up_port"
+  wait_http "http://127.0.0.1:$nginx_port/"
+  wait_http "http://127.0.0.1:$nginx1_port/"
+
+  # Rounds interleave the runs, so that load from other processes on the machine hits them alike; the
+  # report takes each run's median over the rounds.
+  local rotating="$WORK/keys-rotating.txt" round
+  for round in $(seq 1 "$ROUNDS"); do
+    log "$group: round $round of $ROUNDS"
+    run "$group" "upstream direct" "$up_port" "$rotating" $UPSTREAM_PIDS
+    run "$group" "sidecar (forwarding)" "$port" "$rotating" "$main_pid"
+    run "$group" "sidecar, last-use tracking off" "$port_off" "$rotating" "$pid_off"
+    [[ -z $pid1 ]] || run "$group" "sidecar, 1 worker" "$port1" "$rotating" "$pid1"
+    [[ -z $pid_h1 ]] || run "$group" "sidecar, HTTP/1.1 to the upstream" "$port_h1" "$rotating" "$pid_h1"
+    run "$group" "nginx limit_req proxy" "$nginx_port" "$rotating" $(nginx_workers "$kind-proxy")
+    run "$group" "nginx limit_req proxy, 1 worker" "$nginx1_port" "$rotating" $(nginx_workers "$kind-proxy1")
+    run "$group" "sidecar (429 path)" "$port" "$WORK/keys-limited.txt" "$main_pid"
+  done
+  local protocol description
+  protocol=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/logs-sidecar-$kind.txt" | grep -o 'protocol="[^"]*"' | tail -1 | cut -d'"' -f2)
+  description=$([[ $kind == facts ]] && echo "orgkeeper facts on SQLite" || echo "nginx answering a fixed JSON body")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$group" "$loaded" "$(rss "$main_pid" VmRSS)" \
+    "$(rss "$main_pid" VmHWM)" "$(metric "http://127.0.0.1:$metrics" orgkeeper_sidecar_keys)" \
+    "$(metric "http://127.0.0.1:$metrics" orgkeeper_sidecar_environments)" "${protocol:-?}" "$description" \
+    >>"$MEMORY"
+
+  # Stopped before the next upstream's runs, so that they do not share the machine with idle processes.
+  local pid
+  for pid in "${PIDS[@]:$pids_before}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  PIDS=("${PIDS[@]:0:$pids_before}")
+  nginx_stop "$kind-proxy"
+  nginx_stop "$kind-proxy1"
+  [[ $kind == facts ]] || nginx_stop "$kind-upstream"
+}
+case $BENCH_UPSTREAM in
+  both)
+    bench static
+    if "$BIN" facts --help >/dev/null 2>&1; then bench facts; else log "no orgkeeper facts in this build: static only"; fi
+    ;;
+  static | facts) bench "$BENCH_UPSTREAM" ;;
+  *) die "BENCH_UPSTREAM is both, static or facts, not $BENCH_UPSTREAM" ;;
+esac
 
 # --- 5. Report ----------------------------------------------------------------------------------------
-python3 - "$RESULTS" "$RSS_LOADED" "$RSS_AFTER" "$RSS_PEAK" "$KEYS" "$ENVIRONMENTS" \
-  "$UPSTREAM_DESC; the sidecar found it speaks ${SIDECAR_PROTOCOL:-?} and uses that" \
-  "$DURATION" "$CONNECTIONS" "$THREADS" "$(nproc)" "$ROUNDS" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'EOF'
+python3 - "$RESULTS" "$MEMORY" "$DURATION" "$CONNECTIONS" "$THREADS" "$(nproc)" "$ROUNDS" \
+  "$(cut -d' ' -f1-3 /proc/loadavg)" "$DEFAULT_WORKERS" <<'EOF'
 import statistics, sys
-results, loaded, after, peak, keys, envs, upstream, duration, conns, threads, cpus, rounds, load = sys.argv[1:]
+results, memory, duration, conns, threads, cpus, rounds, load, workers = sys.argv[1:]
 runs = {}
 for line in open(results):
-    label, *values = line.rstrip("\n").split("\t")
-    runs.setdefault(label, []).append([float(v) for v in values])
-median = {label: [statistics.median(column) for column in zip(*rows)] for label, rows in runs.items()}
+    group, label, *values = line.rstrip("\n").split("\t")
+    runs.setdefault((group, label), []).append([float(v) for v in values])
+median = {key: [statistics.median(column) for column in zip(*rows)] for key, rows in runs.items()}
+workers_text = "one worker per CPU" if workers == "0" else f"{workers} worker{'s' if workers != '1' else ''}"
 print(f"\nSidecar benchmark: wrk -t{threads} -c{conns} -d{duration}, GET /api/facts, loopback, {cpus} CPUs, "
-      f"median of {rounds} interleaved rounds (load average at the end: {load})")
-print(f"Upstream: {upstream}\n")
-print("| run | requests/s (each round) | p50 (ms) | p99 (ms) | non-2xx | socket errors "
+      f"median of {rounds} interleaved rounds (load average at the end: {load}); the sidecar runs {workers_text} "
+      "unless the row says otherwise\n")
+groups = {}
+for line in open(memory):
+    group, loaded, after, peak, keys, envs, protocol, description = line.rstrip("\n").split("\t")
+    groups[group] = dict(loaded=loaded, after=after, peak=float(peak), keys=keys, envs=envs)
+    print(f"Upstream {group}: {description}; the sidecar found it speaks {protocol} and uses that")
+print("\n| upstream | run | requests/s (each round) | p50 (ms) | p99 (ms) | non-2xx | socket errors "
       "| server CPU per request (us) | upstream CPU per forwarded request (us) |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
-for label, (rps, p50, p99, non2xx, errors, cpu, upstream_cpu) in median.items():
-    per_round = ", ".join(f"{int(r[0]):,}" for r in runs[label])
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+for (group, label), (rps, p50, p99, non2xx, errors, cpu, upstream_cpu) in median.items():
+    per_round = ", ".join(f"{int(r[0]):,}" for r in runs[(group, label)])
     forwarded = "" if non2xx > 99 else f"{upstream_cpu:.1f}"
-    print(f"| {label} | {int(rps):,} ({per_round}) | {p50:.2f} | {p99:.2f} | {non2xx:.1f}% | {int(errors)} "
-          f"| {cpu:.1f} | {forwarded} |")
-print(f"\nSidecar memory: {loaded} MiB RSS with {keys} keys of {envs} environments loaded; "
-      f"{after} MiB after the runs (peak {peak} MiB)\n")
-side, reject = median["sidecar (forwarding)"], median["sidecar (429 path)"]
-untracked = median["sidecar, last-use tracking off"]
-nginx, nginx1 = median["nginx limit_req proxy"], median["nginx limit_req proxy, 1 worker"]
-checks = [
-    ("sidecar throughput >= nginx's", side[0] >= nginx[0], f"{int(side[0]):,} vs {int(nginx[0]):,} req/s"),
-    ("sidecar p99 <= nginx's", side[2] <= nginx[2], f"{side[2]:.2f} vs {nginx[2]:.2f} ms"),
-    ("sidecar throughput >= nginx's with 1 worker", side[0] >= nginx1[0],
-     f"{int(side[0]):,} vs {int(nginx1[0]):,} req/s"),
-    ("sidecar p99 <= nginx's with 1 worker", side[2] <= nginx1[2], f"{side[2]:.2f} vs {nginx1[2]:.2f} ms"),
-    ("last-use tracking costs <= 2% of forwarding throughput", side[0] >= 0.98 * untracked[0],
-     f"{int(side[0]):,} on vs {int(untracked[0]):,} req/s off ({100 * (side[0] / untracked[0] - 1):+.1f}%)"),
-    ("429 path >= 3x forwarding", reject[0] >= 3 * side[0], f"{reject[0] / side[0]:.1f}x"),
-    ("sidecar RSS < 50 MiB (10,000 keys, 1,000 environments)", float(peak) < 50, f"peak {peak} MiB"),
-]
+    print(f"| {group} | {label} | {int(rps):,} ({per_round}) | {p50:.2f} | {p99:.2f} | {non2xx:.1f}% "
+          f"| {int(errors)} | {cpu:.1f} | {forwarded} |")
+print()
+for group, m in groups.items():
+    print(f"Sidecar memory (upstream {group}): {m['loaded']} MiB RSS with {m['keys']} keys of {m['envs']} "
+          f"environments loaded; {m['after']} MiB after the runs (peak {m['peak']} MiB)")
+print()
+checks = []
+for group in groups:
+    def row(label):
+        return median.get((group, label))
+    side, reject = row("sidecar (forwarding)"), row("sidecar (429 path)")
+    nginx, nginx1 = row("nginx limit_req proxy"), row("nginx limit_req proxy, 1 worker")
+    one = row("sidecar, 1 worker") or (side if workers == "1" else None)
+    checks += [
+        (f"{group}: sidecar throughput >= nginx's", side[0] >= nginx[0],
+         f"{int(side[0]):,} vs {int(nginx[0]):,} req/s"),
+        (f"{group}: sidecar p99 <= nginx's", side[2] <= nginx[2], f"{side[2]:.2f} vs {nginx[2]:.2f} ms"),
+        (f"{group}: sidecar CPU per request <= nginx's", side[5] <= nginx[5],
+         f"{side[5]:.1f} vs {nginx[5]:.1f} us"),
+    ]
+    if one:
+        checks.append((f"{group}: sidecar with 1 worker >= nginx with 1 worker", one[0] >= nginx1[0],
+                       f"{int(one[0]):,} vs {int(nginx1[0]):,} req/s"))
+    untracked = row("sidecar, last-use tracking off")
+    checks.append((f"{group}: last-use tracking costs <= 2% of forwarding throughput",
+                   side[0] >= 0.98 * untracked[0],
+                   f"{int(side[0]):,} on vs {int(untracked[0]):,} req/s off ({100 * (side[0] / untracked[0] - 1):+.1f}%)"))
+    checks.append((f"{group}: 429 path >= 3x forwarding", reject[0] >= 3 * side[0],
+                   f"{reject[0] / side[0]:.1f}x"))
+peak = max(m["peak"] for m in groups.values())
+checks.append(("sidecar RSS < 50 MiB (10,000 keys, 1,000 environments)", peak < 50, f"peak {peak} MiB"))
 for name, ok, detail in checks:
     print(f"{'met   ' if ok else 'MISSED'}  {name}: {detail}")
 EOF

@@ -20,6 +20,9 @@ use crate::domain::EffectiveLimits;
 
 const MINUTE_NANOS: u64 = 60_000_000_000;
 
+/// The `tat` of a bucket that starts used up: the first `follow` sets it to a whole window ahead.
+const DRAINED: u64 = u64::MAX;
+
 /// One budget as a GCRA cell: `tat` is the theoretical arrival time of the next unit, in clock nanoseconds.
 #[derive(Clone, Copy, Debug, Default)]
 struct Bucket {
@@ -39,6 +42,11 @@ impl Bucket {
 
     /// Adopts a new limit, keeping the units already used (capped at the new budget).
     fn follow(&mut self, per_minute: u64, now: u64) {
+        if self.tat == DRAINED {
+            self.per_minute = per_minute;
+            self.tat = now.saturating_add(self.window());
+            return;
+        }
         if self.per_minute == per_minute {
             return;
         }
@@ -99,6 +107,18 @@ pub struct Budgets {
 }
 
 impl Budgets {
+    /// Budgets that start used up and refill at their rate (instead of starting whole).
+    pub fn drained() -> Self {
+        let bucket = Bucket {
+            tat: DRAINED,
+            per_minute: 0,
+        };
+        Budgets {
+            requests: bucket,
+            facts: bucket,
+        }
+    }
+
     /// Checks one request carrying `facts` fact writes against both budgets at `now` (nanoseconds), and
     /// when `commit` is set and both fit, takes from both. Returns the budgets left, or the budget that
     /// keeps the request out longest (never counts as longest).
@@ -327,6 +347,19 @@ mod tests {
         let limits = limits(Some(2), None);
         assert_eq!(budgets.charge(&limits, 1_000_000, 0)[0].remaining, 2);
         assert!(admit(&mut budgets, &limits, 1_000, 0).is_ok());
+    }
+
+    #[test]
+    fn drained_budgets_start_used_up_and_refill_at_their_rate() {
+        let mut budgets = Budgets::drained();
+        let limits = limits(Some(60), Some(60));
+        let refusal = admit(&mut budgets, &limits, 0, 5 * SECOND).unwrap_err();
+        assert_eq!(refusal.retry_after, Some(Duration::from_secs(1)));
+        assert!(
+            admit(&mut budgets, &limits, 1, 6 * SECOND).is_ok(),
+            "one unit a second later"
+        );
+        assert!(admit(&mut budgets, &limits, 0, 6 * SECOND).is_err());
     }
 
     #[test]

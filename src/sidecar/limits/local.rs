@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use futures::future::BoxFuture;
 
 use super::gcra::Budgets;
-use super::{Clock, LimitRefusal, Limiter, Permit, Policy, Quota, SystemClock};
+use super::{Clock, LimitError, LimitRefusal, Limiter, Permit, Policy, Quota, SystemClock};
 use crate::domain::EffectiveLimits;
 
 /// The state of one environment.
@@ -30,6 +30,8 @@ impl Drop for Slot {
 /// Limits kept in this process's memory.
 pub struct LocalLimiter {
     clock: Arc<dyn Clock>,
+    /// New environments start with their budgets used up (refilling from empty) rather than whole.
+    drained: bool,
     environments: RwLock<HashMap<String, Arc<EnvironmentState>>>,
 }
 
@@ -43,7 +45,17 @@ impl LocalLimiter {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         LocalLimiter {
             clock,
+            drained: false,
             environments: RwLock::new(HashMap::default()),
+        }
+    }
+
+    /// A limiter whose environments start with every budget used up, refilling at their rate: taking over
+    /// from a shared budget that may already be spent, it cannot add a whole burst on top of it.
+    pub fn drained(clock: Arc<dyn Clock>) -> Self {
+        LocalLimiter {
+            drained: true,
+            ..LocalLimiter::with_clock(clock)
         }
     }
 
@@ -60,7 +72,16 @@ impl LocalLimiter {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(environment.to_owned())
-            .or_default()
+            .or_insert_with(|| {
+                Arc::new(EnvironmentState {
+                    budgets: Mutex::new(if self.drained {
+                        Budgets::drained()
+                    } else {
+                        Budgets::default()
+                    }),
+                    in_flight: AtomicU64::new(0),
+                })
+            })
             .clone()
     }
 
@@ -73,7 +94,25 @@ impl LocalLimiter {
         self.clock.now().as_nanos() as u64
     }
 
-    fn enter_now(&self, environment: &str, limits: &EffectiveLimits) -> Result<Permit, LimitRefusal> {
+    /// Takes facts from the fact-write budget even beyond what it holds (see [`Limiter::charge`]).
+    pub(super) fn charge_now(&self, environment: &str, limits: &EffectiveLimits, facts: u64) -> Vec<Quota> {
+        if limits.fact_writes_per_minute.is_none() && limits.requests_per_minute.is_none() {
+            return Vec::new();
+        }
+        let now = self.now();
+        let state = self.state(environment);
+        let mut budgets = state.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        budgets.charge(limits, facts, now)
+    }
+
+    pub(super) fn peek_now(&self, environment: &str, limits: &EffectiveLimits) -> Result<(), LimitRefusal> {
+        if limits.requests_per_minute.is_none() {
+            return Ok(());
+        }
+        self.take_now(environment, limits, 0, false).map(|_| ())
+    }
+
+    pub(super) fn enter_now(&self, environment: &str, limits: &EffectiveLimits) -> Result<Permit, LimitRefusal> {
         let state = self.state(environment);
         let Some(max) = limits.max_concurrent_requests else {
             state.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -102,7 +141,7 @@ impl LocalLimiter {
 
     /// The core of `peek` and `admit`: checks both budgets under the environment's lock, and takes from
     /// both only if both fit (and `commit` is set).
-    fn take_now(
+    pub(super) fn take_now(
         &self,
         environment: &str,
         limits: &EffectiveLimits,
@@ -130,21 +169,16 @@ impl Limiter for LocalLimiter {
         &'a self,
         environment: &'a str,
         limits: &'a EffectiveLimits,
-    ) -> BoxFuture<'a, Result<Permit, LimitRefusal>> {
-        Box::pin(std::future::ready(self.enter_now(environment, limits)))
+    ) -> BoxFuture<'a, Result<Permit, LimitError>> {
+        Box::pin(std::future::ready(
+            self.enter_now(environment, limits).map_err(LimitError::from),
+        ))
     }
 
-    fn peek<'a>(
-        &'a self,
-        environment: &'a str,
-        limits: &'a EffectiveLimits,
-    ) -> BoxFuture<'a, Result<(), LimitRefusal>> {
-        let result = if limits.requests_per_minute.is_none() {
-            Ok(())
-        } else {
-            self.take_now(environment, limits, 0, false).map(|_| ())
-        };
-        Box::pin(std::future::ready(result))
+    fn peek<'a>(&'a self, environment: &'a str, limits: &'a EffectiveLimits) -> BoxFuture<'a, Result<(), LimitError>> {
+        Box::pin(std::future::ready(
+            self.peek_now(environment, limits).map_err(LimitError::from),
+        ))
     }
 
     fn admit<'a>(
@@ -152,8 +186,11 @@ impl Limiter for LocalLimiter {
         environment: &'a str,
         limits: &'a EffectiveLimits,
         facts: u64,
-    ) -> BoxFuture<'a, Result<Vec<Quota>, LimitRefusal>> {
-        Box::pin(std::future::ready(self.take_now(environment, limits, facts, true)))
+    ) -> BoxFuture<'a, Result<Vec<Quota>, LimitError>> {
+        Box::pin(std::future::ready(
+            self.take_now(environment, limits, facts, true)
+                .map_err(LimitError::from),
+        ))
     }
 
     fn charge<'a>(
@@ -162,15 +199,7 @@ impl Limiter for LocalLimiter {
         limits: &'a EffectiveLimits,
         facts: u64,
     ) -> BoxFuture<'a, Vec<Quota>> {
-        let quotas = if limits.fact_writes_per_minute.is_none() && limits.requests_per_minute.is_none() {
-            Vec::new()
-        } else {
-            let now = self.now();
-            let state = self.state(environment);
-            let mut budgets = state.budgets.lock().unwrap_or_else(|e| e.into_inner());
-            budgets.charge(limits, facts, now)
-        };
-        Box::pin(std::future::ready(quotas))
+        Box::pin(std::future::ready(self.charge_now(environment, limits, facts)))
     }
 
     fn retain(&self, keep: &dyn Fn(&str) -> bool) {

@@ -3,22 +3,28 @@
 //! - this file: the [`Limiter`] seam and what it answers ([`Quota`], [`LimitRefusal`], [`Permit`]);
 //! - `clock`: the monotonic time budgets are measured in, injectable for tests;
 //! - `gcra`: the budget arithmetic (GCRA), both budgets of a request checked and taken at once;
-//! - `local`: [`LocalLimiter`], the state in this process's memory (limits per sidecar process).
+//! - `local`: [`LocalLimiter`], the state in this process's memory (limits per sidecar process);
+//! - `redis`: [`RedisLimiter`], one budget per environment shared by every sidecar using the same Redis;
+//! - `fallback`: what [`RedisLimiter`] does while Redis cannot answer (`--redis-fallback`).
 //!
 //! The trait's methods return futures so that a backend shared by several sidecar replicas can talk to a
 //! network service; a new backend is one more file here implementing [`Limiter`], handed to the sidecar
 //! through its run options.
 
 mod clock;
+mod fallback;
 mod gcra;
 mod local;
+mod redis;
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use fallback::Fallback;
 pub use local::LocalLimiter;
+pub use redis::{RedisError, RedisLimiter, RedisOptions};
 
 use crate::domain::EffectiveLimits;
 
@@ -77,6 +83,41 @@ pub struct LimitRefusal {
     pub quotas: Vec<Quota>,
 }
 
+/// Why a limiter could not decide on a request: its shared state is unreachable and the configured fallback
+/// is to refuse (`--redis-fallback deny`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the sidecar cannot reach the shared limits ({detail}); retry in a moment")]
+pub struct LimitsUnavailable {
+    /// What failed, without secrets (never the URL's password).
+    pub detail: String,
+}
+
+/// Why a request is not admitted: a limit refuses it, or the limits cannot be checked at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitError {
+    Refused(LimitRefusal),
+    Unavailable(LimitsUnavailable),
+}
+
+impl From<LimitRefusal> for LimitError {
+    fn from(refusal: LimitRefusal) -> Self {
+        LimitError::Refused(refusal)
+    }
+}
+
+/// Where a shared backend's budgets live right now, for `/readyz` and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendState {
+    /// True while the shared state answers; false while the fallback decides.
+    pub shared: bool,
+    /// Sidecar replicas seen announcing themselves recently (the divisor of the `share` fallback).
+    pub replicas: u64,
+    /// Times the backend switched to its fallback since start.
+    pub fallbacks: u64,
+    /// Why it is in fallback, and which fallback (when not shared).
+    pub detail: Option<String>,
+}
+
 /// Holds a concurrency slot until dropped (the end of the response body).
 #[derive(Default)]
 pub struct Permit {
@@ -110,12 +151,11 @@ pub trait Limiter: Send + Sync + 'static {
         &'a self,
         environment: &'a str,
         limits: &'a EffectiveLimits,
-    ) -> BoxFuture<'a, Result<Permit, LimitRefusal>>;
+    ) -> BoxFuture<'a, Result<Permit, LimitError>>;
 
     /// Whether one more request (with no facts) would be admitted now, without taking anything. Used before
     /// reading a write's body, so that a client over its request budget is refused without reading it.
-    fn peek<'a>(&'a self, environment: &'a str, limits: &'a EffectiveLimits)
-    -> BoxFuture<'a, Result<(), LimitRefusal>>;
+    fn peek<'a>(&'a self, environment: &'a str, limits: &'a EffectiveLimits) -> BoxFuture<'a, Result<(), LimitError>>;
 
     /// Admits one request carrying `facts` fact writes, taking from both budgets, or refuses it and takes
     /// nothing. On success, returns the budgets left for the `RateLimit` header.
@@ -124,7 +164,7 @@ pub trait Limiter: Send + Sync + 'static {
         environment: &'a str,
         limits: &'a EffectiveLimits,
         facts: u64,
-    ) -> BoxFuture<'a, Result<Vec<Quota>, LimitRefusal>>;
+    ) -> BoxFuture<'a, Result<Vec<Quota>, LimitError>>;
 
     /// Charges `facts` fact writes to the fact-write budget unconditionally, for work already done whose cost
     /// was known only afterwards (a wildcard delete costs the facts it removed). The budget may go into debt:
@@ -135,4 +175,9 @@ pub trait Limiter: Send + Sync + 'static {
 
     /// Drops the state of environments for which `keep` is false (deleted environments).
     fn retain(&self, keep: &dyn Fn(&str) -> bool);
+
+    /// The state of a shared backend (`None`: limits are this process's own and always answer).
+    fn backend(&self) -> Option<BackendState> {
+        None
+    }
 }

@@ -256,8 +256,13 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Removes the headers that describe one connection rather than the message. (A message has a handful of
-/// headers, so scanning them beats looking up each hop-by-hop name.)
+/// headers, so scanning them beats looking up each hop-by-hop name; most messages have none, and then
+/// nothing is allocated.)
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // `Connection` is one of them: without any, no header is named by one either.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -1,0 +1,815 @@
+//! [`RedisLimiter`]: every environment's budgets and concurrency slots kept in one Redis (or Valkey), so all
+//! the sidecars of a store share one budget per environment.
+//!
+//! Exactness comes from doing every decision inside Redis, in one Lua script: the GCRA arithmetic of
+//! `gcra.rs` (both budgets of a request checked and taken at once, on Redis's own clock so replicas need no
+//! synchronised clocks), the concurrency slots, and the replicas' heartbeats. Speed comes from batching: one
+//! task per sidecar owns the connection and sends whatever requests queued up while the previous round
+//! trip was out as *one* `EVALSHA`, which Redis runs atomically in order. Under load a batch carries tens to
+//! hundreds of admissions, so Redis sees far fewer commands than the sidecar sees requests, with no lease to
+//! hand back and no budget parked on an idle replica. Leases (each replica spending a slice locally) were
+//! not needed: the batch already takes Redis out of the per-request cost.
+//!
+//! Concurrency slots are a hash per environment of replica id to slots held. A replica announces itself
+//! every `heartbeat` in a sorted set scored by time; slots of a replica not heard from for three heartbeats
+//! are not counted (and are deleted), so a replica killed with SIGKILL gives its slots back within about
+//! three heartbeats (3 s by default). Each heartbeat also rewrites this replica's own counts, so a release
+//! lost in an outage cannot leak a slot.
+//!
+//! A request never waits for Redis longer than `timeout`: past it, or when Redis cannot be reached, the
+//! limiter switches to its [`Fallback`] at once (logged once, on `/readyz` and in metrics), stops sending
+//! requests' admissions to Redis and probes it with the heartbeat; when Redis answers again, what the
+//! `share` fallback admitted meanwhile is charged to the shared budgets and the limiter switches back.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use foldhash::HashMap;
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, IntoConnectionInfo, Script};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{mpsc, oneshot};
+
+use super::fallback::{Fallback, Outage};
+use super::{
+    BackendState, Clock, LimitError, LimitRefusal, Limiter, LimitsUnavailable, Permit, Policy, Quota, SystemClock,
+};
+use crate::domain::EffectiveLimits;
+
+/// The most requests one round trip carries; more wait for the next (a bound on one script's run time).
+const MAX_BATCH: usize = 512;
+
+/// A replica unheard of for this many heartbeats is gone: its slots no longer count.
+const LIVE_HEARTBEATS: u32 = 3;
+
+/// Every decision, for a batch of requests, atomically. ARGV: prefix, replica id, liveness (ms), then ops:
+/// `H` (heartbeat: answers the live replicas), `S env n` (this replica holds n slots), `A env rpm fpm facts
+/// commit` (admit: answers ok, policy, needed, wait µs, then remaining and full-in µs of both budgets),
+/// `E env max` (enter: answers ok and slots in use), `L env` (leave), `C env rpm fpm requests facts` (charge,
+/// may go into debt: answers both budgets). A limit of -1 is none. Times are µs on Redis's clock.
+const SCRIPT: &str = r#"
+local prefix, replica, live_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
+local MIN = 60000000
+local replicas = prefix .. ':replicas'
+local out = {}
+
+local function int(x) return string.format('%d', x) end
+local function interval(limit) return math.max(math.floor(MIN / math.max(limit, 1)), 1) end
+local function load(key, limit)
+  local h = redis.call('HMGET', key, 't', 'n')
+  local tat = tonumber(h[1]) or 0
+  local old = tonumber(h[2])
+  if old ~= nil and old ~= limit then
+    local used = 0
+    if old > 0 then used = math.ceil(math.max(tat - now, 0) / interval(old)) end
+    tat = now + math.min(used, limit) * interval(limit)
+  end
+  return tat
+end
+local function save(key, tat, limit)
+  redis.call('HSET', key, 't', int(tat), 'n', int(limit))
+  redis.call('PEXPIRE', key, math.floor(math.max(tat - now, 0) / 1000) + 1000)
+end
+local function try(tat, limit, cost)
+  if cost == 0 then return tat, 0 end
+  if cost > limit then return nil, -1 end
+  local iv = interval(limit)
+  local new = math.max(tat, now) + cost * iv
+  local horizon = now + iv * limit
+  if new <= horizon then return new, 0 end
+  return nil, new - horizon
+end
+local function quota(tat, limit)
+  if limit < 0 then return 0, 0 end
+  local iv = interval(limit)
+  local backlog = math.max(tat - now, 0)
+  return math.floor(math.max(iv * limit - backlog, 0) / iv), backlog
+end
+local function slots_key(env) return prefix .. ':{' .. env .. '}:slots' end
+
+local i = 4
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'H' then
+    redis.call('ZADD', replicas, now_ms, replica)
+    redis.call('ZREMRANGEBYSCORE', replicas, '-inf', now_ms - live_ms)
+    redis.call('PEXPIRE', replicas, live_ms * 10)
+    out[#out + 1] = {redis.call('ZCARD', replicas)}
+    i = i + 1
+  elseif op == 'S' then
+    local key, n = slots_key(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    if n > 0 then
+      redis.call('HSET', key, replica, n)
+      redis.call('PEXPIRE', key, live_ms * 10)
+    else
+      redis.call('HDEL', key, replica)
+    end
+    i = i + 3
+  elseif op == 'L' then
+    local key = slots_key(ARGV[i + 1])
+    if redis.call('HINCRBY', key, replica, -1) <= 0 then redis.call('HDEL', key, replica) end
+    i = i + 2
+  elseif op == 'E' then
+    local key, max = slots_key(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    local held = redis.call('HGETALL', key)
+    local total = 0
+    for j = 1, #held, 2 do
+      local who, n = held[j], tonumber(held[j + 1])
+      if who == replica then
+        total = total + n
+      else
+        local seen = redis.call('ZSCORE', replicas, who)
+        if seen and tonumber(seen) > now_ms - live_ms then
+          total = total + n
+        else
+          redis.call('HDEL', key, who)
+        end
+      end
+    end
+    if total < max then
+      redis.call('HINCRBY', key, replica, 1)
+      redis.call('PEXPIRE', key, live_ms * 10)
+      out[#out + 1] = {1, total + 1}
+    else
+      out[#out + 1] = {0, total}
+    end
+    i = i + 3
+  elseif op == 'A' or op == 'C' then
+    local env = ARGV[i + 1]
+    local rpm, fpm = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    local rkey, fkey = prefix .. ':{' .. env .. '}:requests', prefix .. ':{' .. env .. '}:facts'
+    local rtat, ftat = 0, 0
+    if rpm >= 0 then rtat = load(rkey, rpm) end
+    if fpm >= 0 then ftat = load(fkey, fpm) end
+    if op == 'C' then
+      local requests, facts = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+      if rpm >= 0 and requests > 0 then
+        rtat = math.max(rtat, now) + requests * interval(rpm)
+        save(rkey, rtat, rpm)
+      end
+      if fpm >= 0 and facts > 0 then
+        ftat = math.max(ftat, now) + facts * interval(fpm)
+        save(fkey, ftat, fpm)
+      end
+      local rr, rf = quota(rtat, rpm)
+      local fr, ff = quota(ftat, fpm)
+      out[#out + 1] = {rr, rf, fr, ff}
+      i = i + 6
+    else
+      local facts, commit = tonumber(ARGV[i + 4]), ARGV[i + 5] == '1'
+      local ok, policy, needed, wait = 1, 0, 0, 0
+      local rnew, fnew = rtat, ftat
+      -- The budget that keeps the request out longest refuses it; one it can never fit counts as longest.
+      local function consider(p, cost, w)
+        if ok == 1 or (wait ~= -1 and (w == -1 or w > wait)) then
+          ok, policy, needed, wait = 0, p, cost, w
+        end
+      end
+      if rpm >= 0 then
+        local new, w = try(rtat, rpm, 1)
+        if new then rnew = new else consider(0, 1, w) end
+      end
+      if fpm >= 0 then
+        local new, w = try(ftat, fpm, facts)
+        if new then fnew = new else consider(1, facts, w) end
+      end
+      if ok == 1 and commit then
+        if rpm >= 0 then save(rkey, rnew, rpm); rtat = rnew end
+        if fpm >= 0 and facts > 0 then save(fkey, fnew, fpm); ftat = fnew end
+      end
+      local rr, rf = quota(rtat, rpm)
+      local fr, ff = quota(ftat, fpm)
+      out[#out + 1] = {ok, policy, needed, wait, rr, rf, fr, ff}
+      i = i + 6
+    end
+  else
+    return redis.error_reply('unknown op ' .. tostring(op))
+  end
+end
+return out
+"#;
+
+/// How to reach Redis and what to do without it.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// `redis://[USER:PASSWORD@]HOST[:PORT][/DB]`, `rediss://…` (TLS) or `unix:///PATH`.
+    pub url: SecretString,
+    /// Replaces the URL's password (read from `--redis-password-file`).
+    pub password: Option<SecretString>,
+    pub fallback: Fallback,
+    /// The longest a request waits for Redis before the fallback decides.
+    pub timeout: Duration,
+    /// How often this replica announces itself; three missed announcements and its slots are freed.
+    pub heartbeat: Duration,
+    /// Prefix of every key (several stores may share one Redis).
+    pub prefix: String,
+}
+
+impl RedisOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisOptions {
+            url: SecretString::from(url.into()),
+            password: None,
+            fallback: Fallback::Share,
+            timeout: Duration::from_millis(100),
+            heartbeat: Duration::from_secs(1),
+            prefix: "orgkeeper".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// The URL is not one Redis understands (the URL itself is not repeated: it may hold a password).
+    #[error("--redis-url is not a Redis URL (redis://HOST:PORT, rediss://HOST:PORT for TLS, or unix:///PATH): {0}")]
+    Url(String),
+    #[error("cannot set up the Redis client: {0}")]
+    Client(String),
+}
+
+/// One request's question to Redis, with where to send the answer.
+enum Job {
+    Admit {
+        environment: String,
+        limits: EffectiveLimits,
+        facts: u64,
+        commit: bool,
+        reply: oneshot::Sender<Result<Vec<i64>, ()>>,
+    },
+    Charge {
+        environment: String,
+        limits: EffectiveLimits,
+        facts: u64,
+        reply: oneshot::Sender<Result<Vec<i64>, ()>>,
+    },
+    Enter {
+        environment: String,
+        max: u64,
+        /// A permit, or the concurrency budget that refused one.
+        reply: oneshot::Sender<Result<Result<Permit, Quota>, ()>>,
+    },
+    Leave {
+        environment: String,
+    },
+}
+
+/// What the request path and the flushing task share.
+struct Shared {
+    queue: mpsc::UnboundedSender<Job>,
+    replica: String,
+    fallback: Fallback,
+    timeout: Duration,
+    clock: Arc<dyn Clock>,
+    healthy: AtomicBool,
+    replicas: AtomicU64,
+    fallbacks: AtomicU64,
+    /// Present while Redis is away: the fallback's local budgets and what they admitted.
+    outage: Mutex<Option<(Arc<Outage>, String)>>,
+}
+
+/// Limits shared by every sidecar using the same Redis.
+pub struct RedisLimiter {
+    shared: Arc<Shared>,
+}
+
+/// Releases a slot held in Redis when dropped.
+struct RedisSlot {
+    environment: String,
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl Drop for RedisSlot {
+    fn drop(&mut self) {
+        let _ = self.queue.send(Job::Leave {
+            environment: std::mem::take(&mut self.environment),
+        });
+    }
+}
+
+fn limit_arg(limit: Option<u64>) -> i64 {
+    limit.map_or(-1, |n| n.min(i64::MAX as u64) as i64)
+}
+
+fn micros(n: i64) -> Duration {
+    Duration::from_micros(n.max(0) as u64)
+}
+
+/// The budgets left, from a row's `[requests remaining, full in, facts remaining, full in]`.
+fn quotas(limits: &EffectiveLimits, row: &[i64]) -> Vec<Quota> {
+    let mut quotas = Vec::with_capacity(2);
+    for (policy, limit, at) in [
+        (Policy::Requests, limits.requests_per_minute, 0),
+        (Policy::FactWrites, limits.fact_writes_per_minute, 2),
+    ] {
+        let (Some(limit), Some(remaining), Some(full_in)) = (limit, row.get(at), row.get(at + 1)) else {
+            continue;
+        };
+        quotas.push(Quota {
+            policy,
+            limit,
+            remaining: (*remaining).max(0) as u64,
+            full_in: Some(micros(*full_in)),
+        });
+    }
+    quotas
+}
+
+/// An admission's answer: `[ok, policy, needed, wait, …quotas]`.
+fn admission(limits: &EffectiveLimits, row: &[i64]) -> Result<Vec<Quota>, LimitRefusal> {
+    let left = quotas(limits, row.get(4..).unwrap_or_default());
+    if row.first() == Some(&1) {
+        return Ok(left);
+    }
+    let (policy, limit) = match row.get(1) {
+        Some(1) => (Policy::FactWrites, limits.fact_writes_per_minute),
+        _ => (Policy::Requests, limits.requests_per_minute),
+    };
+    let wait = row.get(3).copied().unwrap_or(-1);
+    Err(LimitRefusal {
+        policy,
+        limit: limit.unwrap_or_default(),
+        needed: row.get(2).copied().unwrap_or_default().max(0) as u64,
+        retry_after: (wait >= 0).then(|| micros(wait)),
+        quotas: left,
+    })
+}
+
+fn concurrency(max: u64, in_use: u64) -> Quota {
+    Quota {
+        policy: Policy::Concurrency,
+        limit: max,
+        remaining: max.saturating_sub(in_use),
+        full_in: None,
+    }
+}
+
+impl RedisLimiter {
+    /// A limiter on the Redis at `options.url`. Connects lazily: a sidecar starts (in fallback) even when
+    /// Redis is not up yet. Must be called inside a Tokio runtime (it spawns the task talking to Redis).
+    pub fn connect(options: RedisOptions) -> Result<Self, RedisError> {
+        let mut info = options
+            .url
+            .expose_secret()
+            .into_connection_info()
+            .map_err(|e| RedisError::Url(e.to_string()))?;
+        if let Some(password) = &options.password {
+            let settings = info.redis_settings().clone().set_password(password.expose_secret());
+            info = info.set_redis_settings(settings);
+        }
+        let client = Client::open(info).map_err(|e| RedisError::Client(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(Some(options.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| RedisError::Client(e.to_string()))?;
+        let (queue, jobs) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            queue,
+            replica: replica_id(),
+            fallback: options.fallback,
+            timeout: options.timeout,
+            clock: Arc::new(SystemClock::default()),
+            // Until Redis first answers, the fallback decides.
+            healthy: AtomicBool::new(false),
+            replicas: AtomicU64::new(1),
+            fallbacks: AtomicU64::new(0),
+            outage: Mutex::new(None),
+        });
+        shared.begin_outage("not connected to Redis yet".into());
+        shared.fallbacks.store(0, Ordering::Relaxed);
+        tokio::spawn(flush(
+            Arc::downgrade(&shared),
+            jobs,
+            connection,
+            options.prefix,
+            options.heartbeat,
+        ));
+        Ok(RedisLimiter { shared })
+    }
+
+    /// This replica's id in Redis.
+    pub fn replica(&self) -> &str {
+        &self.shared.replica
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T, ()>>) -> Job) -> Option<T> {
+        if !self.shared.healthy.load(Ordering::Acquire) {
+            return None;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.shared.queue.send(job(reply)).ok()?;
+        match tokio::time::timeout(self.shared.timeout, answer).await {
+            Ok(Ok(Ok(answer))) => Some(answer),
+            Ok(_) => None,
+            Err(_) => {
+                self.shared.trip(format!(
+                    "Redis did not answer within {} ms",
+                    self.shared.timeout.as_millis()
+                ));
+                None
+            }
+        }
+    }
+
+    fn unavailable(&self) -> LimitError {
+        LimitError::Unavailable(LimitsUnavailable {
+            detail: self.shared.detail(),
+        })
+    }
+
+    async fn take(
+        &self,
+        environment: &str,
+        limits: &EffectiveLimits,
+        facts: u64,
+        commit: bool,
+    ) -> Result<Vec<Quota>, LimitError> {
+        if limits.requests_per_minute.is_none() && limits.fact_writes_per_minute.is_none() {
+            return Ok(Vec::new());
+        }
+        let asked = self
+            .ask(|reply| Job::Admit {
+                environment: environment.to_owned(),
+                limits: *limits,
+                facts,
+                commit,
+                reply,
+            })
+            .await;
+        if let Some(row) = asked {
+            return admission(limits, &row).map_err(LimitError::from);
+        }
+        match self.shared.fallback {
+            Fallback::Allow => Ok(Vec::new()),
+            Fallback::Deny => Err(self.unavailable()),
+            Fallback::Share => {
+                let outage = self.shared.current_outage();
+                let share = outage.share(limits);
+                let quotas = outage.limiter.take_now(environment, &share, facts, commit)?;
+                if commit {
+                    outage.spend(environment, limits, 1, facts);
+                }
+                Ok(quotas)
+            }
+        }
+    }
+}
+
+/// A random id for this process: a restarted replica is a new one (its predecessor's slots expire).
+fn replica_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    format!("{host}-{}-{:016x}", std::process::id(), rand::random::<u64>())
+}
+
+impl Shared {
+    fn detail(&self) -> String {
+        match &*self.outage.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((_, why)) => why.clone(),
+            None => "Redis is unavailable".into(),
+        }
+    }
+
+    /// The current outage's local state (a new one if the switch raced with recovery).
+    fn current_outage(&self) -> Arc<Outage> {
+        let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        outage
+            .get_or_insert_with(|| {
+                (
+                    Arc::new(Outage::new(self.clock.clone(), self.replicas.load(Ordering::Relaxed))),
+                    "Redis is unavailable".into(),
+                )
+            })
+            .0
+            .clone()
+    }
+
+    fn begin_outage(&self, why: String) {
+        let replicas = self.replicas.load(Ordering::Relaxed);
+        *self.outage.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Arc::new(Outage::new(self.clock.clone(), replicas)), why));
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Switches to the fallback (once: later failures of the same outage say nothing).
+    fn trip(&self, why: String) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                fallback = %self.fallback,
+                replicas = self.replicas.load(Ordering::Relaxed),
+                reason = %why,
+                "shared limits unavailable: the {} fallback decides until Redis answers again",
+                self.fallback
+            );
+            self.begin_outage(why);
+        }
+    }
+}
+
+impl Limiter for RedisLimiter {
+    fn enter<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+    ) -> BoxFuture<'a, Result<Permit, LimitError>> {
+        Box::pin(async move {
+            let Some(max) = limits.max_concurrent_requests else {
+                return Ok(Permit::default());
+            };
+            let asked = self
+                .ask(|reply| Job::Enter {
+                    environment: environment.to_owned(),
+                    max,
+                    reply,
+                })
+                .await;
+            match asked {
+                Some(Ok(permit)) => return Ok(permit),
+                Some(Err(quota)) => {
+                    return Err(LimitError::Refused(LimitRefusal {
+                        policy: Policy::Concurrency,
+                        limit: max,
+                        needed: 1,
+                        retry_after: None,
+                        quotas: vec![quota],
+                    }));
+                }
+                None => {}
+            }
+            match self.shared.fallback {
+                Fallback::Allow => Ok(Permit::default()),
+                Fallback::Deny => Err(self.unavailable()),
+                Fallback::Share => {
+                    let outage = self.shared.current_outage();
+                    Ok(outage.limiter.enter_now(environment, &outage.share(limits))?)
+                }
+            }
+        })
+    }
+
+    fn peek<'a>(&'a self, environment: &'a str, limits: &'a EffectiveLimits) -> BoxFuture<'a, Result<(), LimitError>> {
+        Box::pin(async move {
+            if limits.requests_per_minute.is_none() {
+                return Ok(());
+            }
+            self.take(environment, limits, 0, false).await.map(|_| ())
+        })
+    }
+
+    fn admit<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+        facts: u64,
+    ) -> BoxFuture<'a, Result<Vec<Quota>, LimitError>> {
+        Box::pin(self.take(environment, limits, facts, true))
+    }
+
+    fn charge<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+        facts: u64,
+    ) -> BoxFuture<'a, Vec<Quota>> {
+        Box::pin(async move {
+            if limits.fact_writes_per_minute.is_none() && limits.requests_per_minute.is_none() {
+                return Vec::new();
+            }
+            let asked = self
+                .ask(|reply| Job::Charge {
+                    environment: environment.to_owned(),
+                    limits: *limits,
+                    facts,
+                    reply,
+                })
+                .await;
+            if let Some(row) = asked {
+                return quotas(limits, &row);
+            }
+            // The work is done: whatever the fallback, the facts are owed to the shared budget.
+            let outage = self.shared.current_outage();
+            outage.spend(environment, limits, 0, facts);
+            outage.limiter.charge_now(environment, &outage.share(limits), facts)
+        })
+    }
+
+    fn retain(&self, _keep: &dyn Fn(&str) -> bool) {
+        // Redis forgets a deleted environment's keys by their own expiry (a minute at most).
+    }
+
+    fn backend(&self) -> Option<BackendState> {
+        let shared = self.shared.healthy.load(Ordering::Acquire);
+        Some(BackendState {
+            shared,
+            replicas: self.shared.replicas.load(Ordering::Relaxed),
+            fallbacks: self.shared.fallbacks.load(Ordering::Relaxed),
+            detail: (!shared).then(|| format!("{}; fallback: {}", self.shared.detail(), self.shared.fallback)),
+        })
+    }
+}
+
+/// The task owning the Redis connection: batches queued jobs into one script call per round trip,
+/// heartbeats, and switches between shared and fallback. Ends when the limiter is dropped.
+async fn flush(
+    shared: std::sync::Weak<Shared>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut connection: ConnectionManager,
+    prefix: String,
+    heartbeat: Duration,
+) {
+    let script = Script::new(SCRIPT);
+    let live_ms = (heartbeat * LIVE_HEARTBEATS).as_millis().max(1) as u64;
+    // Slots this replica holds in Redis per environment (zeros kept until written once).
+    let mut held: HashMap<String, u64> = HashMap::default();
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let beat = tokio::select! {
+            biased;
+            job = jobs.recv() => match job {
+                Some(job) => { batch.push(job); false }
+                None => return,
+            },
+            _ = ticker.tick() => true,
+        };
+        // Whatever queued meanwhile goes in the same round trip; a couple of yields let requests that are
+        // being handled right now join it (a timer would cost a millisecond: Tokio's resolution).
+        for _ in 0..3 {
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() >= MAX_BATCH {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let Some(shared) = shared.upgrade() else { return };
+        let healthy = shared.healthy.load(Ordering::Acquire);
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(&prefix).arg(&shared.replica).arg(live_ms);
+        let mut ops = 0;
+        if beat {
+            invocation.arg("H");
+            for (environment, n) in &held {
+                invocation.arg("S").arg(environment).arg(*n);
+            }
+        }
+        // Releases count at once (the permit is gone); the heartbeat's rewrite repairs a lost one.
+        let mut asking = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            match job {
+                Job::Leave { environment } => {
+                    if let Some(n) = held.get_mut(&environment) {
+                        *n = n.saturating_sub(1);
+                    }
+                    if healthy {
+                        invocation.arg("L").arg(environment);
+                        ops += 1;
+                    }
+                }
+                // While in fallback only the heartbeat probes Redis; a job that raced the switch is
+                // answered at once and decided by the fallback.
+                _ if !healthy => drop(job),
+                job => {
+                    match &job {
+                        Job::Admit {
+                            environment,
+                            limits,
+                            facts,
+                            commit,
+                            ..
+                        } => {
+                            invocation
+                                .arg("A")
+                                .arg(environment)
+                                .arg(limit_arg(limits.requests_per_minute))
+                                .arg(limit_arg(limits.fact_writes_per_minute))
+                                .arg(*facts)
+                                .arg(u8::from(*commit));
+                        }
+                        Job::Charge {
+                            environment,
+                            limits,
+                            facts,
+                            ..
+                        } => {
+                            invocation
+                                .arg("C")
+                                .arg(environment)
+                                .arg(limit_arg(limits.requests_per_minute))
+                                .arg(limit_arg(limits.fact_writes_per_minute))
+                                .arg(0)
+                                .arg(*facts);
+                        }
+                        Job::Enter { environment, max, .. } => {
+                            invocation.arg("E").arg(environment).arg(*max);
+                        }
+                        Job::Leave { .. } => unreachable!("handled above"),
+                    }
+                    ops += 1;
+                    asking.push(job);
+                }
+            }
+        }
+        if !beat && ops == 0 {
+            continue;
+        }
+        // Coming back: what the fallback admitted is charged before anything else is decided.
+        let recovering = beat && !healthy;
+        let spent = if recovering {
+            let outage = shared.outage.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            outage.map(|(outage, _)| outage.take_spent()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        for (environment, spent) in &spent {
+            invocation
+                .arg("C")
+                .arg(environment)
+                .arg(limit_arg(spent.limits.requests_per_minute))
+                .arg(limit_arg(spent.limits.fact_writes_per_minute))
+                .arg(spent.requests)
+                .arg(spent.facts);
+        }
+        let answer = tokio::time::timeout(
+            shared.timeout,
+            invocation.invoke_async::<Vec<Vec<i64>>>(&mut connection),
+        )
+        .await;
+        let mut rows = match answer {
+            Ok(Ok(rows)) => rows.into_iter(),
+            failed => {
+                let why = match failed {
+                    Err(_) => format!("Redis did not answer within {} ms", shared.timeout.as_millis()),
+                    Ok(Err(e)) => format!("Redis: {e}"),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                if recovering {
+                    // Not charged this time: keep it for the next probe.
+                    let outage = shared.current_outage();
+                    for (environment, spent) in spent {
+                        outage.spend(&environment, &spent.limits, spent.requests, spent.facts);
+                    }
+                    tracing::debug!(reason = %why, "Redis still unavailable");
+                } else {
+                    shared.trip(why);
+                }
+                // Dropping the replies tells the waiting requests to ask the fallback.
+                asking.clear();
+                continue;
+            }
+        };
+        if beat {
+            if let Some(replicas) = rows.next().and_then(|row| row.first().copied()) {
+                shared.replicas.store(replicas.max(1) as u64, Ordering::Relaxed);
+            }
+            held.retain(|_, n| *n > 0);
+        }
+        for job in asking {
+            let row = rows.next().unwrap_or_default();
+            match job {
+                Job::Admit { reply, .. } | Job::Charge { reply, .. } => {
+                    let _ = reply.send(Ok(row));
+                }
+                Job::Enter {
+                    environment,
+                    max,
+                    reply,
+                } => {
+                    let in_use = row.get(1).copied().unwrap_or_default().max(0) as u64;
+                    let permit = if row.first() == Some(&1) {
+                        *held.entry(environment.clone()).or_default() += 1;
+                        let slot = RedisSlot {
+                            environment,
+                            queue: shared.queue.clone(),
+                        };
+                        Ok(Permit::new(Box::new(slot), Some(concurrency(max, in_use))))
+                    } else {
+                        Err(concurrency(max, in_use))
+                    };
+                    // A requester that gave up drops the permit with the reply, which releases the slot.
+                    let _ = reply.send(Ok(permit));
+                }
+                Job::Leave { .. } => {}
+            }
+        }
+        if recovering {
+            shared.outage.lock().unwrap_or_else(|e| e.into_inner()).take();
+            shared.healthy.store(true, Ordering::Release);
+            tracing::info!(
+                replicas = shared.replicas.load(Ordering::Relaxed),
+                "shared limits available again: Redis decides"
+            );
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! What the shared-limits tests need besides the sidecar harness: a real `redis-server` of their own on a
+//! free port (no persistence, so a restart loses its state as a crashed Redis would), which a test can stop,
+//! start again on the same port, pause (SIGSTOP) and resume; and `orgkeeper sidecar` replicas as processes
+//! on one SQLite store, so a replica can be killed with SIGKILL.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+
+use crate::sidecar_support::Http;
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a child process this harness started and has not reaped.
+    let done = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(done, 0, "signal {signal} to {pid}");
+}
+
+/// A `redis-server` of this test's own.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut server = RedisServer {
+            port: free_addr().port(),
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.command("PING").as_deref() != Some("+PONG") {
+            assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Kills it (SIGKILL: its state is lost, as in a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// SIGSTOP: connections stay open and nothing answers, as with an overloaded or partitioned Redis.
+    pub fn pause(&self) {
+        signal(self.pid(), libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid(), libc::SIGCONT);
+    }
+
+    /// One inline command's first reply line (`None` when it cannot be reached).
+    pub fn command(&self, command: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+        let mut reply = vec![0; 64 * 1024];
+        let n = stream.read(&mut reply).ok()?;
+        let text = String::from_utf8_lossy(&reply[..n]).into_owned();
+        Some(text.lines().next().unwrap_or_default().to_owned())
+    }
+
+    /// Commands clients sent (`INFO commandstats`, without the ones scripts ran inside Redis, which
+    /// `total_commands_processed` counts too): what the sidecars' round trips cost Redis.
+    pub fn client_commands(&self) -> u64 {
+        const FROM_CLIENTS: [&str; 8] = [
+            "evalsha",
+            "eval",
+            "script|load",
+            "hello",
+            "client|setinfo",
+            "select",
+            "auth",
+            "ping",
+        ];
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.write_all(b"INFO commandstats\r\n").unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        // A bulk string: `$LENGTH\r\n` then the text.
+        let mut text = Vec::new();
+        let mut buffer = [0; 8192];
+        let complete = |text: &[u8]| {
+            let text = String::from_utf8_lossy(text);
+            let Some((head, body)) = text.split_once("\r\n") else {
+                return false;
+            };
+            head.trim_start_matches('$')
+                .parse::<usize>()
+                .is_ok_and(|n| body.len() >= n)
+        };
+        while !complete(&text) {
+            let n = stream.read(&mut buffer).unwrap();
+            assert!(n > 0, "INFO cut short");
+            text.extend_from_slice(&buffer[..n]);
+        }
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                FROM_CLIENTS.contains(&name).then_some(())?;
+                stats.strip_prefix("calls=")?.split(',').next()?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A paused server would not die of SIGTERM; SIGKILL works on a stopped process too.
+            self.kill();
+        }
+    }
+}
+
+/// `orgkeeper sidecar` as a process, killed when dropped.
+pub struct Replica {
+    pub listen: SocketAddr,
+    pub metrics: SocketAddr,
+    child: Child,
+}
+
+impl Replica {
+    /// A sidecar on `database_url` forwarding to `upstream`, sharing limits through `redis` when given,
+    /// with extra flags; waits until it serves.
+    pub async fn start(database_url: &str, upstream: &str, redis: Option<&str>, flags: &[&str]) -> Replica {
+        let (listen, metrics) = (free_addr(), free_addr());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orgkeeper"));
+        command
+            .args(["sidecar", "--listen", &listen.to_string(), "--upstream", upstream])
+            .args(["--metrics-addr", &metrics.to_string()])
+            .args(flags)
+            .env("ORGKEEPER_DATABASE_URL", database_url)
+            .env("ORGKEEPER_LOG_LEVEL", "warn")
+            .env_remove("ORGKEEPER_REDIS_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(url) = redis {
+            command.env("ORGKEEPER_REDIS_URL", url);
+        }
+        let child = command.spawn().expect("the orgkeeper binary starts");
+        let replica = Replica { listen, metrics, child };
+        let http = Http::to(&replica.metrics_url());
+        for _ in 0..300 {
+            if let Some(reply) = http.try_get("/readyz").await
+                && reply.status == StatusCode::OK
+            {
+                return replica;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the sidecar at {listen} never became ready");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}", self.metrics)
+    }
+
+    /// Whether `/readyz` says plainly ready (not degraded).
+    pub async fn ready(&self) -> bool {
+        self.readiness().await.contains(r#""message":"ready""#)
+    }
+
+    /// The `/readyz` body.
+    pub async fn readiness(&self) -> String {
+        let reply = Http::to(&self.metrics_url()).get("/readyz", None).await;
+        String::from_utf8_lossy(&reply.body).into_owned()
+    }
+
+    /// One metric's value from `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let reply = Http::to(&self.metrics_url()).get("/metrics", None).await;
+        crate::sidecar_support::metric(&String::from_utf8_lossy(&reply.body), series)
+    }
+
+    /// SIGKILL: no goodbye, no released slot.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits (polling every 50 ms) until `condition` holds; returns how long it took, failing after `limit`.
+pub async fn within<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> F,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if condition().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

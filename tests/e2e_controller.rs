@@ -51,7 +51,15 @@ async fn assert_secret_holds_stored_key(secrets: &Api<Secret>, key: &ApiKey, row
     assert_eq!(found.len(), 1, "ApiKey {name} must have exactly one Secret");
     let secret = found.into_iter().next().unwrap();
     assert_eq!(secret.name_any(), key.secret_name());
-    assert_eq!(secret.immutable, Some(true), "key Secrets are immutable");
+    if key.spec.rotation.is_none() {
+        assert_eq!(secret.immutable, Some(true), "key Secrets are immutable");
+    } else {
+        assert_ne!(
+            secret.immutable,
+            Some(true),
+            "a rotating key's Secret is rewritten by each rotation"
+        );
+    }
     let owner = &secret.owner_references()[0];
     assert_eq!((owner.kind.as_str(), Some(owner.uid.clone())), ("ApiKey", key.uid()));
     let data = secret.data.as_ref().unwrap();

@@ -274,26 +274,38 @@ impl SecretsDir {
     pub fn rotate(&self, issued: &[IssuedKey], oso_url: &str, templates: &Templates) -> anyhow::Result<Vec<PathBuf>> {
         let mut written = Vec::new();
         for key in issued.iter().filter(|key| key.rotation.is_some()) {
-            let (yaml, path) = self.manifest(key, oso_url, templates)?;
-            let dir = path.parent().expect("a secret path has a folder");
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
-            let temp = dir.join(format!(".{}.yaml{TEMP_SUFFIX}", key.secret_name));
-            remove_if_present(&temp).with_context(|| format!("removing the leftover {}", temp.display()))?;
-            let renamed = write_synced(&temp, yaml.as_bytes()).and_then(|()| {
-                fs::rename(&temp, &path).with_context(|| format!("replacing {} with the rotated key", path.display()))
-            });
-            if renamed.is_err() {
-                let _ = fs::remove_file(&temp);
-            }
-            renamed?;
-            sync_dir(dir)?;
+            let path = self.write_whole(key, oso_url, templates, |temp, path| {
+                fs::rename(temp, path).with_context(|| format!("replacing {} with the rotated key", path.display()))
+            })?;
+            sync_dir(path.parent().expect("a secret path has a folder"))?;
             written.push(path);
         }
         Ok(written)
+    }
+
+    /// Writes the key's manifest to a temporary file beside its final path, synced, then moves it into place
+    /// with `place(temp, final)`; the temporary file never outlives this call.
+    fn write_whole(
+        &self,
+        key: &IssuedKey,
+        oso_url: &str,
+        templates: &Templates,
+        place: impl FnOnce(&Path, &Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<PathBuf> {
+        let (yaml, path) = self.manifest(key, oso_url, templates)?;
+        let dir = path.parent().expect("a secret path has a folder");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let temp = dir.join(format!(".{}.yaml{TEMP_SUFFIX}", key.secret_name));
+        // A temporary file of ours left by a crash holds a key that never became live.
+        remove_if_present(&temp).with_context(|| format!("removing the leftover {}", temp.display()))?;
+        let written = write_synced(&temp, yaml.as_bytes()).and_then(|()| place(&temp, &path));
+        let _ = fs::remove_file(&temp);
+        written?;
+        Ok(path)
     }
 
     /// A key's Secret manifest and the path it goes to (see [`SecretShape`]).
@@ -323,24 +335,10 @@ impl SecretsDir {
     }
 
     fn write_one(&self, key: &IssuedKey, oso_url: &str, templates: &Templates) -> anyhow::Result<PathBuf> {
-        let (yaml, path) = self.manifest(key, oso_url, templates)?;
-        let dir = path.parent().expect("a secret path has a folder");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let temp = dir.join(format!(".{}.yaml{TEMP_SUFFIX}", key.secret_name));
-        // A temporary file of ours left by a crash holds a key that never became live.
-        remove_if_present(&temp).with_context(|| format!("removing the leftover {}", temp.display()))?;
-        let written = write_synced(&temp, yaml.as_bytes()).and_then(|()| {
+        self.write_whole(key, oso_url, templates, |temp, path| {
             // A hard link fails if the name exists: the final file is never replaced, only created whole.
-            fs::hard_link(&temp, &path)
-                .with_context(|| format!("creating {} (it is never overwritten)", path.display()))
-        });
-        let _ = fs::remove_file(&temp);
-        written?;
-        Ok(path)
+            fs::hard_link(temp, path).with_context(|| format!("creating {} (it is never overwritten)", path.display()))
+        })
     }
 }
 

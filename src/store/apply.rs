@@ -450,19 +450,19 @@ impl StoreTx {
         let organization_id = self.organization_id(organization).await?;
         let environment_id = self.environment_id(organization, environment).await?;
         let token = ApiKeyToken::generate(&environment_id);
-        let row = NewRow::default()
-            .with("key_id", token.key_id())
-            .with("organization_id", organization_id)
-            .with("environment_id", environment_id.clone())
-            .with("resource_name", api_key.clone())
-            .with("secret_name", secret_name.clone())
-            .with("access", access.as_str())
-            .with("secret_hash", token.hash().to_hex())
-            .with("state", KeyState::Live.as_str())
-            .with("slot", KeySlot::Incoming.as_str())
-            .with("created_at", now())
-            .with("expires_at", *expires_at)
-            .with("rotation_trigger", trigger.clone());
+        let row = key_row(
+            &token,
+            organization_id,
+            environment_id.clone(),
+            api_key,
+            secret_name,
+            *access,
+            KeyState::Live,
+            now(),
+        )
+        .with("slot", KeySlot::Incoming.as_str())
+        .with("expires_at", *expires_at)
+        .with("rotation_trigger", trigger.clone());
         self.execute(insert("api_keys", vec![row]), "recording a rotation's new key")
             .await?;
         self.record(
@@ -640,18 +640,18 @@ impl StoreTx {
             let environment_id = self.environment_id(organization, environment).await?;
             let token = ApiKeyToken::generate(&environment_id);
             rows.push(
-                NewRow::default()
-                    .with("key_id", token.key_id())
-                    .with("organization_id", organization_id)
-                    .with("environment_id", environment_id.clone())
-                    .with("resource_name", api_key.clone())
-                    .with("secret_name", secret_name.clone())
-                    .with("access", access.as_str())
-                    .with("secret_hash", token.hash().to_hex())
-                    .with("state", state.as_str())
-                    .with("created_at", now)
-                    .with("expires_at", *expires_at)
-                    .with("rotation_trigger", trigger.clone()),
+                key_row(
+                    &token,
+                    organization_id,
+                    environment_id.clone(),
+                    api_key,
+                    secret_name,
+                    *access,
+                    state,
+                    now,
+                )
+                .with("expires_at", *expires_at)
+                .with("rotation_trigger", trigger.clone()),
             );
             events.push(
                 NewRow::default()
@@ -730,6 +730,30 @@ impl StoreTx {
         self.environment_ids.insert(cache_key, id.clone());
         Ok(id)
     }
+}
+
+/// The row of a newly issued key (its hash, never the key).
+#[allow(clippy::too_many_arguments)]
+fn key_row(
+    token: &ApiKeyToken,
+    organization_id: String,
+    environment_id: String,
+    api_key: &str,
+    secret_name: &str,
+    access: Access,
+    state: KeyState,
+    now: i64,
+) -> NewRow {
+    NewRow::default()
+        .with("key_id", token.key_id())
+        .with("organization_id", organization_id)
+        .with("environment_id", environment_id)
+        .with("resource_name", api_key)
+        .with("secret_name", secret_name)
+        .with("access", access.as_str())
+        .with("secret_hash", token.hash().to_hex())
+        .with("state", state.as_str())
+        .with("created_at", now)
 }
 
 /// Revokes the keys the caller's filter selects that are not revoked yet.

@@ -111,7 +111,7 @@ check_examples_converge() {
   k get -n "$ORG_NS" "$KINDS"
 }
 
-# Each ApiKey's Secret: the key and the data plane's Service as URL (from the chart's values), immutable, owned by its ApiKey, orgkeeper's labels plus the template's,
+# Each ApiKey's Secret: the key and the data plane's Service as URL (from the chart's values), immutable (unless the ApiKey rotates), owned by its ApiKey, orgkeeper's labels plus the template's,
 # and no GitOps tracking label or annotation (Argo CD or Flux would otherwise treat it as theirs and prune it).
 check_secrets() {
   skip_without_controller
@@ -124,6 +124,8 @@ oso_url = sys.argv[3]
 secrets = {s["metadata"]["name"]: s for s in json.load(open(sys.argv[2]))["items"]}
 tracking = re.compile(r"^(app\.kubernetes\.io/instance|argocd\.argoproj\.io/|kustomize\.toolkit\.fluxcd\.io/|helm\.toolkit\.fluxcd\.io/)")
 problems = []
+def labels_of(s):
+    return s["metadata"].get("labels", {})
 for key in keys:
     name = key["metadata"]["name"]
     secret_name = (key["spec"].get("secret") or {}).get("name") or name
@@ -137,8 +139,11 @@ for key in keys:
         problems.append(f"Secret {secret_name}: OSO_AUTH is not an orgkeeper key")
     if data.get("OSO_URL") != oso_url:
         problems.append(f"Secret {secret_name}: OSO_URL is {data.get('OSO_URL')!r}, not the data plane's Service {oso_url}")
-    if s.get("immutable") is not True:
+    # a rotating ApiKey's Secret is rewritten in place by each rotation, so it is the one kind not immutable
+    if s.get("immutable") is not True and not key["spec"].get("rotation"):
         problems.append(f"Secret {secret_name}: not immutable")
+    if key["spec"].get("rotation") and labels_of(s).get("orgkeeper.dev/key-id") != (key.get("status") or {}).get("keyId"):
+        problems.append(f"Secret {secret_name}: does not hold the current key of its rotating ApiKey {name}")
     owners = [(o["kind"], o["name"]) for o in s["metadata"].get("ownerReferences", [])]
     if ("ApiKey", name) not in owners:
         problems.append(f"Secret {secret_name}: not owned by ApiKey {name} ({owners})")

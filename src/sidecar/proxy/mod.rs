@@ -256,8 +256,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Removes the headers that describe one connection rather than the message. (A message has a handful of
-/// headers, so scanning them beats looking up each hop-by-hop name; most messages have none, and then
-/// nothing is allocated.)
+/// headers, so scanning them beats looking up each hop-by-hop name; most messages have none, and one pass
+/// over the names tells.)
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `Connection` is one of them: without any, no header is named by one either.
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {

@@ -219,6 +219,13 @@ ticks() { # PID...: CPU ticks used so far by these processes (a process's stat s
   done
   echo "$total"
 }
+user_ticks() { # PID...: the part of ticks spent in user space (the proxy's own code, not the kernel's TCP)
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
 run() { # GROUP LABEL PORT KEYS_FILE PIDS...: one measured wrk run; PIDS are the processes whose CPU is
   # counted (the upstream's is counted too: how a proxy drives the upstream changes what each request
   # costs there)
@@ -226,18 +233,20 @@ run() { # GROUP LABEL PORT KEYS_FILE PIDS...: one measured wrk run; PIDS are the
   shift 4
   log "$group, $label: $DURATION with $CONNECTIONS connections"
   KEYS_FILE=$keys wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/keys.lua" "http://127.0.0.1:$port/" >/dev/null
-  local before after upstream_before upstream_after
+  local before after user_before user_after upstream_before upstream_after
   upstream_before=$(ticks $UPSTREAM_PIDS)
   before=$(ticks "$@")
+  user_before=$(user_ticks "$@")
   KEYS_FILE=$keys wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/keys.lua" \
     "http://127.0.0.1:$port/" >"$out"
   after=$(ticks "$@")
+  user_after=$(user_ticks "$@")
   upstream_after=$(ticks $UPSTREAM_PIDS)
   python3 - "$group" "$label" "$out" "$((after - before))" "$(getconf CLK_TCK)" \
-    "$((upstream_after - upstream_before))" >>"$RESULTS" <<'PY'
+    "$((upstream_after - upstream_before))" "$((user_after - user_before))" >>"$RESULTS" <<'PY'
 import re, sys
 group, label, text, ticks, hz = sys.argv[1], sys.argv[2], open(sys.argv[3]).read(), int(sys.argv[4]), int(sys.argv[5])
-upstream_ticks = int(sys.argv[6])
+upstream_ticks, user_ticks = int(sys.argv[6]), int(sys.argv[7])
 def ms(value):
     number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -248,9 +257,10 @@ total = int(re.search(r"(\d+) requests in", text).group(1))
 non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", text) or [0, 0])[1])
 errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
 cpu_us = 1e6 * ticks / hz / max(total, 1)
+user_us = 1e6 * user_ticks / hz / max(total, 1)
 upstream_us = 1e6 * upstream_ticks / hz / max(total - non2xx, 1)
 print(f"{group}\t{label}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{100.0 * non2xx / max(total, 1):.1f}\t{errors}"
-      f"\t{cpu_us:.1f}\t{upstream_us:.1f}")
+      f"\t{cpu_us:.1f}\t{user_us:.1f}\t{upstream_us:.1f}")
 PY
 }
 
@@ -367,13 +377,13 @@ for line in open(memory):
     groups[group] = dict(loaded=loaded, after=after, peak=float(peak), keys=keys, envs=envs)
     print(f"Upstream {group}: {description}; the sidecar found it speaks {protocol} and uses that")
 print("\n| upstream | run | requests/s (each round) | p50 (ms) | p99 (ms) | non-2xx | socket errors "
-      "| server CPU per request (us) | upstream CPU per forwarded request (us) |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-for (group, label), (rps, p50, p99, non2xx, errors, cpu, upstream_cpu) in median.items():
+      "| server CPU per request (us) | of which user space (us) | upstream CPU per forwarded request (us) |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for (group, label), (rps, p50, p99, non2xx, errors, cpu, user, upstream_cpu) in median.items():
     per_round = ", ".join(f"{int(r[0]):,}" for r in runs[(group, label)])
     forwarded = "" if non2xx > 99 else f"{upstream_cpu:.1f}"
     print(f"| {group} | {label} | {int(rps):,} ({per_round}) | {p50:.2f} | {p99:.2f} | {non2xx:.1f}% "
-          f"| {int(errors)} | {cpu:.1f} | {forwarded} |")
+          f"| {int(errors)} | {cpu:.1f} | {user:.1f} | {forwarded} |")
 print()
 for group, m in groups.items():
     print(f"Sidecar memory (upstream {group}): {m['loaded']} MiB RSS with {m['keys']} keys of {m['envs']} "
@@ -391,7 +401,7 @@ for group in groups:
          f"{int(side[0]):,} vs {int(nginx[0]):,} req/s"),
         (f"{group}: sidecar p99 <= nginx's", side[2] <= nginx[2], f"{side[2]:.2f} vs {nginx[2]:.2f} ms"),
         (f"{group}: sidecar CPU per request <= nginx's", side[5] <= nginx[5],
-         f"{side[5]:.1f} vs {nginx[5]:.1f} us"),
+         f"{side[5]:.1f} vs {nginx[5]:.1f} us (user space {side[6]:.1f} vs {nginx[6]:.1f})"),
     ]
     if one:
         checks.append((f"{group}: sidecar with 1 worker >= nginx with 1 worker", one[0] >= nginx1[0],

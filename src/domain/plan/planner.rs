@@ -414,7 +414,7 @@ impl OrganizationPlanner<'_> {
                 access: decl.access,
                 secret_name: decl.secret_name.clone(),
                 resume,
-                expires_at,
+                expiry: decl.expiry,
                 trigger: decl.rotation.as_ref().and_then(|r| r.trigger.clone()),
             });
         }
@@ -482,7 +482,7 @@ impl OrganizationPlanner<'_> {
             cause,
             overlap: policy.overlap,
             resume: incoming.map(|k| k.key_id.clone()),
-            expires_at,
+            expiry: decl.expiry,
             trigger: policy.trigger.clone(),
         });
     }

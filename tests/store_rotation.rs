@@ -192,6 +192,12 @@ async fn a_declared_expiry_is_enforced_by_the_data_plane(store: Store) {
     let key = &keys(&store).await[0];
     assert!((now + 3600..now + 3660).contains(&key.expires_at.unwrap()));
     assert!(accepts(&refreshed(&store).await, &issued[0]));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = declarations(None, Some(Expiry::After(3600)));
+    assert!(
+        plan_at(&again, &stored(&store).await, &KnownAccounts::default(), unix_now()).is_empty(),
+        "the expiry is counted from the recorded issuance: a later plan finds nothing to change"
+    );
     // Declared again to expire in one second: set, and refused by the ring once it passes.
     let soon = Expiry::At(unix_now() + 1);
     apply_at(&store, &declarations(None, Some(soon)), unix_now()).await;

@@ -320,7 +320,7 @@ mod tests {
             access: Access::ReadWrite,
             secret_name: format!("{api_key}-secret"),
             resume: resume.map(Into::into),
-            expires_at: None,
+            expiry: None,
             trigger: None,
         }
     }
@@ -530,7 +530,7 @@ mod tests {
             cause: RotationCause::Trigger,
             overlap: 60,
             resume: resume.map(Into::into),
-            expires_at: None,
+            expiry: None,
             trigger: Some("t2".into()),
         }
     }

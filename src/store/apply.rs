@@ -44,7 +44,7 @@ pub struct ApplyOutcome {
 /// A write transaction on the store. Dropping it without [`StoreTx::commit`] rolls everything back.
 pub struct StoreTx {
     tx: Transaction<'static, Any>,
-    store: Store,
+    pub(super) store: Store,
     wrote: bool,
     organization_ids: HashMap<OrgKey, String>,
     environment_ids: HashMap<(String, String), String>,
@@ -437,7 +437,7 @@ impl StoreTx {
             current,
             overlap,
             resume,
-            expires_at,
+            expiry,
             trigger,
             ..
         } = change
@@ -450,6 +450,7 @@ impl StoreTx {
         let organization_id = self.organization_id(organization).await?;
         let environment_id = self.environment_id(organization, environment).await?;
         let token = ApiKeyToken::generate(&environment_id);
+        let now = now();
         let row = key_row(
             &token,
             organization_id,
@@ -458,10 +459,10 @@ impl StoreTx {
             secret_name,
             *access,
             KeyState::Live,
-            now(),
+            now,
         )
         .with("slot", KeySlot::Incoming.as_str())
-        .with("expires_at", *expires_at)
+        .with("expires_at", expiry.map(|e| e.for_key_issued_at(now)))
         .with("rotation_trigger", trigger.clone());
         self.execute(insert("api_keys", vec![row]), "recording a rotation's new key")
             .await?;
@@ -627,7 +628,7 @@ impl StoreTx {
                 access,
                 secret_name,
                 resume,
-                expires_at,
+                expiry,
                 trigger,
             } = change
             else {
@@ -650,7 +651,7 @@ impl StoreTx {
                     state,
                     now,
                 )
-                .with("expires_at", *expires_at)
+                .with("expires_at", expiry.map(|e| e.for_key_issued_at(now)))
                 .with("rotation_trigger", trigger.clone()),
             );
             events.push(

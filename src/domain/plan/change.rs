@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::domain::account::Account;
 use crate::domain::model::*;
-use crate::domain::rotation::RotationCause;
+use crate::domain::rotation::{Expiry, RotationCause};
 
 /// One change to the store. Serialised (for `plan -o json`) with an `action` tag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -79,9 +79,10 @@ pub enum Change {
         access: Access,
         secret_name: String,
         resume: Option<String>,
-        /// When the new key stops working (`spec.expiresAt`, or issuance + `spec.expireAfter`).
+        /// When the new key stops working: `spec.expiresAt`, or `spec.expireAfter` from the moment the store
+        /// records it (so that the next plan finds exactly the expiry it would declare).
         #[serde(skip_serializing_if = "Option::is_none")]
-        expires_at: Option<i64>,
+        expiry: Option<Expiry>,
         /// `spec.rotation.trigger`, recorded with the key so that only a later change rotates it.
         #[serde(skip_serializing_if = "Option::is_none")]
         trigger: Option<String>,
@@ -101,7 +102,7 @@ pub enum Change {
         overlap: i64,
         resume: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        expires_at: Option<i64>,
+        expiry: Option<Expiry>,
         #[serde(skip_serializing_if = "Option::is_none")]
         trigger: Option<String>,
     },

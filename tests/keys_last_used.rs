@@ -23,7 +23,16 @@ use tokio_util::sync::CancellationToken;
 
 /// A sidecar in this process whose ring flushes key uses every `flush`; stopped when `shutdown` fires.
 async fn sidecar(store: &Store, upstream: &Upstream, flush: Duration, shutdown: &CancellationToken) -> Http {
-    let ring = KeyRing::default().with_key_use_flush_interval(flush);
+    serve(
+        store,
+        upstream,
+        KeyRing::default().with_key_use_flush_interval(flush),
+        shutdown,
+    )
+    .await
+}
+
+async fn serve(store: &Store, upstream: &Upstream, ring: KeyRing, shutdown: &CancellationToken) -> Http {
     let settings = Settings {
         upstream: upstream.url.clone(),
         ..Settings::default()
@@ -99,6 +108,41 @@ async fn last_used_moves_with_traffic_and_only_then(store: Store) {
         "recording use is not a tenancy change: sidecars do not reload for it"
     );
 }
+
+/// `--key-use-flush-interval off`: traffic leaves no trace in the store (the benchmark's comparison row).
+async fn with_tracking_off_traffic_writes_nothing(store: Store) {
+    let tenancy = Tenancy::new(
+        store.clone(),
+        &[Env("staging", limits())],
+        &[Key("busy", "staging", Access::ReadWrite)],
+    )
+    .await;
+    let upstream = Upstream::start().await;
+    let shutdown = CancellationToken::new();
+    let ring = KeyRing::default()
+        .with_key_use_flush_interval(Duration::from_millis(100))
+        .without_key_use();
+    let http = serve(&store, &upstream, ring.clone(), &shutdown).await;
+    let quiet = store.writes();
+    for _ in 0..50 {
+        let reply = http
+            .get("/api/facts?predicate=has_role", Some(tenancy.key("busy")))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(ring.key_uses().pending(), 0, "nothing gathered");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        store.writes(),
+        quiet,
+        "five flush intervals and a shutdown later: no write"
+    );
+    assert_eq!(record(&store, "busy").await.last_used_at, None);
+}
+
+on_both_backends!(with_tracking_off_traffic_writes_nothing);
 
 async fn wait_for_last_use(store: &Store, api_key: &str) {
     for _ in 0..100 {

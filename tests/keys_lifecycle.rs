@@ -90,7 +90,15 @@ async fn a_key_revoked_by_id_is_refused_within_seconds_and_stays_revoked(store: 
     let problems = reconcile(&store, tenancy.declarations(), None).await;
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].object.name, "leaked");
-    assert!(problems[0].message.contains("revoked"), "{}", problems[0].message);
+    assert_eq!(problems[0].reason, Reason::RevokedOutsideGit);
+    for part in [
+        "revoked outside Git",
+        "\"alice\"",
+        "leaked in a CI log",
+        "revoked: true",
+    ] {
+        assert!(problems[0].message.contains(part), "{part}: {}", problems[0].message);
+    }
     assert_eq!(record(&store, "leaked").await, revoked, "still revoked, same record");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let reply = http

@@ -120,6 +120,8 @@ pub struct KeyRing {
     uses: Arc<KeyUses>,
     /// How often [`KeyRing::keep_fresh`] writes gathered key uses; `None`: [`DEFAULT_KEY_USE_FLUSH_INTERVAL`].
     key_use_flush_interval: Option<Duration>,
+    /// Key use is not gathered nor written (`--key-use-flush-interval off`).
+    key_use_off: bool,
 }
 
 impl KeyRing {
@@ -136,8 +138,17 @@ impl KeyRing {
         self
     }
 
+    /// The same ring, neither gathering nor writing key uses: the request path skips even the map lookup.
+    pub fn without_key_use(mut self) -> Self {
+        self.key_use_off = true;
+        self
+    }
+
     /// Notes that `principal`'s key was just used (for its last-used time); cheap, never waits on the store.
     pub fn record_use(&self, principal: &Principal) {
+        if self.key_use_off {
+            return;
+        }
         self.uses.record(&principal.key_id, now());
     }
 
@@ -252,6 +263,9 @@ impl KeyRing {
     }
 
     async fn flush_key_use(&self, store: &Store, shutdown: &CancellationToken) {
+        if self.key_use_off {
+            return;
+        }
         let interval = self.key_use_flush_interval.unwrap_or(DEFAULT_KEY_USE_FLUSH_INTERVAL);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

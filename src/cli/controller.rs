@@ -62,6 +62,10 @@ pub struct Args {
     /// `kubectl apply` of a folder creates resources in an order where some wait seconds for others.
     #[arg(long, env = "ORGKEEPER_WARN_AFTER_WAITING", default_value = "2m", value_parser = parse_duration)]
     pub warn_after_waiting: Duration,
+    /// A live key no sidecar used for this long (a never used key: since its issuance) counts in the
+    /// orgkeeper_controller_environment_unused_keys metric (e.g. 30d, 2w, 12h).
+    #[arg(long, env = "ORGKEEPER_UNUSED_KEY_AFTER", default_value = "30d", value_parser = super::keys::parse_idle)]
+    pub unused_key_after: Duration,
     /// Reconciles running at once, per kind (reconciles of one organization always take turns).
     #[arg(long, env = "ORGKEEPER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
@@ -214,6 +218,7 @@ fn settings(args: &Args) -> anyhow::Result<(Settings, Option<LeaseSettings>)> {
         resync_interval: args.resync_interval,
         max_retry_interval: args.max_retry_interval,
         warn_after_waiting: args.warn_after_waiting,
+        unused_key_after: args.unused_key_after,
         concurrency: args.concurrency,
         identity: args.identity.clone().unwrap_or_else(controller::default_identity),
         kubernetes_users: KubernetesUserNames::new(&args.kubernetes_user_github, &args.kubernetes_user_google)?,

@@ -160,7 +160,7 @@ async fn list(store: &Store, unused_for: Option<Duration>, output: OutputFormat)
 }
 
 /// A duration of days or weeks as well as hours (`30d`, `2w`, `12h`, `P30D`); a day is 24 hours here.
-fn parse_idle(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_idle(text: &str) -> Result<Duration, String> {
     let span: Span = text
         .trim()
         .parse()

@@ -69,9 +69,10 @@ pub struct Args {
     pub max_pending_headers: usize,
     /// How often the time each key was last used is written to the store (gathered in memory meanwhile,
     /// and written once more at shutdown). The store keeps it to the minute, so a busy key costs one write
-    /// per flush; shorter intervals are for tests.
-    #[arg(long, env = "ORGKEEPER_KEY_USE_FLUSH_INTERVAL", default_value = "1m", value_parser = parse_duration)]
-    pub key_use_flush_interval: Duration,
+    /// per flush; shorter intervals are for tests. `off`: last use is not tracked at all (ApiKey status
+    /// lastUsedTime and `keys list --unused-for` then see no use from this sidecar).
+    #[arg(long, env = "ORGKEEPER_KEY_USE_FLUSH_INTERVAL", default_value = "1m", value_parser = parse_key_use_flush)]
+    pub key_use_flush_interval: KeyUseFlush,
     /// Shares every environment's budgets and concurrency limit with every sidecar using this Redis (or
     /// Valkey): redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS. Without it, each sidecar
     /// process enforces the limits on its own (N replicas admit up to N times an environment's budget).
@@ -116,11 +117,27 @@ fn parse_staleness(text: &str) -> Result<Staleness, String> {
     }
 }
 
+/// `--key-use-flush-interval`: a duration, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyUseFlush(pub Option<Duration>);
+
+fn parse_key_use_flush(text: &str) -> Result<KeyUseFlush, String> {
+    match text.trim() {
+        "off" => Ok(KeyUseFlush(None)),
+        text => parse_duration(text)
+            .map(|d| KeyUseFlush(Some(d)))
+            .map_err(|e| format!("{e} (or off)")),
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     warn_if_few_descriptors(args.max_connections);
     let shutdown = shutdown_signal();
     let limiter = limiter(&args)?;
-    let ring = KeyRing::default().with_key_use_flush_interval(args.key_use_flush_interval);
+    let ring = match args.key_use_flush_interval {
+        KeyUseFlush(Some(interval)) => KeyRing::default().with_key_use_flush_interval(interval),
+        KeyUseFlush(None) => KeyRing::default().without_key_use(),
+    };
     // The ring outlives the server by the draining requests, then writes the last key uses.
     let ring_shutdown = CancellationToken::new();
     let follow = tokio::spawn(

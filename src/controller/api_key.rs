@@ -133,6 +133,7 @@ fn observe(
                     .unwrap_or_else(|| now.to_owned()),
             );
         }
+        status.last_used_time = key.last_used_at.and_then(status::rfc3339);
         if key.state == KeyState::Revoked {
             status.revoked_at = Some(
                 same_key
@@ -185,8 +186,12 @@ fn observe(
         },
         (None, Some((KeyState::Revoked, key)), _) => Outcome::Revoked {
             message: format!(
-                "key {} is revoked and no longer authenticates; revocation is permanent: create a new ApiKey for a new key",
-                key.key_id
+                "key {} is revoked{} and no longer authenticates; revocation is permanent: create a new ApiKey for a new key",
+                key.key_id,
+                key.revoked_outside_git
+                    .as_ref()
+                    .map(|o| format!(" (outside Git by {:?}: {:?})", o.by, o.reason))
+                    .unwrap_or_default()
             ),
         },
         (None, Some((KeyState::Pending, key)), _) => Outcome::Progressing {
@@ -289,6 +294,32 @@ mod tests {
             "revoked as declared: Ready"
         );
         assert_eq!(status.revoked_at.as_deref(), Some("t3"));
+    }
+
+    #[test]
+    fn the_last_use_the_sidecars_recorded_shows_as_last_used_time() {
+        let mut stored = org(KeyState::Live);
+        let (status, _) = observe(&declared(false), None, None, Some(&stored), "t1", 0);
+        assert_eq!(status.last_used_time, None, "never used: no time");
+        stored.api_keys[0].last_used_at = Some(1_780_000_000);
+        let (status, _) = observe(&declared(false), None, None, Some(&stored), "t1", 0);
+        assert_eq!(status.last_used_time.as_deref(), Some("2026-05-28T20:26:40Z"));
+    }
+
+    #[test]
+    fn a_key_revoked_outside_git_and_then_in_git_still_says_who_and_why() {
+        let mut stored = org(KeyState::Revoked);
+        stored.api_keys[0].revoked_outside_git = Some(OutsideRevocation {
+            by: "alice".into(),
+            reason: "leaked".into(),
+        });
+        let (_, outcome) = observe(&declared(true), None, None, Some(&stored), "t1", 0);
+        assert_eq!(outcome.reason(), "Revoked");
+        assert!(
+            outcome.message().contains("outside Git by \"alice\": \"leaked\""),
+            "{}",
+            outcome.message()
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Settings {
     pub max_retry_interval: Duration,
     /// How long waiting for another resource is normal; a longer wait is announced with a Warning event.
     pub warn_after_waiting: Duration,
+    /// A live key no sidecar used for this long (counting from issuance) is counted as unused in the metrics.
+    pub unused_key_after: Duration,
     /// Reconciles running at once, per kind.
     pub concurrency: u16,
     /// Who this replica is, in the Lease and in events.

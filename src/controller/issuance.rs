@@ -50,7 +50,7 @@ pub async fn execute(
     let completions = confirm(ctx, view, completions).await?;
     let rotations = confirm_rotations(ctx, view, rotations).await?;
     let mut tx = ctx.store.begin().await?;
-    let outcome = tx.apply(&changes, KeyState::Pending).await?;
+    let outcome = super::provenance::apply(&mut tx, view, stored, &changes, &ctx.settings.identity).await?;
     for completion in &completions {
         tx.set_key_state(&completion.key_id, KeyState::Pending, KeyState::Live)
             .await?;

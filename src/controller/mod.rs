@@ -17,6 +17,7 @@ mod issuance;
 mod leader;
 mod metrics;
 mod organization;
+mod provenance;
 mod rbac;
 mod reconcile;
 mod resource;

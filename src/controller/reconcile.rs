@@ -1,6 +1,7 @@
 //! The reconcile every kind shares: hold a finalizer while the object lives, bring its organization in line
 //! (`sync`), then either write the object's status or, when it is being deleted, release the finalizer once
-//! the store no longer holds what it declared.
+//! the store no longer holds what it declared. A paused object (`orgkeeper.dev/paused: "true"`, on itself or
+//! its Organization) only gets its status written; its deletion runs as usual.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,12 +13,12 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::context::Context;
-use super::resource::OrgkeeperResource;
+use super::resource::{OrgkeeperResource, PAUSED_ANNOTATION, is_paused};
 use super::status::{self, Outcome};
 use super::sync;
 use super::view::is_deleting;
 use super::{Error, FIELD_MANAGER};
-use crate::domain::OrgKey;
+use crate::domain::{Kind, OrgKey};
 
 /// The finalizer that keeps a resource until the store is cleaned up after it.
 pub const FINALIZER: &str = "orgkeeper.dev/cleanup";
@@ -58,6 +59,12 @@ async fn run<K: OrgkeeperResource>(object: &K, ctx: &Context) -> Result<Action, 
         ctx.forget(&me, object.uid().as_deref());
         return Ok(Action::await_change());
     }
+    if !deleting && let Some(message) = paused(ctx, object, &organization) {
+        // Not even the finalizer: a paused resource is left exactly as it is, status aside.
+        let status = object.status().cloned().unwrap_or_default();
+        status::publish(ctx, object, status, &Outcome::Paused { message }).await?;
+        return Ok(ctx.resync(&me));
+    }
     if !deleting && !held {
         set_finalizer(ctx, object, true).await?;
     }
@@ -78,6 +85,30 @@ async fn run<K: OrgkeeperResource>(object: &K, ctx: &Context) -> Result<Action, 
         ctx.retry(&me)
     } else {
         ctx.resync_within(&me, object.next_wake(&synced))
+    })
+}
+
+/// Why nothing is to be changed for `object`, if it is paused: by its own annotation, or, for the
+/// resources of an organization, by the Organization's. The sync holds back the changes of paused
+/// resources whatever object's reconcile runs it; this only decides what the paused object's own status says.
+fn paused<K: OrgkeeperResource>(ctx: &Context, object: &K, organization: &OrgKey) -> Option<String> {
+    let kind = K::KIND;
+    if is_paused(object) {
+        return Some(format!(
+            "{PAUSED_ANNOTATION} is \"true\": the controller changes nothing for this {kind} until the annotation is removed (deleting it still works)"
+        ));
+    }
+    if kind == Kind::Organization {
+        return None;
+    }
+    let org = ctx.caches.organizations.find(|o| {
+        o.namespace().as_deref() == Some(organization.namespace.as_str()) && o.name_any() == organization.name
+    })?;
+    is_paused(org.as_ref()).then(|| {
+        format!(
+            "its Organization {:?} is paused ({PAUSED_ANNOTATION}: \"true\"): the controller changes nothing in the organization until the annotation is removed",
+            organization.name
+        )
     })
 }
 

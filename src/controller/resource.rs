@@ -1,6 +1,6 @@
 //! The four custom resources as the shared reconcile (`reconcile`) and status writer (`status`) see them:
 //! what each kind must tell (its organization, what its status shows after a sync) and what they all have
-//! in common (a kstatus status, a domain reference).
+//! in common (a kstatus status, a domain reference, the pause annotation).
 
 use std::fmt::Debug;
 
@@ -14,6 +14,20 @@ use super::status::Outcome;
 use super::sync::Synced;
 use crate::crd::KstatusFields;
 use crate::domain::{Kind, ObjectRef};
+
+/// Set to `"true"` on any orgkeeper resource, stops the controller from changing anything for it (for an
+/// Organization: for anything in it) until it is removed or set to anything else. Only the status, which
+/// then says `Paused`, is written; deleting the resource still works.
+pub const PAUSED_ANNOTATION: &str = "orgkeeper.dev/paused";
+
+/// Whether `object` is paused: annotated and not being deleted (a deletion is carried out, paused or not).
+pub fn is_paused<K: ResourceExt>(object: &K) -> bool {
+    object.meta().deletion_timestamp.is_none()
+        && object
+            .annotations()
+            .get(PAUSED_ANNOTATION)
+            .is_some_and(|value| value == "true")
+}
 
 /// One of orgkeeper's custom resource kinds (Organization, Environment, User, ApiKey).
 pub trait OrgkeeperResource:

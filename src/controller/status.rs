@@ -7,6 +7,9 @@
 //! for and is done, so `kubectl wait --for=condition=Ready` and kstatus-based tools (Flux, Argo CD) see it
 //! converged. `Ready=False` is left for what is on its way or needs a person.
 //!
+//! A paused resource (`orgkeeper.dev/paused: "true"`) is `Ready=False` with reason `Paused`, neither
+//! reconciling nor stalled: nothing is wrong and nothing happens until someone resumes it.
+//!
 //! Waiting for another resource is normal for a while: `kubectl apply -k` creates ApiKeys before the
 //! Environment they name, and the account registry may lag. A wait is announced with a Normal event;
 //! only when it has lasted `--warn-after-waiting` (2 minutes by default) does a Warning event follow, once
@@ -42,6 +45,8 @@ pub enum Outcome {
     Progressing { reason: &'static str, message: String },
     /// The reconcile failed (store or API server unreachable) and is retried.
     Failed { message: String },
+    /// Paused by its annotation (or its Organization's): nothing is changed for it until the pause ends.
+    Paused { message: String },
 }
 
 impl Outcome {
@@ -62,6 +67,7 @@ impl Outcome {
             Outcome::Waiting { reason, .. } | Outcome::Stalled { reason, .. } => reason.as_str(),
             Outcome::Revoked { .. } => Reason::Revoked.as_str(),
             Outcome::Failed { .. } => "ReconcileFailed",
+            Outcome::Paused { .. } => "Paused",
         }
     }
 
@@ -72,7 +78,8 @@ impl Outcome {
             | Outcome::Stalled { message, .. }
             | Outcome::Revoked { message }
             | Outcome::Progressing { message, .. }
-            | Outcome::Failed { message } => message,
+            | Outcome::Failed { message }
+            | Outcome::Paused { message } => message,
         }
     }
 
@@ -99,9 +106,11 @@ impl Outcome {
     fn event_type(&self) -> EventType {
         match self {
             Outcome::Stalled { .. } | Outcome::Failed { .. } => EventType::Warning,
-            Outcome::Ready { .. } | Outcome::Revoked { .. } | Outcome::Progressing { .. } | Outcome::Waiting { .. } => {
-                EventType::Normal
-            }
+            Outcome::Ready { .. }
+            | Outcome::Revoked { .. }
+            | Outcome::Progressing { .. }
+            | Outcome::Waiting { .. }
+            | Outcome::Paused { .. } => EventType::Normal,
         }
     }
 }
@@ -147,6 +156,11 @@ pub fn now() -> String {
     Timestamp::now()
         .round(Unit::Second)
         .map_or_else(|_| Timestamp::now().to_string(), |t| t.to_string())
+}
+
+/// A time in seconds since the Unix epoch as Kubernetes writes times; `None` if out of range.
+pub fn rfc3339(seconds: i64) -> Option<String> {
+    Timestamp::from_second(seconds).ok().map(|t| t.to_string())
 }
 
 /// Writes `status` (conditions and observed generation filled in from `outcome`) if it differs from what

@@ -47,6 +47,11 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
     if let Some(org) = view.deleted_organization() {
         plan.changes = plan_organization_removal(stored.as_ref(), org.spec.deletion_policy.into());
     }
+    let (changes, held) = domain::hold_paused(plan.changes, stored.as_ref(), &view.paused());
+    if !held.is_empty() {
+        tracing::debug!(organization = %key, held = held.len(), "changes to paused resources held back");
+    }
+    plan.changes = changes;
     problems.append(&mut plan.problems);
     missing_organization_remedy(&mut problems, key);
     let review = review_key_secrets(plan.changes, stored.as_ref(), |namespace, secret, api_key| {
@@ -87,7 +92,8 @@ pub async fn organization(ctx: &Context, key: &OrgKey) -> Result<Synced, Error> 
         changes,
         "organization reconciled"
     );
-    ctx.metrics.organization_keys(key, stored.as_ref());
+    ctx.metrics
+        .organization_keys(key, stored.as_ref(), ctx.settings.unused_key_after);
     Ok(Synced { stored, problems })
 }
 

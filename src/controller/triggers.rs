@@ -124,7 +124,12 @@ where
     move |object: &Arc<K>| {
         let meta = object.meta();
         let mut hasher = DefaultHasher::new();
-        (meta.generation, meta.deletion_timestamp.is_some()).hash(&mut hasher);
+        // The pause annotation is metadata, not spec, but pausing and resuming must wake the object.
+        let paused = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::resource::PAUSED_ANNOTATION));
+        (meta.generation, meta.deletion_timestamp.is_some(), paused).hash(&mut hasher);
         let fingerprint = hasher.finish();
         let uid = meta.uid.clone().unwrap_or_default();
         let previous = seen.insert(uid, fingerprint);

@@ -1,12 +1,13 @@
 //! One organization as the caches show it: its Organization resource and every Environment, User and ApiKey
 //! that references it, turned into the domain's declarations exactly as `orgkeeper apply` does with files.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use kube::ResourceExt;
 
 use super::caches::Caches;
+use super::resource::is_paused;
 use crate::crd::{ApiKey, Environment, Organization, ToDeclaration, User};
 use crate::domain::{Declarations, Kind, ObjectRef, OrgKey, Problem, Reason};
 
@@ -67,6 +68,26 @@ impl OrgView {
         self.keys_by_name.get(name)
     }
 
+    /// The paused resources (see [`is_paused`]), whose changes the sync holds back.
+    pub fn paused(&self) -> BTreeSet<ObjectRef> {
+        let namespace = &self.key.namespace;
+        let mut paused = BTreeSet::new();
+        let mut add = |kind, object: &dyn PausedObject| {
+            if object.paused() {
+                paused.insert(ObjectRef::new(kind, namespace, &object.name()));
+            }
+        };
+        if let Some(org) = &self.organization {
+            add(Kind::Organization, org.as_ref());
+        }
+        self.environments
+            .iter()
+            .for_each(|e| add(Kind::Environment, e.as_ref()));
+        self.users.iter().for_each(|u| add(Kind::User, u.as_ref()));
+        self.api_keys.iter().for_each(|k| add(Kind::ApiKey, k.as_ref()));
+        paused
+    }
+
     /// What the live (not deleting) resources declare, and the resources that declare nothing usable.
     pub fn declarations(&self) -> (Declarations, Vec<Problem>) {
         let mut declarations = Declarations::default();
@@ -94,6 +115,22 @@ impl OrgView {
             collect(key.as_ref(), Kind::ApiKey, &mut declarations.api_keys, &mut problems);
         }
         (declarations, problems)
+    }
+}
+
+/// The two things [`OrgView::paused`] asks of each kind.
+trait PausedObject {
+    fn paused(&self) -> bool;
+    fn name(&self) -> String;
+}
+
+impl<K: ResourceExt> PausedObject for K {
+    fn paused(&self) -> bool {
+        is_paused(self)
+    }
+
+    fn name(&self) -> String {
+        self.name_any()
     }
 }
 

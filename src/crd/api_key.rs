@@ -22,6 +22,7 @@ use super::common::{AccessSpec, Condition, OrganizationRef, StringMap};
     printcolumn(name = "Access", type_ = "string", json_path = ".spec.access"),
     printcolumn(name = "Key ID", type_ = "string", json_path = ".status.keyId"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(name = "Last Used", type_ = "date", json_path = ".status.lastUsedTime"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -164,6 +165,11 @@ pub struct ApiKeyStatus {
     /// When the key was revoked (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
+    /// When a sidecar last saw the key in use (RFC 3339), as of the controller's last resync of the key: up
+    /// to the sidecars' `--key-use-flush-interval` plus the controller's `--resync-interval` behind. Absent:
+    /// never seen in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_time: Option<String>,
     /// When the current key stops working by itself (RFC 3339; spec.expiresAt or spec.expireAfter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,

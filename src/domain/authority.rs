@@ -269,6 +269,8 @@ pub fn state_declared_by(declarations: &Declarations) -> BTreeMap<OrgKey, Stored
                 expires_at: key.expiry.map(|e| e.for_key_issued_at(now)),
                 trigger: key.rotation.as_ref().and_then(|r| r.trigger.clone()),
                 superseded_at: None,
+                last_used_at: None,
+                revoked_outside_git: None,
             });
         }
     }

@@ -53,5 +53,7 @@ pub fn api_key(name: &str, key_id: &str, state: KeyState) -> StoredApiKey {
         expires_at: None,
         trigger: None,
         superseded_at: None,
+        last_used_at: None,
+        revoked_outside_git: None,
     }
 }

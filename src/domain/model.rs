@@ -379,6 +379,17 @@ pub struct StoredApiKey {
     pub trigger: Option<String>,
     /// When a newer key replaced it (previous keys only).
     pub superseded_at: Option<i64>,
+    /// When a data plane last saw the key in use (coarse: to the minute); `None`: never.
+    pub last_used_at: Option<i64>,
+    /// Set when the key was revoked by id outside Git (`orgkeeper keys revoke`) rather than by a plan.
+    pub revoked_outside_git: Option<OutsideRevocation>,
+}
+
+/// Who revoked a key outside Git, and why, as they said it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutsideRevocation {
+    pub by: String,
+    pub reason: String,
 }
 
 /// An ApiKey has one current key; during a rotation also an incoming one (live, being written to the

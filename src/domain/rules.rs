@@ -34,6 +34,9 @@ pub enum Reason {
     SecretMissing,
     /// The key has been revoked.
     Revoked,
+    /// The key was revoked by id outside Git (`orgkeeper keys revoke`) while Git still declares it
+    /// unrevoked: final, and Git should be brought in line.
+    RevokedOutsideGit,
 }
 
 impl Reason {
@@ -50,6 +53,7 @@ impl Reason {
             Reason::SecretConflict => "SecretConflict",
             Reason::SecretMissing => "SecretMissing",
             Reason::Revoked => "Revoked",
+            Reason::RevokedOutsideGit => "RevokedOutsideGit",
         }
     }
 

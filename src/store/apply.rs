@@ -44,7 +44,7 @@ pub struct ApplyOutcome {
 /// A write transaction on the store. Dropping it without [`StoreTx::commit`] rolls everything back.
 pub struct StoreTx {
     tx: Transaction<'static, Any>,
-    store: Store,
+    pub(super) store: Store,
     wrote: bool,
     organization_ids: HashMap<OrgKey, String>,
     environment_ids: HashMap<(String, String), String>,

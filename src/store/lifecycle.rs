@@ -177,6 +177,12 @@ impl StoreTx {
         self.git_revision = revision;
     }
 
+    /// Records `actor` instead of the store's as who made this transaction's changes (the controller names
+    /// the GitOps application that applied the resources, which differs from one transaction to the next).
+    pub fn set_actor(&mut self, actor: &str) {
+        self.store = self.store.clone().acting_as(actor);
+    }
+
     /// See [`Store::revoke_key_by_id`].
     pub async fn revoke_by_id(&mut self, key_id: &str, reason: &str) -> Result<Revocation, StoreError> {
         let (state, revoked_at) = self.key_state(key_id).await?;

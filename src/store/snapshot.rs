@@ -115,7 +115,7 @@ pub(super) async fn load_organization(
 
     let api_keys = sqlx::query::<Any>(
         "SELECT key_id, environment_id, resource_name, secret_name, access, secret_hash, state, slot, created_at, \
-         expires_at, rotation_trigger, superseded_at FROM api_keys WHERE organization_id = $1 \
+         expires_at, rotation_trigger, superseded_at, last_used_at, revoked_by, revoked_reason FROM api_keys WHERE organization_id = $1 \
          ORDER BY resource_name, created_at, key_id",
     )
     .bind(&id)
@@ -158,6 +158,9 @@ fn api_key_from_row(row: &Row, environment_names: &BTreeMap<String, String>) -> 
     let fingerprint = KeyHash::from_hex(&hash)
         .ok_or_else(|| StoreError::Corrupt("an api key hash".into()))?
         .fingerprint();
+    // `keys revoke` sets both; a revocation declared in Git neither.
+    let revoked_by: Option<String> = row.try_get("revoked_by").context("reading api keys")?;
+    let revoked_reason: Option<String> = row.try_get("revoked_reason").context("reading api keys")?;
     Ok(StoredApiKey {
         key_id: row.try_get("key_id").context("reading api keys")?,
         environment: environment_names
@@ -174,6 +177,11 @@ fn api_key_from_row(row: &Row, environment_names: &BTreeMap<String, String>) -> 
         expires_at: row.try_get("expires_at").context("reading api keys")?,
         trigger: row.try_get("rotation_trigger").context("reading api keys")?,
         superseded_at: row.try_get("superseded_at").context("reading api keys")?,
+        last_used_at: row.try_get("last_used_at").context("reading api keys")?,
+        revoked_outside_git: revoked_by.map(|by| OutsideRevocation {
+            by,
+            reason: revoked_reason.unwrap_or_default(),
+        }),
     })
 }
 

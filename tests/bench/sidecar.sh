@@ -9,7 +9,8 @@
 #   2. through the sidecar, keys valid and limits high enough never to reject, rotating over 9,990 keys
 #      of 999 environments (so every environment has limiter and metrics state), as started by default
 #      (it finds out whether the upstream speaks HTTP/2 and uses it); with one worker when its default is
-#      more; and, in front of orgkeeper facts, forced to HTTP/1.1;
+#      more; with last-use tracking off (--key-use-flush-interval off), for what tracking costs; and, in
+#      front of orgkeeper facts, forced to HTTP/1.1;
 #   3. nginx as a reverse proxy with limit_req keyed by the Authorization header, same keys, same upstream,
 #      as configured by default (worker_processes auto: one per CPU) and with one worker;
 #   4. the sidecar's rejection path: one key of an environment allowed 1 request a minute (almost all 429).
@@ -294,6 +295,11 @@ bench() { # static|facts
     sidecar "logs-sidecar-$kind-1.txt" "$up_port" "$(free_port)" "$port1" --workers 1
     pid1=$STARTED
   fi
+  local port_off pid_off
+  port_off=$(free_port)
+  sidecar "logs-sidecar-$kind-off.txt" "$up_port" "$(free_port)" "$port_off" "${WORKER_ARGS[@]}" \
+    --key-use-flush-interval off
+  pid_off=$STARTED
   if [[ $kind == facts ]]; then
     # Forced to HTTP/1.1, for comparison (the default finds out that orgkeeper facts speaks HTTP/2).
     port_h1=$(free_port)
@@ -316,6 +322,7 @@ bench() { # static|facts
     log "$group: round $round of $ROUNDS"
     run "$group" "upstream direct" "$up_port" "$rotating" $UPSTREAM_PIDS
     run "$group" "sidecar (forwarding)" "$port" "$rotating" "$main_pid"
+    run "$group" "sidecar, last-use tracking off" "$port_off" "$rotating" "$pid_off"
     [[ -z $pid1 ]] || run "$group" "sidecar, 1 worker" "$port1" "$rotating" "$pid1"
     [[ -z $pid_h1 ]] || run "$group" "sidecar, HTTP/1.1 to the upstream" "$port_h1" "$rotating" "$pid_h1"
     run "$group" "nginx limit_req proxy" "$nginx_port" "$rotating" $(nginx_workers "$kind-proxy")
@@ -399,6 +406,10 @@ for group in groups:
     if one:
         checks.append((f"{group}: sidecar with 1 worker >= nginx with 1 worker", one[0] >= nginx1[0],
                        f"{int(one[0]):,} vs {int(nginx1[0]):,} req/s"))
+    untracked = row("sidecar, last-use tracking off")
+    checks.append((f"{group}: last-use tracking costs <= 2% of forwarding throughput",
+                   side[0] >= 0.98 * untracked[0],
+                   f"{int(side[0]):,} on vs {int(untracked[0]):,} req/s off ({100 * (side[0] / untracked[0] - 1):+.1f}%)"))
     checks.append((f"{group}: 429 path >= 3x forwarding", reject[0] >= 3 * side[0],
                    f"{reject[0] / side[0]:.1f}x"))
 peak = max(m["peak"] for m in groups.values())

@@ -534,6 +534,19 @@ fn check_default_environment(env: &EnvironmentDecl) -> Option<Problem> {
     }
 }
 
+/// A key revoked by id (incident response) stays revoked whatever Git says; the problem tells the ApiKey's
+/// owner what happened and how to bring Git in line.
+fn revoked_outside_git(object: ObjectRef, key_id: &str, outside: &OutsideRevocation) -> Problem {
+    Problem {
+        object,
+        reason: Reason::RevokedOutsideGit,
+        message: format!(
+            "key {key_id} was revoked outside Git by {:?} (orgkeeper keys revoke), reason: {:?}; the revocation is final and nothing was re-issued. Set `revoked: true` on this ApiKey in Git to record it, and for a new key create an ApiKey with another name (a revoked key is not rotated)",
+            outside.by, outside.reason
+        ),
+    }
+}
+
 /// An issued key's environment, access and Secret are fixed; changing them means a new key.
 fn check_immutable(decl: &ApiKeyDecl, key: &StoredApiKey) -> Option<Problem> {
     let object = ObjectRef::new(Kind::ApiKey, &decl.namespace, &decl.name);
@@ -554,6 +567,9 @@ fn check_immutable(decl: &ApiKeyDecl, key: &StoredApiKey) -> Option<Problem> {
         return Some(immutable("spec.secret.name", &key.secret_name, &decl.secret_name));
     }
     if key.state == KeyState::Revoked && !decl.revoked {
+        if let Some(outside) = &key.revoked_outside_git {
+            return Some(revoked_outside_git(object, &key.key_id, outside));
+        }
         return Some(Problem {
             object,
             reason: Reason::ImmutableField,

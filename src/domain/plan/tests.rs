@@ -364,6 +364,38 @@ fn a_revoked_key_stays_revoked() {
 }
 
 #[test]
+fn a_key_revoked_outside_git_says_so_with_its_reason_and_stays_revoked() {
+    let mut decl = acme();
+    decl.api_keys.push(key_decl("k", "production"));
+    let mut stored = stored_after(&decl, &KnownAccounts::default());
+    let key = &mut stored.values_mut().next().unwrap().api_keys[0];
+    key.state = KeyState::Revoked;
+    key.revoked_outside_git = Some(OutsideRevocation {
+        by: "alice".into(),
+        reason: "leaked in a CI log".into(),
+    });
+    let plan = plan(&decl, &stored, &KnownAccounts::default());
+    assert_eq!(reasons(&plan), vec![("k".into(), Reason::RevokedOutsideGit)]);
+    let message = &plan.problems[0].message;
+    for part in [
+        "outside Git",
+        "\"alice\"",
+        "leaked in a CI log",
+        "revoked: true",
+        "another name",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from {message}");
+    }
+    assert!(plan.is_empty(), "nothing re-issued, nothing changed");
+    decl.api_keys[0].revoked = true;
+    let plan = super::plan(&decl, &stored, &KnownAccounts::default());
+    assert!(
+        plan.is_empty() && plan.problems.is_empty(),
+        "Git in line: nothing to say"
+    );
+}
+
+#[test]
 fn an_issued_keys_access_environment_and_secret_are_immutable() {
     let mut decl = acme();
     decl.api_keys.push(key_decl("k", "production"));

@@ -130,7 +130,7 @@ async fn wait_rotated(keys: &Api<ApiKey>, old: &str, within: Duration) -> ApiKey
 async fn a_new_trigger_rotates_and_the_old_key_works_for_the_overlap_only() {
     let ns = TestNamespace::create("rot-trigger");
     let store = TestStore::new().await;
-    let _controller = ControllerProcess::start(&ns, &store, Options::default());
+    let controller = ControllerProcess::start(&ns, &store, Options::default());
     ns.apply_ok(&documents([
         organization("acme", "Retain"),
         backend(&rotation("1", None, "15s")),
@@ -180,6 +180,7 @@ async fn a_new_trigger_rotates_and_the_old_key_works_for_the_overlap_only() {
     let events: Api<Event> = ns.api(&client);
     let event = wait_event(&events, "Rotated", "backend").await;
     assert!(event.note.as_deref().unwrap_or_default().contains(&key_id(&old)));
+    assert_eq!(controller.metric("orgkeeper_controller_keys_rotated_total"), 1.0);
 
     // During the overlap both keys work; from its end only the new one, with no reconcile needed then.
     sidecar.until(&new, true, Duration::from_secs(5)).await;

@@ -131,7 +131,7 @@ pub async fn execute(
         }
     }
     tx.commit().await?;
-    ctx.metrics.keys_issued(live + finished.len());
+    ctx.metrics.keys_issued(live);
     if live > 0 {
         ctx.failpoint.reached(Step::AfterLiveCommit);
         tracing::info!(organization = %view.key, keys = live, "keys issued and live");
@@ -208,6 +208,7 @@ async fn confirm_rotations(
 /// One Normal event per finished rotation, on its ApiKey: which key replaced which, and until when the
 /// old one works.
 async fn announce_rotations(ctx: &Context, view: &OrgView, finished: &[(String, String, String, i64)]) {
+    ctx.metrics.keys_rotated(finished.len());
     for (api_key, incoming, previous, overlap) in finished {
         tracing::info!(organization = %view.key, %api_key, key_id = %incoming, previous = %previous, "key rotated");
         let Some(object) = view.api_key(api_key) else {

@@ -41,6 +41,7 @@ pub struct Metrics {
     status_writes: Family<KindLabel, Counter>,
     keys_issued: Counter,
     keys_revoked: Counter,
+    keys_rotated: Counter,
     store_writes: Counter,
     leader: Gauge,
     live_keys: Family<EnvironmentLabels, Gauge>,
@@ -59,6 +60,7 @@ impl Metrics {
             status_writes: Family::default(),
             keys_issued: Counter::default(),
             keys_revoked: Counter::default(),
+            keys_rotated: Counter::default(),
             store_writes: Counter::default(),
             leader: Gauge::default(),
             live_keys: Family::default(),
@@ -93,6 +95,11 @@ impl Metrics {
             metrics.keys_issued.clone(),
         );
         registry.register("keys_revoked", "API keys revoked", metrics.keys_revoked.clone());
+        registry.register(
+            "keys_rotated",
+            "API keys rotated (the new key in its Secret, the previous one in its overlap)",
+            metrics.keys_rotated.clone(),
+        );
         registry.register(
             "store_writes",
             "Write statements issued to the backing store",
@@ -137,6 +144,10 @@ impl Metrics {
 
     pub fn keys_revoked(&self, n: usize) {
         self.keys_revoked.inc_by(n as u64);
+    }
+
+    pub fn keys_rotated(&self, n: usize) {
+        self.keys_rotated.inc_by(n as u64);
     }
 
     pub fn set_leader(&self, leader: bool) {

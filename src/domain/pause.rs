@@ -70,7 +70,7 @@ mod tests {
             access: Access::ReadWrite,
             secret_name: api_key.into(),
             resume: None,
-            expires_at: None,
+            expiry: None,
             trigger: None,
         }
     }

@@ -537,3 +537,56 @@ async fn deny_refuses_with_a_reason_and_allow_admits_while_redis_hangs() {
         "{admitted} of 5 admitted on a shared budget of 3"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_file_authenticates_and_a_bad_url_is_refused_without_echoing_it() {
+    let redis = RedisServer::start_with(Some("s3cret-redis-password"));
+    let setup = setup(&[("tiny", only_requests(2))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, "s3cret-redis-password\n").unwrap();
+    let file = password_file.display().to_string();
+    let replicas = setup.replicas(2, Some(&redis), &["--redis-password-file", &file]).await;
+    let key = setup.tenancy.key("tiny");
+    let mut statuses = Vec::new();
+    for replica in [&replicas[0], &replicas[1], &replicas[0]] {
+        statuses.push(Http::to(&replica.url()).get("/api/facts", Some(key)).await.status);
+    }
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS],
+        "one budget of 2 between both replicas"
+    );
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_orgkeeper"))
+        .args(["sidecar", "--redis-url", "http://admin:s3cret-in-url@redis:6379"])
+        .env("ORGKEEPER_DATABASE_URL", &setup.database_url)
+        .env_remove("ORGKEEPER_REDIS_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("--redis-url is not a Redis URL"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret-in-url"),
+        "the URL's password is never printed: {stderr}"
+    );
+
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_orgkeeper"))
+        .args([
+            "sidecar",
+            "--redis-url",
+            &redis.url(),
+            "--redis-password-file",
+            "/nonexistent/redis-password",
+        ])
+        .env("ORGKEEPER_DATABASE_URL", &setup.database_url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(
+        stderr.contains("--redis-password-file /nonexistent/redis-password"),
+        "{stderr}"
+    );
+}

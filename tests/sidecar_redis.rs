@@ -274,18 +274,20 @@ async fn without_redis_each_replica_enforces_the_budget_on_its_own() {
     let replicas = setup.replicas(3, None, &[]).await;
     let started = Instant::now();
     let load = hammer(
-        &uneven(&replicas, 60),
+        &uneven(&replicas, 200),
         setup.tenancy.key("requests"),
         &[0],
-        started + Duration::from_secs(3),
+        started + Duration::from_secs(4),
         None,
     )
     .await;
     let budget = allowed(1_200, started.elapsed());
     let used = load.admitted as f64;
     eprintln!("without Redis: {used} admitted by 3 replicas; one budget allows {budget:.0}");
+    // Each of the three has a whole budget; even the two with 10 connections each on a loaded machine use
+    // most of theirs (with Redis the same load gets 1.01x at most).
     assert!(
-        used >= budget * 2.5,
+        used >= budget * 2.0,
         "each of the three replicas has a whole budget: {used}"
     );
     assert!(used <= budget * 3.0 * 1.01, "but each stays within its own: {used}");

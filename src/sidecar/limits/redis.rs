@@ -96,28 +96,34 @@ local function quota(tat, limit)
   return math.floor(math.max(iv * limit - backlog, 0) / iv), backlog
 end
 local function slots_key(env) return prefix .. ':{' .. env .. '}:slots' end
+-- Whether a replica announced itself recently (asked once per script run).
+local alive = {}
+local function is_alive(who)
+  if alive[who] == nil then
+    local seen = redis.call('ZSCORE', replicas, who)
+    alive[who] = (seen and tonumber(seen) > now_ms - live_ms) or false
+  end
+  return alive[who]
+end
 -- Slots held by live replicas (a dead replica's are deleted on the way).
 local function held(key)
   local fields = redis.call('HGETALL', key)
   local total = 0
   for j = 1, #fields, 2 do
     local who, n = fields[j], tonumber(fields[j + 1])
-    if who == replica then
+    if who == replica or is_alive(who) then
       total = total + n
     else
-      local seen = redis.call('ZSCORE', replicas, who)
-      if seen and tonumber(seen) > now_ms - live_ms then
-        total = total + n
-      else
-        redis.call('HDEL', key, who)
-      end
+      redis.call('HDEL', key, who)
     end
   end
   return total
 end
+-- A new field (1) may be a new hash: give it its expiry; the heartbeat renews it after.
 local function take_slot(key)
-  redis.call('HINCRBY', key, replica, 1)
-  redis.call('PEXPIRE', key, live_ms * 10)
+  if redis.call('HINCRBY', key, replica, 1) == 1 then
+    redis.call('PEXPIRE', key, live_ms * 10)
+  end
 end
 -- One request with `facts` facts against both budgets: {ok, policy, needed, wait, budgets...}; taken when
 -- ok and commit. The budget that keeps it out longest refuses it; one it can never fit counts as longest.

@@ -279,6 +279,9 @@ pub enum RedisError {
 /// A read's answer: the slot when one was taken, and the script's row.
 type ReadAnswer = (Option<Permit>, Vec<i64>);
 
+/// A job and when it was queued (the round trip carrying it must end within the timeout of that).
+type Queued = (tokio::time::Instant, Job);
+
 /// One request's question to Redis, with where to send the answer.
 enum Job {
     Admit {
@@ -313,7 +316,7 @@ enum Job {
 
 /// What the request path and the flushing task share.
 struct Shared {
-    queue: mpsc::UnboundedSender<Job>,
+    queue: mpsc::UnboundedSender<Queued>,
     replica: String,
     fallback: Fallback,
     timeout: Duration,
@@ -333,14 +336,17 @@ pub struct RedisLimiter {
 /// Releases a slot held in Redis when dropped.
 struct RedisSlot {
     environment: String,
-    queue: mpsc::UnboundedSender<Job>,
+    queue: mpsc::UnboundedSender<Queued>,
 }
 
 impl Drop for RedisSlot {
     fn drop(&mut self) {
-        let _ = self.queue.send(Job::Leave {
-            environment: std::mem::take(&mut self.environment),
-        });
+        let _ = self.queue.send((
+            tokio::time::Instant::now(),
+            Job::Leave {
+                environment: std::mem::take(&mut self.environment),
+            },
+        ));
     }
 }
 
@@ -457,18 +463,10 @@ impl RedisLimiter {
             return None;
         }
         let (reply, answer) = oneshot::channel();
-        self.shared.queue.send(job(reply)).ok()?;
-        match tokio::time::timeout(self.shared.timeout, answer).await {
-            Ok(Ok(Ok(answer))) => Some(answer),
-            Ok(_) => None,
-            Err(_) => {
-                self.shared.trip(format!(
-                    "Redis did not answer within {} ms",
-                    self.shared.timeout.as_millis()
-                ));
-                None
-            }
-        }
+        // No timer per request: the Redis task answers or drops every question within `timeout` of the
+        // oldest one in its round trip (see `flush`), and a dropped question is the fallback's.
+        self.shared.queue.send((tokio::time::Instant::now(), job(reply))).ok()?;
+        answer.await.ok()?.ok()
     }
 
     fn unavailable(&self) -> LimitError {
@@ -713,7 +711,7 @@ impl Limiter for RedisLimiter {
 /// heartbeats, and switches between shared and fallback. Ends when the limiter is dropped.
 async fn flush(
     shared: std::sync::Weak<Shared>,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut jobs: mpsc::UnboundedReceiver<Queued>,
     mut connection: ConnectionManager,
     prefix: String,
     heartbeat: Duration,
@@ -727,11 +725,14 @@ async fn flush(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Set while only releases wait: they go with the next question, or alone after LEAVE_DELAY.
     let mut leaves_due: Option<tokio::time::Instant> = None;
+    // When the oldest question waiting was queued: its round trip must end within `timeout` of it.
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+    let mut oldest = far();
     loop {
         let (beat, leaves_now) = tokio::select! {
             biased;
             job = jobs.recv() => match job {
-                Some(job) => { batch.push(job); (false, false) }
+                Some((at, job)) => { oldest = oldest.min(at); batch.push(job); (false, false) }
                 None => return,
             },
             _ = ticker.tick() => (true, false),
@@ -744,7 +745,10 @@ async fn flush(
         for _ in 0..3 {
             while batch.len() < MAX_BATCH {
                 match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok((at, job)) => {
+                        oldest = oldest.min(at);
+                        batch.push(job);
+                    }
                     Err(_) => break,
                 }
             }
@@ -761,6 +765,7 @@ async fn flush(
             continue;
         }
         leaves_due = None;
+        let queued = std::mem::replace(&mut oldest, far());
         let Some(shared) = shared.upgrade() else { return };
         let healthy = shared.healthy.load(Ordering::Acquire);
         let mut invocation = script.prepare_invoke();
@@ -859,11 +864,10 @@ async fn flush(
                 .arg(spent.requests)
                 .arg(spent.facts);
         }
-        let answer = tokio::time::timeout(
-            shared.timeout,
-            invocation.invoke_async::<Vec<Vec<i64>>>(&mut connection),
-        )
-        .await;
+        // Within the timeout of the oldest question (or of now, for a heartbeat alone): a question that
+        // waited behind a slow round trip is not given a whole timeout more.
+        let deadline = queued.min(tokio::time::Instant::now()) + shared.timeout;
+        let answer = tokio::time::timeout_at(deadline, invocation.invoke_async::<Vec<Vec<i64>>>(&mut connection)).await;
         let mut rows = match answer {
             Ok(Ok(rows)) => rows.into_iter(),
             failed => {

@@ -274,18 +274,20 @@ async fn without_redis_each_replica_enforces_the_budget_on_its_own() {
     let replicas = setup.replicas(3, None, &[]).await;
     let started = Instant::now();
     let load = hammer(
-        &uneven(&replicas, 60),
+        &uneven(&replicas, 200),
         setup.tenancy.key("requests"),
         &[0],
-        started + Duration::from_secs(3),
+        started + Duration::from_secs(4),
         None,
     )
     .await;
     let budget = allowed(1_200, started.elapsed());
     let used = load.admitted as f64;
     eprintln!("without Redis: {used} admitted by 3 replicas; one budget allows {budget:.0}");
+    // Each of the three has a whole budget; even the two with 10 connections each on a loaded machine use
+    // most of theirs (with Redis the same load gets 1.01x at most).
     assert!(
-        used >= budget * 2.5,
+        used >= budget * 2.0,
         "each of the three replicas has a whole budget: {used}"
     );
     assert!(used <= budget * 3.0 * 1.01, "but each stays within its own: {used}");
@@ -535,5 +537,103 @@ async fn deny_refuses_with_a_reason_and_allow_admits_while_redis_hangs() {
     assert!(
         (1..=3).contains(&admitted),
         "{admitted} of 5 admitted on a shared budget of 3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_file_authenticates_and_a_bad_url_is_refused_without_echoing_it() {
+    let redis = RedisServer::start_with(Some("s3cret-redis-password"));
+    let setup = setup(&[("tiny", only_requests(2))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, "s3cret-redis-password\n").unwrap();
+    let file = password_file.display().to_string();
+    let replicas = setup.replicas(2, Some(&redis), &["--redis-password-file", &file]).await;
+    let key = setup.tenancy.key("tiny");
+    let mut statuses = Vec::new();
+    for replica in [&replicas[0], &replicas[1], &replicas[0]] {
+        statuses.push(Http::to(&replica.url()).get("/api/facts", Some(key)).await.status);
+    }
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS],
+        "one budget of 2 between both replicas"
+    );
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_orgkeeper"))
+        .args(["sidecar", "--redis-url", "http://admin:s3cret-in-url@redis:6379"])
+        .env("ORGKEEPER_DATABASE_URL", &setup.database_url)
+        .env_remove("ORGKEEPER_REDIS_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("--redis-url is not a Redis URL"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret-in-url"),
+        "the URL's password is never printed: {stderr}"
+    );
+
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_orgkeeper"))
+        .args([
+            "sidecar",
+            "--redis-url",
+            &redis.url(),
+            "--redis-password-file",
+            "/nonexistent/redis-password",
+        ])
+        .env("ORGKEEPER_DATABASE_URL", &setup.database_url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(
+        stderr.contains("--redis-password-file /nonexistent/redis-password"),
+        "{stderr}"
+    );
+}
+
+/// The limiter itself, two of them on one Redis as two replicas would be: a charge after the fact (a
+/// wildcard delete's removed facts) is a debt of the shared budget that the other replica's next write
+/// waits for, with the exact wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_on_one_replica_is_a_debt_the_others_writes_wait_for() {
+    use orgkeeper::domain::EffectiveLimits;
+    use orgkeeper::sidecar::limits::{LimitError, Policy};
+    use orgkeeper::sidecar::{Limiter, RedisLimiter, RedisOptions};
+
+    let redis = RedisServer::start();
+    let connect = || RedisLimiter::connect(RedisOptions::new(redis.url())).unwrap();
+    let (one, other) = (connect(), connect());
+    for limiter in [&one, &other] {
+        within("the limiter to reach Redis", Duration::from_secs(5), || async {
+            limiter.backend().is_some_and(|state| state.shared)
+        })
+        .await;
+    }
+    let limits = EffectiveLimits {
+        requests_per_minute: Some(1_000),
+        fact_writes_per_minute: Some(100),
+        max_concurrent_requests: None,
+        max_batch_facts: None,
+        max_write_body_bytes: None,
+    };
+    let quotas = one.charge("env", &limits, 250).await;
+    let facts = quotas.iter().find(|q| q.policy == Policy::FactWrites).unwrap();
+    assert_eq!(facts.remaining, 0);
+    assert!(
+        facts.full_in.unwrap() > Duration::from_secs(149),
+        "250 facts at 100/min: {facts:?}"
+    );
+    let Err(LimitError::Refused(refusal)) = other.admit("env", &limits, 1).await else {
+        panic!("the other replica's write must wait for the debt");
+    };
+    assert_eq!(refusal.policy, Policy::FactWrites);
+    // 250 owed against 100 a minute: one more fact fits once 151 units (0.6 s each) have refilled.
+    let wait = refusal.retry_after.unwrap().as_secs_f64();
+    assert!((90.0..91.0).contains(&wait), "{wait} s");
+    assert!(
+        other.admit("env", &limits, 0).await.is_ok(),
+        "a read needs no fact budget"
     );
 }

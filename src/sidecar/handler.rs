@@ -173,24 +173,25 @@ impl Handler {
             }
             Route::Read => {}
         }
-        let permit = self
-            .limiter
-            .enter(caller.environment(), &caller.limits)
-            .await
-            .map_err(|by| caller.limited(by, has_body))?;
-        let (quotas, body) = match route {
+        let (permit, quotas, body) = match route {
             Route::Read => {
-                let quotas = self
+                let (permit, quotas) = self
                     .limiter
-                    .admit(caller.environment(), &caller.limits, 0)
+                    .enter_read(caller.environment(), &caller.limits)
                     .await
                     .map_err(|by| caller.limited(by, has_body))?;
                 caller.counters.reads.inc();
-                (quotas, Outgoing::Stream(body))
+                (permit, quotas, Outgoing::Stream(body))
             }
             Route::Write(kind) => {
+                // The slot is taken before the body is read: a slow upload counts against the limit.
+                let permit = self
+                    .limiter
+                    .enter(caller.environment(), &caller.limits)
+                    .await
+                    .map_err(|by| caller.limited(by, has_body))?;
                 let (quotas, bytes, deletes) = self.admit_write(&caller, kind, body, deadline).await?;
-                (quotas, Outgoing::Full { bytes, deletes })
+                (permit, quotas, Outgoing::Full { bytes, deletes })
             }
         };
         self.forward(&caller, parts, body, deadline, quotas, permit, in_flight)

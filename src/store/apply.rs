@@ -425,6 +425,23 @@ impl StoreTx {
         Ok(())
     }
 
+    /// A new key for the environment, with its organization's and environment's ids. The key of an
+    /// interrupted issuance or rotation (`resume`) never reached its Secret and is forgotten first.
+    async fn fresh_key(
+        &mut self,
+        organization: &OrgKey,
+        environment: &str,
+        resume: &Option<String>,
+    ) -> Result<(String, String, ApiKeyToken), StoreError> {
+        if let Some(interrupted) = resume {
+            self.delete_key(interrupted).await?;
+        }
+        let organization_id = self.organization_id(organization).await?;
+        let environment_id = self.environment_id(organization, environment).await?;
+        let token = ApiKeyToken::generate(&environment_id);
+        Ok((organization_id, environment_id, token))
+    }
+
     /// Step 1 of a rotation (`domain::rotation`): records the new key live and incoming. The incoming key
     /// of an interrupted rotation (`resume`) never reached its Secret and is forgotten first.
     async fn start_rotation(&mut self, change: &Change) -> Result<IssuedKey, StoreError> {
@@ -444,12 +461,7 @@ impl StoreTx {
         else {
             unreachable!()
         };
-        if let Some(incoming) = resume {
-            self.delete_key(incoming).await?;
-        }
-        let organization_id = self.organization_id(organization).await?;
-        let environment_id = self.environment_id(organization, environment).await?;
-        let token = ApiKeyToken::generate(&environment_id);
+        let (organization_id, environment_id, token) = self.fresh_key(organization, environment, resume).await?;
         let now = now();
         let row = key_row(
             &token,
@@ -634,12 +646,7 @@ impl StoreTx {
             else {
                 unreachable!()
             };
-            if let Some(pending) = resume {
-                self.delete_key(pending).await?;
-            }
-            let organization_id = self.organization_id(organization).await?;
-            let environment_id = self.environment_id(organization, environment).await?;
-            let token = ApiKeyToken::generate(&environment_id);
+            let (organization_id, environment_id, token) = self.fresh_key(organization, environment, resume).await?;
             rows.push(
                 key_row(
                     &token,

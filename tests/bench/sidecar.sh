@@ -13,7 +13,10 @@
 #      front of orgkeeper facts, forced to HTTP/1.1;
 #   3. nginx as a reverse proxy with limit_req keyed by the Authorization header, same keys, same upstream,
 #      as configured by default (worker_processes auto: one per CPU) and with one worker;
-#   4. the sidecar's rejection path: one key of an environment allowed 1 request a minute (almost all 429).
+#   4. the sidecar's rejection path: one key of an environment allowed 1 request a minute (almost all 429);
+#   5. the sidecar with shared limits (--redis-url, a redis-server of its own) next to the sidecar without,
+#      with the Redis commands it cost per second against the requests per second (when redis-server is
+#      installed: apt-get install -y redis-server).
 # Then the sidecar's memory (RSS) holding 10,000 keys of 1,000 environments.
 #
 # BENCH_UPSTREAM=both (the default; static only when the binary has no `facts` command), static or facts.
@@ -38,6 +41,7 @@ die() { log "$*"; exit 1; }
 
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -z ${REDIS_PORT:-} ]] || redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   for conf in "$WORK"/nginx-*.conf; do
     [[ -f $conf ]] && nginx -p "$WORK" -c "$conf" -s stop 2>/dev/null || true
   done
@@ -55,6 +59,23 @@ if [[ ! -x $BIN ]]; then
 fi
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# A redis-server of the benchmark's own for the "sidecar with Redis" runs (none: those runs are skipped).
+REDIS_PORT=""
+if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+  REDIS_PORT=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --daemonize no \
+    >"$WORK/redis.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+else
+  log "redis-server or redis-cli not found: no \"sidecar with Redis\" runs (apt-get install -y redis-server)"
+fi
+# Commands clients sent Redis so far (the scripts' own calls inside Redis are not round trips).
+redis_calls() {
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+    awk -F'[:=,]' '$1 ~ /^cmdstat_(evalsha|eval|script\|load|ping|hello|client\|setinfo)$/ {n += $3} END {print n + 0}'
+}
 
 wait_http() { # URL: wait until it answers at all
   for _ in $(seq 1 300); do
@@ -233,15 +254,20 @@ run() { # GROUP LABEL PORT KEYS_FILE PIDS...: one measured wrk run; PIDS are the
   shift 4
   log "$group, $label: $DURATION with $CONNECTIONS connections"
   KEYS_FILE=$keys wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/keys.lua" "http://127.0.0.1:$port/" >/dev/null
-  local before after user_before user_after upstream_before upstream_after
+  local before after user_before user_after upstream_before upstream_after redis_before="" started
   upstream_before=$(ticks $UPSTREAM_PIDS)
   before=$(ticks "$@")
   user_before=$(user_ticks "$@")
+  [[ $label != *Redis* ]] || { redis_before=$(redis_calls); started=$(date +%s.%N); }
   KEYS_FILE=$keys wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/keys.lua" \
     "http://127.0.0.1:$port/" >"$out"
   after=$(ticks "$@")
   user_after=$(user_ticks "$@")
   upstream_after=$(ticks $UPSTREAM_PIDS)
+  if [[ -n $redis_before ]]; then
+    printf '%s\t%s\t%s\n' "$group" "$(($(redis_calls) - redis_before))" \
+      "$(python3 -c "import sys, time; print(time.time() - float(sys.argv[1]))" "$started")" >>"$WORK/redis.tsv"
+  fi
   python3 - "$group" "$label" "$out" "$((after - before))" "$(getconf CLK_TCK)" \
     "$((upstream_after - upstream_before))" "$((user_after - user_before))" >>"$RESULTS" <<'PY'
 import re, sys
@@ -307,6 +333,13 @@ bench() { # static|facts
       --upstream-protocol http1
     pid_h1=$STARTED
   fi
+  local port_redis="" pid_redis=""
+  if [[ -n $REDIS_PORT ]]; then
+    port_redis=$(free_port)
+    sidecar "logs-sidecar-$kind-redis.txt" "$up_port" "$(free_port)" "$port_redis" "${WORKER_ARGS[@]}" \
+      --redis-url "redis://127.0.0.1:$REDIS_PORT"
+    pid_redis=$STARTED
+  fi
   local nginx_port nginx1_port
   nginx_port=$(free_port)
   nginx1_port=$(free_port)
@@ -323,6 +356,7 @@ bench() { # static|facts
     run "$group" "upstream direct" "$up_port" "$rotating" $UPSTREAM_PIDS
     run "$group" "sidecar (forwarding)" "$port" "$rotating" "$main_pid"
     run "$group" "sidecar, last-use tracking off" "$port_off" "$rotating" "$pid_off"
+    [[ -z $pid_redis ]] || run "$group" "sidecar with Redis (shared limits)" "$port_redis" "$rotating" "$pid_redis"
     [[ -z $pid1 ]] || run "$group" "sidecar, 1 worker" "$port1" "$rotating" "$pid1"
     [[ -z $pid_h1 ]] || run "$group" "sidecar, HTTP/1.1 to the upstream" "$port_h1" "$rotating" "$pid_h1"
     run "$group" "nginx limit_req proxy" "$nginx_port" "$rotating" $(nginx_workers "$kind-proxy")
@@ -336,6 +370,7 @@ bench() { # static|facts
     "$(rss "$main_pid" VmHWM)" "$(metric "http://127.0.0.1:$metrics" orgkeeper_sidecar_keys)" \
     "$(metric "http://127.0.0.1:$metrics" orgkeeper_sidecar_environments)" "${protocol:-?}" "$description" \
     >>"$MEMORY"
+  [[ -z $pid_redis ]] || printf '%s\t%s\n' "$group" "$(rss "$pid_redis" VmHWM)" >>"$WORK/redis-memory.tsv"
 
   # Stopped before the next upstream's runs, so that they do not share the machine with idle processes.
   local pid
@@ -358,10 +393,11 @@ case $BENCH_UPSTREAM in
 esac
 
 # --- 5. Report ----------------------------------------------------------------------------------------
+touch "$WORK/redis.tsv" "$WORK/redis-memory.tsv"
 python3 - "$RESULTS" "$MEMORY" "$DURATION" "$CONNECTIONS" "$THREADS" "$(nproc)" "$ROUNDS" \
-  "$(cut -d' ' -f1-3 /proc/loadavg)" "$DEFAULT_WORKERS" <<'EOF'
+  "$(cut -d' ' -f1-3 /proc/loadavg)" "$DEFAULT_WORKERS" "$WORK/redis.tsv" "$WORK/redis-memory.tsv" <<'EOF'
 import statistics, sys
-results, memory, duration, conns, threads, cpus, rounds, load, workers = sys.argv[1:]
+results, memory, duration, conns, threads, cpus, rounds, load, workers, redis_runs, redis_memory = sys.argv[1:]
 runs = {}
 for line in open(results):
     group, label, *values = line.rstrip("\n").split("\t")
@@ -412,6 +448,30 @@ for group in groups:
                    f"{int(side[0]):,} on vs {int(untracked[0]):,} req/s off ({100 * (side[0] / untracked[0] - 1):+.1f}%)"))
     checks.append((f"{group}: 429 path >= 3x forwarding", reject[0] >= 3 * side[0],
                    f"{reject[0] / side[0]:.1f}x"))
+redis_commands = {}
+for line in open(redis_runs):
+    group, commands, seconds = line.split("\t")
+    redis_commands.setdefault(group, []).append(int(commands) / float(seconds))
+redis_peak = dict(line.rstrip("\n").split("\t") for line in open(redis_memory))
+for group in groups:
+    side, shared = median.get((group, "sidecar (forwarding)")), median.get((group, "sidecar with Redis (shared limits)"))
+    if not shared:
+        continue
+    per_second = statistics.median(redis_commands[group])
+    ratio = per_second / max(shared[0], 1)
+    print(f"Sidecar with Redis (upstream {group}): {shared[0] / side[0]:.0%} of the throughput without, p99 "
+          f"{shared[2] - side[2]:+.2f} ms; Redis got {per_second:,.0f} commands/s for {shared[0]:,.0f} requests/s "
+          f"({ratio:.3f} per request); peak RSS {redis_peak.get(group, '?')} MiB")
+    checks += [
+        (f"{group}: sidecar with Redis >= 90% of the throughput without", shared[0] >= 0.9 * side[0],
+         f"{int(shared[0]):,} vs {int(side[0]):,} req/s"),
+        (f"{group}: sidecar with Redis p99 within 1 ms of without", shared[2] - side[2] <= 1.0,
+         f"{shared[2]:.2f} vs {side[2]:.2f} ms"),
+        (f"{group}: Redis commands/s well under the request rate (< 0.25 per request)", ratio < 0.25,
+         f"{per_second:,.0f}/s for {shared[0]:,.0f} req/s"),
+    ]
+if redis_commands:
+    print()
 peak = max(m["peak"] for m in groups.values())
 checks.append(("sidecar RSS < 50 MiB (10,000 keys, 1,000 environments)", peak < 50, f"peak {peak} MiB"))
 for name, ok, detail in checks:

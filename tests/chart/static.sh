@@ -102,6 +102,41 @@ check_template_external_upstream() {
   echo "sidecar forwards to the configured upstream; no fact store container"
 }
 
+# Shared limits: with dataPlane.redis the replicas may be more than one, the sidecar gets the URL from the
+# Secret (never as a plain value) with the fallback and timeout, and the data plane's NetworkPolicy lets it reach
+# Redis when egress is restricted; without Redis more than one replica is refused (checked below).
+check_template_shared_limits() {
+  local out
+  out="$(mktemp --suffix .redis.yaml)"
+  helm_template --set dataPlane.replicas=3 --set dataPlane.redis.existingSecret=orgkeeper-redis \
+    --set dataPlane.redis.fallback=deny --set networkPolicy.enabled=true \
+    --set 'networkPolicy.egress[0].ports[0].port=53' --set 'networkPolicy.egress[0].ports[0].protocol=UDP' \
+    --set 'dataPlane.redis.to[0].namespaceSelector.matchLabels.kubernetes\.io/metadata\.name=redis' > "$out"
+  local status=0
+  "$PY" - "$out" <<'EOF2' || status=1
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("data-plane"))
+assert deployment["spec"]["replicas"] == 3, deployment["spec"]["replicas"]
+sidecar = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
+env = {e["name"]: e for e in sidecar["env"]}
+url = env["ORGKEEPER_REDIS_URL"]
+assert "value" not in url and url["valueFrom"]["secretKeyRef"] == {"name": "orgkeeper-redis", "key": "url"}, url
+assert env["ORGKEEPER_REDIS_FALLBACK"]["value"] == "deny" and env["ORGKEEPER_REDIS_TIMEOUT"]["value"] == "100ms"
+policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("data-plane"))
+assert "Egress" in policy["spec"]["policyTypes"], policy["spec"]["policyTypes"]
+redis_rules = [r for r in policy["spec"]["egress"] if {"port": 6379, "protocol": "TCP"} in r.get("ports", [])]
+assert len(redis_rules) == 1, policy["spec"]["egress"]
+peer = redis_rules[0]["to"][0]["namespaceSelector"]["matchLabels"]
+assert peer == {"kubernetes.io/metadata.name": "redis"}, peer
+controller = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("controller"))
+assert all(6379 not in [p["port"] for p in r.get("ports", [])] for r in controller["spec"]["egress"]), "controller"
+print("3 data-plane replicas share limits through the Redis of the Secret; the NetworkPolicy lets only them reach it")
+EOF2
+  rm -f "$out"
+  return "$status"
+}
+
 # Who may do what: the admission policies are on by default, name the exempt users, and go with one value.
 check_admission_policy_switch() {
   local out
@@ -145,6 +180,9 @@ check_schema_refuses_bad_values() {
     "a user name template without its placeholder|controller.kubernetesUser.github|--set controller.kubernetesUser.github=oidc:{user}"
     "a GitOps applier that is not NAMESPACE/NAME|admissionPolicy.gitOpsServiceAccounts|--set admissionPolicy.gitOpsServiceAccounts={argocd}"
     "a key staleness that is not a duration|dataPlane.sidecar.maxKeyStaleness|--set dataPlane.sidecar.maxKeyStaleness=never"
+    "several data-plane replicas without Redis|dataPlane.redis|--set dataPlane.replicas=2"
+    "a Redis URL that is not redis:// or rediss://|dataPlane.redis.url|--set dataPlane.redis.url=http://redis:6379"
+    "an unknown Redis fallback|dataPlane.redis.fallback|--set dataPlane.redis.url=redis://redis:6379 --set dataPlane.redis.fallback=open"
   )
   local entry what expected args failures=0
   for entry in "${cases[@]}"; do
@@ -217,6 +255,7 @@ static_checks() {
   run_check "helm template, data plane, NetworkPolicy and ServiceMonitor, validates" check_template_data_plane
   run_check "helm template, watched namespaces use Roles only, validates" check_template_namespaced
   run_check "helm template, sidecar in front of another upstream" check_template_external_upstream
+  run_check "helm template, shared limits: replicas, the Redis Secret, NetworkPolicy egress to Redis" check_template_shared_limits
   run_check "topology: fact store on loopback, no Service port, NetworkPolicy on, OSO_URL the data plane" check_topology_default
   run_check "topology: an exposed fact store admits only networkPolicy.factsFrom" check_topology_exposed_facts
   run_check "topology: the example application needs no store credentials" check_app_needs_no_store_credentials

@@ -29,13 +29,20 @@ fn signal(pid: u32, signal: libc::c_int) {
 /// A `redis-server` of this test's own.
 pub struct RedisServer {
     pub port: u16,
+    password: Option<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(None)
+    }
+
+    /// A server that refuses clients without this password (`requirepass`).
+    pub fn start_with(password: Option<&str>) -> RedisServer {
         let mut server = RedisServer {
             port: free_addr().port(),
+            password: password.map(str::to_owned),
             child: None,
         };
         server.launch();
@@ -46,13 +53,15 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(self.password.iter().flat_map(|p| ["--requirepass", p.as_str()]))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("redis-server is installed (.ci/run installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.command("PING").as_deref() != Some("+PONG") {
+        let up = |reply: Option<String>| reply.is_some_and(|r| r == "+PONG" || r.starts_with("-NOAUTH"));
+        while !up(self.command("PING")) {
             assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }

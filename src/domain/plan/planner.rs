@@ -6,7 +6,7 @@ use super::grouping::{Children, Grouped};
 use super::{Change, Plan};
 use crate::domain::account::{Account, KnownAccounts};
 use crate::domain::model::*;
-use crate::domain::rotation::{RotationCause, format_rfc3339};
+use crate::domain::rotation::{RotationCause, RotationPolicy, format_rfc3339};
 use crate::domain::rules::{Problem, Reason};
 
 /// Plans every declared organization. `stored` holds what the store has for those organizations (absent
@@ -454,8 +454,19 @@ impl OrganizationPlanner<'_> {
                 }),
             }
         }
-        let Some(policy) = &decl.rotation else {
-            return;
+        // A rotation interrupted before spec.rotation was removed is still finished: its incoming key may
+        // already be in the Secret.
+        let unrotated;
+        let policy = match (&decl.rotation, incoming) {
+            (Some(policy), _) => policy,
+            (None, Some(_)) => {
+                unrotated = RotationPolicy {
+                    trigger: key.trigger.clone(),
+                    ..RotationPolicy::parse(None, None, None).expect("the defaults are valid")
+                };
+                &unrotated
+            }
+            (None, None) => return,
         };
         let due = policy.due(key.issued_at, key.trigger.as_deref(), self.now);
         let cause = match (incoming, due) {

@@ -682,6 +682,15 @@ fn an_interrupted_rotation_is_resumed_with_its_incoming_key() {
         "{:?}",
         plan.changes
     );
+    // spec.rotation removed meanwhile: the rotation is still finished (the Secret may hold the new key).
+    let mut unrotated = decl.clone();
+    unrotated.api_keys[0].rotation = None;
+    let plan = plan_at(&unrotated, &stored, &KnownAccounts::default(), 2000);
+    assert!(
+        matches!(&plan.changes[..], [Change::RotateKey { resume: Some(id), overlap: 86_400, .. }] if id == "k9"),
+        "{:?}",
+        plan.changes
+    );
 }
 
 #[test]

@@ -153,6 +153,20 @@ pub trait Limiter: Send + Sync + 'static {
         limits: &'a EffectiveLimits,
     ) -> BoxFuture<'a, Result<Permit, LimitError>>;
 
+    /// Takes a concurrency slot and admits one read at once (`enter`, then `admit` with no facts): a shared
+    /// backend answers both in one round trip, and a read it refuses holds no slot.
+    fn enter_read<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+    ) -> BoxFuture<'a, Result<(Permit, Vec<Quota>), LimitError>> {
+        Box::pin(async move {
+            let permit = self.enter(environment, limits).await?;
+            let quotas = self.admit(environment, limits, 0).await?;
+            Ok((permit, quotas))
+        })
+    }
+
     /// Whether one more request (with no facts) would be admitted now, without taking anything. Used before
     /// reading a write's body, so that a client over its request budget is refused without reading it.
     fn peek<'a>(&'a self, environment: &'a str, limits: &'a EffectiveLimits) -> BoxFuture<'a, Result<(), LimitError>>;

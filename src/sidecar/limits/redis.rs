@@ -41,13 +41,18 @@ use crate::domain::EffectiveLimits;
 /// The most requests one round trip carries; more wait for the next (a bound on one script's run time).
 const MAX_BATCH: usize = 512;
 
+/// The longest a released slot waits to be sent to Redis along with other questions.
+const LEAVE_DELAY: Duration = Duration::from_millis(2);
+
 /// A replica unheard of for this many heartbeats is gone: its slots no longer count.
 const LIVE_HEARTBEATS: u32 = 3;
 
 /// Every decision, for a batch of requests, atomically. ARGV: prefix, replica id, liveness (ms), then ops:
 /// `H` (heartbeat: answers the live replicas), `S env n` (this replica holds n slots), `A env rpm fpm facts
 /// commit` (admit: answers ok, policy, needed, wait µs, then remaining and full-in µs of both budgets),
-/// `E env max` (enter: answers ok and slots in use), `L env` (leave), `C env rpm fpm requests facts` (charge,
+/// `E env max` (enter: answers ok and slots in use), `R env max rpm fpm` (a read: enter and admit at once,
+/// answers whether a slot was free and the slots in use, then, when one was, as `A`), `L env` (leave), `C env rpm fpm
+/// requests facts` (charge,
 /// may go into debt: answers both budgets). A limit of -1 is none. Times are µs on Redis's clock.
 const SCRIPT: &str = r#"
 local prefix, replica, live_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -91,6 +96,65 @@ local function quota(tat, limit)
   return math.floor(math.max(iv * limit - backlog, 0) / iv), backlog
 end
 local function slots_key(env) return prefix .. ':{' .. env .. '}:slots' end
+-- Whether a replica announced itself recently (asked once per script run).
+local alive = {}
+local function is_alive(who)
+  if alive[who] == nil then
+    local seen = redis.call('ZSCORE', replicas, who)
+    alive[who] = (seen and tonumber(seen) > now_ms - live_ms) or false
+  end
+  return alive[who]
+end
+-- Slots held by live replicas (a dead replica's are deleted on the way).
+local function held(key)
+  local fields = redis.call('HGETALL', key)
+  local total = 0
+  for j = 1, #fields, 2 do
+    local who, n = fields[j], tonumber(fields[j + 1])
+    if who == replica or is_alive(who) then
+      total = total + n
+    else
+      redis.call('HDEL', key, who)
+    end
+  end
+  return total
+end
+-- A new field (1) may be a new hash: give it its expiry; the heartbeat renews it after.
+local function take_slot(key)
+  if redis.call('HINCRBY', key, replica, 1) == 1 then
+    redis.call('PEXPIRE', key, live_ms * 10)
+  end
+end
+-- One request with `facts` facts against both budgets: {ok, policy, needed, wait, budgets...}; taken when
+-- ok and commit. The budget that keeps it out longest refuses it; one it can never fit counts as longest.
+local function admit(env, rpm, fpm, facts, commit)
+  local rkey, fkey = prefix .. ':{' .. env .. '}:requests', prefix .. ':{' .. env .. '}:facts'
+  local rtat, ftat = 0, 0
+  if rpm >= 0 then rtat = load(rkey, rpm) end
+  if fpm >= 0 then ftat = load(fkey, fpm) end
+  local ok, policy, needed, wait = 1, 0, 0, 0
+  local rnew, fnew = rtat, ftat
+  local function consider(p, cost, w)
+    if ok == 1 or (wait ~= -1 and (w == -1 or w > wait)) then
+      ok, policy, needed, wait = 0, p, cost, w
+    end
+  end
+  if rpm >= 0 then
+    local new, w = try(rtat, rpm, 1)
+    if new then rnew = new else consider(0, 1, w) end
+  end
+  if fpm >= 0 then
+    local new, w = try(ftat, fpm, facts)
+    if new then fnew = new else consider(1, facts, w) end
+  end
+  if ok == 1 and commit then
+    if rpm >= 0 then save(rkey, rnew, rpm); rtat = rnew end
+    if fpm >= 0 and facts > 0 then save(fkey, fnew, fpm); ftat = fnew end
+  end
+  local rr, rf = quota(rtat, rpm)
+  local fr, ff = quota(ftat, fpm)
+  return {ok, policy, needed, wait, rr, rf, fr, ff}
+end
 
 local i = 4
 while i <= #ARGV do
@@ -116,77 +180,57 @@ while i <= #ARGV do
     i = i + 2
   elseif op == 'E' then
     local key, max = slots_key(ARGV[i + 1]), tonumber(ARGV[i + 2])
-    local held = redis.call('HGETALL', key)
-    local total = 0
-    for j = 1, #held, 2 do
-      local who, n = held[j], tonumber(held[j + 1])
-      if who == replica then
-        total = total + n
-      else
-        local seen = redis.call('ZSCORE', replicas, who)
-        if seen and tonumber(seen) > now_ms - live_ms then
-          total = total + n
-        else
-          redis.call('HDEL', key, who)
-        end
-      end
-    end
+    local total = held(key)
     if total < max then
-      redis.call('HINCRBY', key, replica, 1)
-      redis.call('PEXPIRE', key, live_ms * 10)
+      take_slot(key)
       out[#out + 1] = {1, total + 1}
     else
       out[#out + 1] = {0, total}
     end
     i = i + 3
-  elseif op == 'A' or op == 'C' then
+  elseif op == 'R' then
+    -- A read: a slot and the request budget at once; a refused read takes neither.
+    local env, max = ARGV[i + 1], tonumber(ARGV[i + 2])
+    local key = slots_key(env)
+    local total = 0
+    if max >= 0 then total = held(key) end
+    if max >= 0 and total >= max then
+      out[#out + 1] = {0, total}
+    else
+      local answer = admit(env, tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), 0, true)
+      if answer[1] == 1 and max >= 0 then
+        take_slot(key)
+        total = total + 1
+      end
+      table.insert(answer, 1, total)
+      table.insert(answer, 1, 1)
+      out[#out + 1] = answer
+    end
+    i = i + 5
+  elseif op == 'A' then
+    local facts, commit = tonumber(ARGV[i + 4]), ARGV[i + 5] == '1'
+    out[#out + 1] = admit(ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), facts, commit)
+    i = i + 6
+  elseif op == 'C' then
     local env = ARGV[i + 1]
     local rpm, fpm = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
     local rkey, fkey = prefix .. ':{' .. env .. '}:requests', prefix .. ':{' .. env .. '}:facts'
     local rtat, ftat = 0, 0
     if rpm >= 0 then rtat = load(rkey, rpm) end
     if fpm >= 0 then ftat = load(fkey, fpm) end
-    if op == 'C' then
-      local requests, facts = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
-      if rpm >= 0 and requests > 0 then
-        rtat = math.max(rtat, now) + requests * interval(rpm)
-        save(rkey, rtat, rpm)
-      end
-      if fpm >= 0 and facts > 0 then
-        ftat = math.max(ftat, now) + facts * interval(fpm)
-        save(fkey, ftat, fpm)
-      end
-      local rr, rf = quota(rtat, rpm)
-      local fr, ff = quota(ftat, fpm)
-      out[#out + 1] = {rr, rf, fr, ff}
-      i = i + 6
-    else
-      local facts, commit = tonumber(ARGV[i + 4]), ARGV[i + 5] == '1'
-      local ok, policy, needed, wait = 1, 0, 0, 0
-      local rnew, fnew = rtat, ftat
-      -- The budget that keeps the request out longest refuses it; one it can never fit counts as longest.
-      local function consider(p, cost, w)
-        if ok == 1 or (wait ~= -1 and (w == -1 or w > wait)) then
-          ok, policy, needed, wait = 0, p, cost, w
-        end
-      end
-      if rpm >= 0 then
-        local new, w = try(rtat, rpm, 1)
-        if new then rnew = new else consider(0, 1, w) end
-      end
-      if fpm >= 0 then
-        local new, w = try(ftat, fpm, facts)
-        if new then fnew = new else consider(1, facts, w) end
-      end
-      if ok == 1 and commit then
-        if rpm >= 0 then save(rkey, rnew, rpm); rtat = rnew end
-        if fpm >= 0 and facts > 0 then save(fkey, fnew, fpm); ftat = fnew end
-      end
-      local rr, rf = quota(rtat, rpm)
-      local fr, ff = quota(ftat, fpm)
-      out[#out + 1] = {ok, policy, needed, wait, rr, rf, fr, ff}
-      i = i + 6
+    local requests, facts = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+    if rpm >= 0 and requests > 0 then
+      rtat = math.max(rtat, now) + requests * interval(rpm)
+      save(rkey, rtat, rpm)
     end
+    if fpm >= 0 and facts > 0 then
+      ftat = math.max(ftat, now) + facts * interval(fpm)
+      save(fkey, ftat, fpm)
+    end
+    local rr, rf = quota(rtat, rpm)
+    local fr, ff = quota(ftat, fpm)
+    out[#out + 1] = {rr, rf, fr, ff}
+    i = i + 6
   else
     return redis.error_reply('unknown op ' .. tostring(op))
   end
@@ -232,6 +276,9 @@ pub enum RedisError {
     Client(String),
 }
 
+/// A read's answer: the slot when one was taken, and the script's row.
+type ReadAnswer = (Option<Permit>, Vec<i64>);
+
 /// One request's question to Redis, with where to send the answer.
 enum Job {
     Admit {
@@ -246,6 +293,12 @@ enum Job {
         limits: EffectiveLimits,
         facts: u64,
         reply: oneshot::Sender<Result<Vec<i64>, ()>>,
+    },
+    /// A read: a slot (when `max` is set) and the request budget in one decision.
+    Read {
+        environment: String,
+        limits: EffectiveLimits,
+        reply: oneshot::Sender<Result<ReadAnswer, ()>>,
     },
     Enter {
         environment: String,
@@ -553,6 +606,48 @@ impl Limiter for RedisLimiter {
         })
     }
 
+    fn enter_read<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+    ) -> BoxFuture<'a, Result<(Permit, Vec<Quota>), LimitError>> {
+        Box::pin(async move {
+            let unlimited = limits.max_concurrent_requests.is_none()
+                && limits.requests_per_minute.is_none()
+                && limits.fact_writes_per_minute.is_none();
+            if unlimited {
+                return Ok((Permit::default(), Vec::new()));
+            }
+            let asked = self
+                .ask(|reply| Job::Read {
+                    environment: environment.to_owned(),
+                    limits: *limits,
+                    reply,
+                })
+                .await;
+            let Some((permit, row)) = asked else {
+                // The fallback decides (the limiter has switched to it).
+                let permit = self.enter(environment, limits).await?;
+                let quotas = self.take(environment, limits, 0, true).await?;
+                return Ok((permit, quotas));
+            };
+            let in_use = row.get(1).copied().unwrap_or_default().max(0) as u64;
+            match (row.first(), limits.max_concurrent_requests) {
+                (Some(0), Some(max)) => Err(LimitError::Refused(LimitRefusal {
+                    policy: Policy::Concurrency,
+                    limit: max,
+                    needed: 1,
+                    retry_after: None,
+                    quotas: vec![concurrency(max, in_use)],
+                })),
+                _ => {
+                    let quotas = admission(limits, row.get(2..).unwrap_or_default())?;
+                    Ok((permit.unwrap_or_default(), quotas))
+                }
+            }
+        })
+    }
+
     fn peek<'a>(&'a self, environment: &'a str, limits: &'a EffectiveLimits) -> BoxFuture<'a, Result<(), LimitError>> {
         Box::pin(async move {
             if limits.requests_per_minute.is_none() {
@@ -630,14 +725,19 @@ async fn flush(
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Set while only releases wait: they go with the next question, or alone after LEAVE_DELAY.
+    let mut leaves_due: Option<tokio::time::Instant> = None;
     loop {
-        let beat = tokio::select! {
+        let (beat, leaves_now) = tokio::select! {
             biased;
             job = jobs.recv() => match job {
-                Some(job) => { batch.push(job); false }
+                Some(job) => { batch.push(job); (false, false) }
                 None => return,
             },
-            _ = ticker.tick() => true,
+            _ = ticker.tick() => (true, false),
+            _ = tokio::time::sleep_until(leaves_due.unwrap_or_else(tokio::time::Instant::now)), if leaves_due.is_some() => {
+                (false, true)
+            }
         };
         // Whatever queued meanwhile goes in the same round trip; a couple of yields let requests that are
         // being handled right now join it (a timer would cost a millisecond: Tokio's resolution).
@@ -653,6 +753,14 @@ async fn flush(
             }
             tokio::task::yield_now().await;
         }
+        let only_leaves = batch.iter().all(|job| matches!(job, Job::Leave { .. }));
+        if only_leaves && !beat && !leaves_now && batch.len() < MAX_BATCH {
+            // A release alone is not worth a round trip of its own right away: under load the next
+            // question comes within microseconds; idle, it holds a slot LEAVE_DELAY longer.
+            leaves_due.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_DELAY);
+            continue;
+        }
+        leaves_due = None;
         let Some(shared) = shared.upgrade() else { return };
         let healthy = shared.healthy.load(Ordering::Acquire);
         let mut invocation = script.prepare_invoke();
@@ -713,6 +821,16 @@ async fn flush(
                         }
                         Job::Enter { environment, max, .. } => {
                             invocation.arg("E").arg(environment).arg(*max);
+                        }
+                        Job::Read {
+                            environment, limits, ..
+                        } => {
+                            invocation
+                                .arg("R")
+                                .arg(environment)
+                                .arg(limit_arg(limits.max_concurrent_requests))
+                                .arg(limit_arg(limits.requests_per_minute))
+                                .arg(limit_arg(limits.fact_writes_per_minute));
                         }
                         Job::Leave { .. } => unreachable!("handled above"),
                     }
@@ -799,6 +917,25 @@ async fn flush(
                     };
                     // A requester that gave up drops the permit with the reply, which releases the slot.
                     let _ = reply.send(Ok(permit));
+                }
+                Job::Read {
+                    environment,
+                    limits,
+                    reply,
+                } => {
+                    let slot = match limits.max_concurrent_requests {
+                        Some(max) if row.first() == Some(&1) && row.get(2) == Some(&1) => {
+                            *held.entry(environment.clone()).or_default() += 1;
+                            let in_use = row.get(1).copied().unwrap_or_default().max(0) as u64;
+                            let slot = RedisSlot {
+                                environment,
+                                queue: shared.queue.clone(),
+                            };
+                            Some(Permit::new(Box::new(slot), Some(concurrency(max, in_use))))
+                        }
+                        _ => None,
+                    };
+                    let _ = reply.send(Ok((slot, row)));
                 }
                 Job::Leave { .. } => {}
             }

@@ -384,3 +384,47 @@ async fn bad_rotation_and_expiry_input_is_refused_and_changes_nothing() {
     let secrets: Api<Secret> = ns.api(&client);
     assert!(secrets.get_opt("backend").await.unwrap().is_none(), "no Secret written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_secret_from_before_rotation_is_refused_until_deleted_once() {
+    let ns = TestNamespace::create("rot-immutable");
+    let store = TestStore::new().await;
+    let _controller = ControllerProcess::start(&ns, &store, Options::default());
+    ns.apply_ok(&documents([organization("acme", "Retain"), backend("")]));
+    let client = ns.cluster.client().await;
+    let keys: Api<ApiKey> = ns.api(&client);
+    let secrets: Api<Secret> = ns.api(&client);
+    wait_reason(&keys, "backend", "Issued").await;
+    let (secret, old) = held(&secrets).await;
+    assert_eq!(
+        secret.immutable,
+        Some(true),
+        "no spec.rotation: written once, immutable"
+    );
+
+    ns.apply_ok(&backend(&rotation("1", None, "1h")));
+    let refused = wait_reason(&keys, "backend", "SecretConflict").await;
+    let message = &refused.status.as_ref().unwrap().conditions[0].message;
+    assert!(
+        message.contains("written immutable") && message.contains("kubectl delete secret backend"),
+        "{message}"
+    );
+    assert_eq!(held(&secrets).await.1, old, "nothing changed");
+    let db = store.open().await;
+    assert_eq!(
+        key_rows(&db, &ns.name).await.len(),
+        1,
+        "no key left behind by the refused rotation"
+    );
+
+    ns.delete("secret", "backend");
+    wait_rotated(&keys, &key_id(&old), WAIT).await;
+    let (secret, new) = held(&secrets).await;
+    assert_ne!(new, old);
+    assert_ne!(secret.immutable, Some(true));
+    let live = db.load_auth_snapshot().await.unwrap().keys;
+    assert!(
+        live.contains_key(&key_id(&new)) && live.contains_key(&key_id(&old)),
+        "the old key keeps its overlap"
+    );
+}

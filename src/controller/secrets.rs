@@ -252,8 +252,7 @@ fn conflict_of(found: Option<Secret>, owner: &ApiKey, issued: &IssuedKey) -> Pro
 /// Rotation step 2: rewrites the ApiKey's Secret to hold the incoming key `issued`, in one write, only
 /// while it still holds `previous` (the resourceVersion is the precondition), so at every moment it holds
 /// one live key. A Secret written immutable (before the ApiKey declared `spec.rotation`) cannot be
-/// rewritten: it is replaced by delete (preconditioned on its uid and version) and create, once; the
-/// new one is mutable. A Secret that is gone is created.
+/// rewritten: a `SecretConflict` says to delete it, once. A Secret that is gone is created.
 pub async fn rotate(
     client: &Client,
     recent: &RecentSecrets,
@@ -275,30 +274,23 @@ pub async fn rotate(
     let mut secret = secret_for(issued, owner, oso_url);
     // The version guards against a concurrent writer: the Secret is rewritten only as it was just seen.
     secret.metadata.resource_version = found.metadata.resource_version.clone();
-    let written = match api.replace(&issued.secret_name, &post_params(), &secret).await {
-        // Written immutable (before the ApiKey declared spec.rotation): replaced once by a mutable one.
-        Err(kube::Error::Api(status)) if status.code == 422 => {
-            tracing::info!(
-                secret = %issued.secret_name,
-                namespace,
-                "the key's Secret is immutable: replacing it once with a mutable one for rotation"
-            );
-            let params = kube::api::DeleteParams {
-                preconditions: Some(kube::api::Preconditions {
-                    uid: found.metadata.uid.clone(),
-                    resource_version: found.metadata.resource_version.clone(),
-                }),
-                ..Default::default()
-            };
-            api.delete(&issued.secret_name, &params).await?;
-            secret.metadata.resource_version = None;
-            api.create(&post_params(), &secret).await
+    match api.replace(&issued.secret_name, &post_params(), &secret).await {
+        Ok(_) => {
+            recent.remember(namespace, &issued.secret_name, issued.token.key_id());
+            Ok(Written::Created)
         }
-        other => other,
-    };
-    written?;
-    recent.remember(namespace, &issued.secret_name, issued.token.key_id());
-    Ok(Written::Created)
+        // Written immutable, before the ApiKey declared spec.rotation. The controller may not delete Secrets
+        // (a right over every Secret of the namespace), so a person replaces it, once.
+        Err(kube::Error::Api(status)) if status.code == 422 => Ok(Written::Conflict(Problem {
+            object: DomainRef::new(Kind::ApiKey, namespace, &issued.api_key),
+            reason: Reason::SecretConflict,
+            message: format!(
+                "Secret {:?} was written immutable, before this ApiKey declared spec.rotation, so it cannot be rotated in place; nothing was changed and key {previous} keeps working: delete the Secret (kubectl delete secret {}) and the rotation writes a new, rewritable one with a new key (pods starting in between wait for it)",
+                issued.secret_name, issued.secret_name
+            ),
+        })),
+        Err(error) => Err(error),
+    }
 }
 
 fn owner_reference(key: &ApiKey) -> OwnerReference {

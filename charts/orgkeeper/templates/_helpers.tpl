@@ -157,10 +157,10 @@ end-to-end tests run under (tests/chart checks that the two agree). Why each ver
   verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  # create a key's Secret once per key; update it when its ApiKey rotates (delete: once, to replace an
-  # immutable Secret written before spec.rotation); watch Secrets as metadata only, so a deleted Secret
-  # shows as SecretMissing at once
-  verbs: ["get", "list", "watch", "create", "update", "delete"]
+  # create a key's Secret once per key; update it when its ApiKey rotates (never delete: garbage collection
+  # follows the owner reference); watch Secrets as metadata only, so a deleted Secret shows as
+  # SecretMissing at once
+  verbs: ["get", "list", "watch", "create", "update"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

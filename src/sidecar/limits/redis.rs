@@ -4,8 +4,9 @@
 //! Exactness comes from doing every decision inside Redis, in one Lua script: the GCRA arithmetic of
 //! `gcra.rs` (both budgets of a request checked and taken at once, on Redis's own clock so replicas need no
 //! synchronised clocks), the concurrency slots, and the replicas' heartbeats. Speed comes from batching: one
-//! task per sidecar owns the connection and sends whatever requests queued up while the previous round
-//! trip was out as *one* `EVALSHA`, which Redis runs atomically in order. Under load a batch carries tens to
+//! task per sidecar worker owns a connection and sends whatever requests queued up while the previous round
+//! trip was out as *one* `EVALSHA`, which Redis runs atomically in order. It runs on the worker's own thread,
+//! so a question and its answer never cross threads (`queue_here`). Under load a batch carries tens to
 //! hundreds of admissions, so Redis sees far fewer commands than the sidecar sees requests, with no lease to
 //! hand back and no budget parked on an idle replica. Leases (each replica spending a slice locally) were
 //! not needed: the batch already takes Redis out of the per-request cost.
@@ -21,8 +22,9 @@
 //! requests' admissions to Redis and probes it with the heartbeat; when Redis answers again, what the
 //! `share` fallback admitted meanwhile is charged to the shared budgets and the limiter switches back.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use foldhash::HashMap;
@@ -30,6 +32,7 @@ use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, Script};
 use secrecy::{ExposeSecret, SecretString};
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::fallback::{Fallback, Outage};
@@ -314,9 +317,19 @@ enum Job {
     },
 }
 
-/// What the request path and the flushing task share.
+/// What the request path and the flushing tasks share.
 struct Shared {
+    /// The queue of the task started with the limiter: it heartbeats, probes and recovers, and answers
+    /// questions asked outside a sidecar worker.
     queue: mpsc::UnboundedSender<Queued>,
+    /// For the connection each sidecar worker's own task opens.
+    client: Client,
+    config: ConnectionManagerConfig,
+    prefix: String,
+    heartbeat: Duration,
+    /// Slots this replica holds in Redis per environment (zeros kept until written once), counted by every
+    /// task, rewritten by the heartbeat.
+    held: Mutex<HashMap<String, u64>>,
     replica: String,
     fallback: Fallback,
     timeout: Duration,
@@ -333,21 +346,71 @@ pub struct RedisLimiter {
     shared: Arc<Shared>,
 }
 
-/// Releases a slot held in Redis when dropped.
+/// Releases a slot held in Redis when dropped: through the task that took it (the request ends on the
+/// thread it started on), or the limiter's own task when that one has ended with its worker.
 struct RedisSlot {
     environment: String,
     queue: mpsc::UnboundedSender<Queued>,
+    shared: Weak<Shared>,
 }
 
 impl Drop for RedisSlot {
     fn drop(&mut self) {
-        let _ = self.queue.send((
+        let leave = (
             tokio::time::Instant::now(),
             Job::Leave {
                 environment: std::mem::take(&mut self.environment),
             },
-        ));
+        );
+        if let Err(mpsc::error::SendError(leave)) = self.queue.send(leave)
+            && let Some(shared) = self.shared.upgrade()
+        {
+            let _ = shared.queue.send(leave);
+        }
     }
+}
+
+thread_local! {
+    /// This thread's Redis task per limiter, when the thread runs a sidecar worker's runtime.
+    static WORKER_QUEUES: RefCell<Vec<(Weak<Shared>, mpsc::UnboundedSender<Queued>)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Where a question asked on this thread goes. A sidecar worker (a single-threaded runtime) gets a Redis
+/// task and connection of its own, started on its first question: the question, the round trip and the
+/// answer then stay on the worker's thread. Handing them to a task on another runtime cost a cross-thread
+/// wake-up each way, which doubled the sidecar's CPU per request (docs/sidecar.md, "What it costs").
+fn queue_here(shared: &Arc<Shared>) -> mpsc::UnboundedSender<Queued> {
+    let on_worker = Handle::try_current().is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::CurrentThread);
+    if !on_worker {
+        return shared.queue.clone();
+    }
+    WORKER_QUEUES.with_borrow_mut(|queues| {
+        // A limiter dropped, or a runtime shut down with its task: start afresh.
+        queues.retain(|(owner, queue)| owner.strong_count() > 0 && !queue.is_closed());
+        if let Some((_, queue)) = queues
+            .iter()
+            .find(|(owner, _)| std::ptr::eq(owner.as_ptr(), Arc::as_ptr(shared)))
+        {
+            return queue.clone();
+        }
+        let connection = match ConnectionManager::new_lazy_with_config(shared.client.clone(), shared.config.clone()) {
+            Ok(connection) => connection,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open a worker's own Redis connection: using the shared one");
+                return shared.queue.clone();
+            }
+        };
+        let (queue, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(flush(
+            Arc::downgrade(shared),
+            (queue.downgrade(), jobs),
+            connection,
+            false,
+        ));
+        queues.push((Arc::downgrade(shared), queue.clone()));
+        queue
+    })
 }
 
 fn limit_arg(limit: Option<u64>) -> i64 {
@@ -426,11 +489,16 @@ impl RedisLimiter {
             .set_response_timeout(Some(options.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| RedisError::Client(e.to_string()))?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(|e| RedisError::Client(e.to_string()))?;
         let (queue, jobs) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             queue,
+            client,
+            config,
+            prefix: options.prefix,
+            heartbeat: options.heartbeat,
+            held: Mutex::new(HashMap::default()),
             replica: replica_id(),
             fallback: options.fallback,
             timeout: options.timeout,
@@ -445,10 +513,9 @@ impl RedisLimiter {
         shared.fallbacks.store(0, Ordering::Relaxed);
         tokio::spawn(flush(
             Arc::downgrade(&shared),
-            jobs,
+            (shared.queue.downgrade(), jobs),
             connection,
-            options.prefix,
-            options.heartbeat,
+            true,
         ));
         Ok(RedisLimiter { shared })
     }
@@ -465,7 +532,9 @@ impl RedisLimiter {
         let (reply, answer) = oneshot::channel();
         // No timer per request: the Redis task answers or drops every question within `timeout` of the
         // oldest one in its round trip (see `flush`), and a dropped question is the fallback's.
-        self.shared.queue.send((tokio::time::Instant::now(), job(reply))).ok()?;
+        queue_here(&self.shared)
+            .send((tokio::time::Instant::now(), job(reply)))
+            .ok()?;
         answer.await.ok()?.ok()
     }
 
@@ -707,19 +776,20 @@ impl Limiter for RedisLimiter {
     }
 }
 
-/// The task owning the Redis connection: batches queued jobs into one script call per round trip,
-/// heartbeats, and switches between shared and fallback. Ends when the limiter is dropped.
+/// A task owning a Redis connection: batches queued jobs into one script call per round trip and
+/// switches to the fallback when Redis fails. The limiter's own task (`beats`) also heartbeats, probes
+/// Redis while in fallback and switches back. Ends when the limiter is dropped.
 async fn flush(
-    shared: std::sync::Weak<Shared>,
-    mut jobs: mpsc::UnboundedReceiver<Queued>,
+    shared: Weak<Shared>,
+    (own, mut jobs): (mpsc::WeakUnboundedSender<Queued>, mpsc::UnboundedReceiver<Queued>),
     mut connection: ConnectionManager,
-    prefix: String,
-    heartbeat: Duration,
+    beats: bool,
 ) {
     let script = Script::new(SCRIPT);
+    let Some((prefix, heartbeat)) = shared.upgrade().map(|shared| (shared.prefix.clone(), shared.heartbeat)) else {
+        return;
+    };
     let live_ms = (heartbeat * LIVE_HEARTBEATS).as_millis().max(1) as u64;
-    // Slots this replica holds in Redis per environment (zeros kept until written once).
-    let mut held: HashMap<String, u64> = HashMap::default();
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -735,7 +805,7 @@ async fn flush(
                 Some((at, job)) => { oldest = oldest.min(at); batch.push(job); (false, false) }
                 None => return,
             },
-            _ = ticker.tick() => (true, false),
+            _ = ticker.tick(), if beats => (true, false),
             _ = tokio::time::sleep_until(leaves_due.unwrap_or_else(tokio::time::Instant::now)), if leaves_due.is_some() => {
                 (false, true)
             }
@@ -767,13 +837,16 @@ async fn flush(
         leaves_due = None;
         let queued = std::mem::replace(&mut oldest, far());
         let Some(shared) = shared.upgrade() else { return };
+        // A slot taken in this round trip is released through this task (a weak sender: the queue's
+        // owners, not this task, decide when it ends).
+        let Some(queue) = own.upgrade() else { return };
         let healthy = shared.healthy.load(Ordering::Acquire);
         let mut invocation = script.prepare_invoke();
         invocation.arg(&prefix).arg(&shared.replica).arg(live_ms);
         let mut ops = 0;
         if beat {
             invocation.arg("H");
-            for (environment, n) in &held {
+            for (environment, n) in shared.held.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                 invocation.arg("S").arg(environment).arg(*n);
             }
         }
@@ -782,7 +855,12 @@ async fn flush(
         for job in batch.drain(..) {
             match job {
                 Job::Leave { environment } => {
-                    if let Some(n) = held.get_mut(&environment) {
+                    if let Some(n) = shared
+                        .held
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(&environment)
+                    {
                         *n = n.saturating_sub(1);
                     }
                     if healthy {
@@ -895,7 +973,11 @@ async fn flush(
             if let Some(replicas) = rows.next().and_then(|row| row.first().copied()) {
                 shared.replicas.store(replicas.max(1) as u64, Ordering::Relaxed);
             }
-            held.retain(|_, n| *n > 0);
+            shared
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, n| *n > 0);
         }
         for job in asking {
             let row = rows.next().unwrap_or_default();
@@ -910,10 +992,16 @@ async fn flush(
                 } => {
                     let in_use = row.get(1).copied().unwrap_or_default().max(0) as u64;
                     let permit = if row.first() == Some(&1) {
-                        *held.entry(environment.clone()).or_default() += 1;
+                        *shared
+                            .held
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(environment.clone())
+                            .or_default() += 1;
                         let slot = RedisSlot {
                             environment,
-                            queue: shared.queue.clone(),
+                            queue: queue.clone(),
+                            shared: Arc::downgrade(&shared),
                         };
                         Ok(Permit::new(Box::new(slot), Some(concurrency(max, in_use))))
                     } else {
@@ -929,11 +1017,17 @@ async fn flush(
                 } => {
                     let slot = match limits.max_concurrent_requests {
                         Some(max) if row.first() == Some(&1) && row.get(2) == Some(&1) => {
-                            *held.entry(environment.clone()).or_default() += 1;
+                            *shared
+                                .held
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .entry(environment.clone())
+                                .or_default() += 1;
                             let in_use = row.get(1).copied().unwrap_or_default().max(0) as u64;
                             let slot = RedisSlot {
                                 environment,
-                                queue: shared.queue.clone(),
+                                queue: queue.clone(),
+                                shared: Arc::downgrade(&shared),
                             };
                             Some(Permit::new(Box::new(slot), Some(concurrency(max, in_use))))
                         }

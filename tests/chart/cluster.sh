@@ -219,8 +219,9 @@ check_rbac_all_namespaces() {
   must update leases.coordination.k8s.io "$sa" -n "$RELEASE_NS"
   # and nothing more
   must watch secrets "$sa" -n acme
+  # update: a rotation rewrites its ApiKey's Secret in place (only rotating keys' Secrets are mutable)
+  must update secrets "$sa" -n acme
   must_not delete secrets "$sa" -n acme
-  must_not update secrets "$sa" -n acme
   must_not patch secrets "$sa" -n acme
   must_not create organizations.orgkeeper.dev "$sa" -n acme
   must_not update configmaps "$sa" -n acme

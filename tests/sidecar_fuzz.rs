@@ -211,6 +211,7 @@ fn ring_with(token: &ApiKeyToken) -> KeyRing {
             access: Access::ReadWrite,
             hash: token.hash(),
             expires_at: None,
+            last_use: Default::default(),
         },
     );
     snapshot.environments.insert(

@@ -1,9 +1,11 @@
 //! When each key was last used, gathered in memory on the request path and written to the store in the
 //! background, so that `keys list --unused-for` can find the keys nobody uses.
 //!
-//! A request costs one read-locked map lookup and, at most once a second per key, an atomic store: no
-//! allocation, no I/O, no waiting on the store. The map holds the keys used since the last flush (bounded
-//! by the keys the ring knows: only authenticated keys are recorded). A flush (every minute by default,
+//! A request costs one atomic load on the key's own entry in the ring (the one its check just found,
+//! [`crate::store::KeyUseCell`]) and, at most once a second per key, an atomic store: no second lookup, no
+//! allocation, no I/O, no waiting on the store. Before each flush the ring gathers the noted uses into the
+//! map below (bounded by the keys the ring knows: only authenticated keys are recorded), and a key that
+//! leaves the ring hands its use over at once. A flush (every minute by default,
 //! and once more at shutdown) hands the whole map to [`Store::record_key_use`] in one statement per 500
 //! keys; a key this process wrote less than a minute ago is not sent, and the store itself moves a row
 //! only by a minute or more (other replicas write too), so the store sees at most one write per active

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Access, ApiKeyToken, EffectiveLimits};
-use crate::store::{AuthSnapshot, EnvironmentLimits, Store, StoreError, now};
+use crate::store::{AuthSnapshot, EnvironmentLimits, KeyUseCell, Store, StoreError, now};
 
 /// Who is calling, once the key checks out.
 #[derive(Clone, Debug)]
@@ -32,6 +32,8 @@ pub struct Principal {
     pub key_id: String,
     pub access: Access,
     pub environment: EnvironmentLimits,
+    /// Where [`KeyRing::record_use`] notes this key's use: the ring's own entry for the key.
+    last_use: KeyUseCell,
 }
 
 impl Principal {
@@ -149,7 +151,16 @@ impl KeyRing {
         if self.key_use_off {
             return;
         }
-        self.uses.record(&principal.key_id, now());
+        principal.last_use.note(now());
+    }
+
+    /// Moves the uses noted on the keys' entries into [`KeyUses`], ready for a flush.
+    fn gather_uses(&self) {
+        for key in self.snapshot().keys.values() {
+            if let Some(at) = key.last_use.take() {
+                self.uses.record(&key.key_id, at);
+            }
+        }
     }
 
     /// The uses gathered and not yet written.
@@ -157,8 +168,19 @@ impl KeyRing {
         &self.uses
     }
 
-    fn install(&self, snapshot: AuthSnapshot) {
+    fn install(&self, mut snapshot: AuthSnapshot) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        // A key kept keeps its cell (and the use noted on it); a key gone hands its last use over now.
+        for (key_id, old) in &state.snapshot.keys {
+            match snapshot.keys.get_mut(key_id) {
+                Some(new) => new.last_use.share(&old.last_use),
+                None => {
+                    if let Some(at) = old.last_use.take() {
+                        self.uses.record(key_id, at);
+                    }
+                }
+            }
+        }
         state.snapshot = Arc::new(snapshot);
         state.loaded = true;
         state.last_error = None;
@@ -196,6 +218,7 @@ impl KeyRing {
             key_id: key.key_id.clone(),
             access: key.access,
             environment,
+            last_use: key.last_use.clone(),
         })
     }
 
@@ -276,6 +299,7 @@ impl KeyRing {
             };
             // At shutdown the pod's grace period is running out.
             let limit = if stopping { FINAL_FLUSH_TIMEOUT } else { LOAD_TIMEOUT };
+            self.gather_uses();
             match bounded(limit, self.uses.flush(store)).await {
                 Ok(written) if written > 0 => tracing::debug!(keys = written, "recorded key use"),
                 Ok(_) => {}
@@ -359,6 +383,7 @@ mod tests {
                 access,
                 hash: token.hash(),
                 expires_at,
+                last_use: Default::default(),
             },
         );
         snapshot.environments.insert(
@@ -425,5 +450,34 @@ mod tests {
         // Only the holder of the right secret learns that the key id exists and expired.
         let forged = format!("Bearer e_env1_{}_{}", token.key_id(), "A".repeat(32));
         assert_eq!(past.authenticate(Some(&forged)).unwrap_err(), AuthError::Invalid);
+    }
+
+    #[test]
+    fn a_use_is_noted_on_the_keys_entry_and_survives_a_reload_or_the_keys_removal() {
+        let token = ApiKeyToken::generate("env1");
+        let header = format!("Bearer {}", token.expose());
+        let ring = ring_with(&token, Access::ReadWrite);
+        let principal = ring.authenticate(Some(&header)).unwrap();
+        ring.record_use(&principal);
+        assert_eq!(ring.key_uses().pending(), 0, "noted on the entry, not in the map");
+
+        // A reload holding the same key keeps the use noted before it.
+        let reloaded = ring_with(&token, Access::ReadWrite).snapshot();
+        ring.install(AuthSnapshot::clone(&reloaded));
+        ring.gather_uses();
+        assert_eq!(ring.key_uses().pending(), 1);
+
+        // A use, then a reload without the key (revoked, deleted): handed over at once.
+        let ring = ring_with(&token, Access::ReadWrite);
+        let principal = ring.authenticate(Some(&header)).unwrap();
+        ring.record_use(&principal);
+        ring.install(AuthSnapshot::default());
+        assert_eq!(
+            ring.key_uses().pending(),
+            1,
+            "the removed key's use is kept for the flush"
+        );
+        ring.gather_uses();
+        assert_eq!(ring.key_uses().pending(), 1);
     }
 }

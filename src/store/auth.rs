@@ -3,7 +3,8 @@
 
 // foldhash, not SipHash: the sidecar looks up every request's key and environment here, and the maps are
 // built from the store, so a client cannot choose what goes in them (only what is looked up).
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use foldhash::HashMap;
 
@@ -22,6 +23,38 @@ pub struct LiveKey {
     pub hash: KeyHash,
     /// From when the key is refused (seconds since the epoch); `None`: never.
     pub expires_at: Option<i64>,
+    /// When the key was last used by this process and not yet gathered (not read from the store: the key
+    /// ring fills it on the request path and carries it over to the next snapshot).
+    pub last_use: KeyUseCell,
+}
+
+/// The latest use of one key not yet gathered for writing (seconds since the epoch; 0: none). Shared by
+/// the snapshots that hold the key, so noting a use is one atomic operation on the entry the key check
+/// already found, with no second lookup.
+#[derive(Clone, Debug, Default)]
+pub struct KeyUseCell(Arc<AtomicI64>);
+
+impl KeyUseCell {
+    /// Notes a use at `at`. A plain load first: within the same second nothing is written and the cache
+    /// line stays shared.
+    pub fn note(&self, at: i64) {
+        if self.0.load(Ordering::Relaxed) < at {
+            self.0.fetch_max(at, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the use noted since the last call, if any.
+    pub fn take(&self) -> Option<i64> {
+        if self.0.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Some(self.0.swap(0, Ordering::Relaxed)).filter(|at| *at > 0)
+    }
+
+    /// Makes `self` the same cell as `other` (a key kept across snapshots keeps its pending use).
+    pub fn share(&mut self, other: &KeyUseCell) {
+        self.0 = other.0.clone();
+    }
 }
 
 /// An environment as the data plane sees it.
@@ -109,6 +142,7 @@ impl Store {
                 access: access.parse().map_err(StoreError::Corrupt)?,
                 hash: KeyHash::from_hex(&hash).ok_or_else(|| StoreError::Corrupt("a key hash".into()))?,
                 expires_at: row.try_get("expires_at").context("reading live keys")?,
+                last_use: KeyUseCell::default(),
             };
             Ok((key_id, key))
         })

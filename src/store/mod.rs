@@ -25,7 +25,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor};
 
 pub use apply::{ApplyOutcome, IssuedKey, KeyRotation, StoreTx};
-pub use auth::{AuthSnapshot, EnvironmentLimits, LiveKey};
+pub use auth::{AuthSnapshot, EnvironmentLimits, KeyUseCell, LiveKey};
 pub use facts::{ARG_COLUMNS, FactStoreError, FactWrite, MAX_WILDCARD_DELETED};
 pub use key_use::{KEY_USE_RESOLUTION, KeyRecord};
 pub use lifecycle::{KeyEvent, KeyEventKind, Revocation, local_actor};

@@ -210,8 +210,8 @@ impl StoreTx {
                 ..
             } => self.update_user(organization, account, *to, resource).await,
             Change::RemoveUser { organization, account } => self.remove_user(organization, account).await,
-            Change::RevokeKey { key_id, .. } => self.revoke_key(key_id).await,
-            Change::RetireKey { key_id, .. } => self.retire_key(key_id).await,
+            Change::RevokeKey { key_id, .. } => self.revoke_key(key_id, "revoked: true in its ApiKey").await,
+            Change::RetireKey { key_id, .. } => self.revoke_key(key_id, "its rotation overlap ended").await,
             Change::SetKeyExpiry { key_id, expires_at, .. } => {
                 self.set_expiry(
                     key_id,
@@ -400,28 +400,13 @@ impl StoreTx {
         Ok(())
     }
 
-    async fn revoke_key(&mut self, key_id: &str) -> Result<(), StoreError> {
-        self.record(
-            KeyEventKind::Revoked,
-            Some("revoked: true in its ApiKey"),
-            Keys::UnrevokedId(key_id),
-        )
-        .await?;
+    /// Revokes a key, with `reason` in its history: `revoked: true` in Git (`RevokeKey`), or the end of a
+    /// previous key's rotation overlap (`RetireKey`).
+    async fn revoke_key(&mut self, key_id: &str, reason: &'static str) -> Result<(), StoreError> {
+        self.record(KeyEventKind::Revoked, Some(reason), Keys::UnrevokedId(key_id))
+            .await?;
         let revoke = revoke_keys(now()).filter("key_id", key_id);
         self.execute(revoke.build(), "revoking a key").await?;
-        Ok(())
-    }
-
-    /// A previous key whose overlap is over: revoked, with the reason in its history.
-    async fn retire_key(&mut self, key_id: &str) -> Result<(), StoreError> {
-        self.record(
-            KeyEventKind::Revoked,
-            Some("its rotation overlap ended"),
-            Keys::UnrevokedId(key_id),
-        )
-        .await?;
-        let revoke = revoke_keys(now()).filter("key_id", key_id);
-        self.execute(revoke.build(), "revoking a previous key").await?;
         Ok(())
     }
 

@@ -1,14 +1,22 @@
 //! How the sidecar speaks to its upstream: HTTP/2 (h2c) to an upstream that speaks it, like `orgkeeper
 //! facts`, HTTP/1.1 to one that does not, either forced by `--upstream-protocol`; requests and answers
-//! arrive the same over both; and an upstream replaced on the same address is found out again.
+//! arrive the same over both; an upstream replaced on the same address is found out again; and what an
+//! HTTP/1.1 upstream's framing and connection handling mean for the client (a raw upstream below, whose
+//! bytes the tests choose).
 
 mod sidecar_support;
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
 use axum::http::{Method, StatusCode, Version};
 use orgkeeper::domain::Access;
-use orgkeeper::sidecar::UpstreamProtocol;
+use orgkeeper::sidecar::{Settings, UpstreamProtocol};
 use sidecar_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 async fn tenancy() -> Tenancy {
     Tenancy::new(
@@ -144,4 +152,170 @@ async fn an_upstream_replaced_on_the_same_address_is_found_out_again() {
     }
     let versions: Vec<Version> = second.requests().iter().map(|r| r.version).collect();
     assert_eq!(versions, [Version::HTTP_11; 3]);
+}
+
+/// An HTTP/1.1 upstream that answers with exactly the bytes it is given. Its `n`th connection (from 0)
+/// follows `scripts[n]` (the last script for any later one): for each request on it, the answer's pieces
+/// are written one at a time with a pause between them; `close` ends the connection after the answer.
+/// Returns its URL and how many connections it accepted.
+struct Script {
+    pieces: Vec<Vec<u8>>,
+    close: bool,
+}
+
+async fn raw_upstream(scripts: Vec<Script>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let scripts = Arc::new(scripts);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let scripts = scripts.clone();
+            tokio::spawn(async move {
+                let script = &scripts[n.min(scripts.len() - 1)];
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => request.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    request.clear();
+                    for piece in &script.pieces {
+                        if socket.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    if script.close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+fn script(pieces: &[&[u8]], close: bool) -> Script {
+    Script {
+        pieces: pieces.iter().map(|piece| piece.to_vec()).collect(),
+        close,
+    }
+}
+
+async fn sidecar_to(tenancy: &Tenancy, url: String) -> Running {
+    let settings = Settings {
+        upstream: url,
+        upstream_protocol: UpstreamProtocol::Http1,
+        ..Settings::default()
+    };
+    start(
+        &tenancy.store,
+        Options {
+            settings,
+            clock: None,
+            refresh: true,
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_chunked_answer_is_relayed_whole_however_it_arrives() {
+    let tenancy = tenancy().await;
+    let answer: [&[u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n[\"ab",
+        b"c\"\r\n",
+        b"6;note=x\r\n,\"def\"\r\n1\r\n]\r\n0\r\n",
+        b"Checksum: 1\r\n",
+        b"\r\n",
+    ];
+    let (url, accepted) = raw_upstream(vec![script(&answer, false)]).await;
+    let sidecar = sidecar_to(&tenancy, url).await;
+    let http = Http::new(&sidecar);
+    for _ in 0..3 {
+        let reply = http.get("/api/facts", Some(tenancy.key("rw"))).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.json(), serde_json::json!(["abc", "def"]));
+        assert!(
+            reply.header("ratelimit").is_some(),
+            "the sidecar's own headers are added"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the connection is reused after a chunked answer"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_closing_mid_body_breaks_that_answer_and_the_next_request_gets_a_new_connection() {
+    let tenancy = tenancy().await;
+    let cut: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nonly ten b";
+    let whole: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwhole";
+    let (url, accepted) = raw_upstream(vec![script(&[cut], true), script(&[whole], false)]).await;
+    let sidecar = sidecar_to(&tenancy, url).await;
+    let request = format!(
+        "GET /api/facts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        tenancy.key("rw")
+    );
+    let answer = raw(sidecar.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert!(head.to_ascii_lowercase().contains("content-length: 20"), "{head}");
+    assert_eq!(body, "only ten b", "the client sees the body end short of its length");
+
+    let reply = Http::new(&sidecar).get("/api/facts", Some(tenancy.key("rw"))).await;
+    assert_eq!((reply.status, &reply.body[..]), (StatusCode::OK, &b"whole"[..]));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_connection_that_said_close_is_not_used_again() {
+    let tenancy = tenancy().await;
+    let answer: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n[]";
+    // Keeps the connection open after saying close: reusing it would wait for an answer that never comes.
+    let (url, accepted) = raw_upstream(vec![script(&[answer], false)]).await;
+    let sidecar = sidecar_to(&tenancy, url).await;
+    let http = Http::new(&sidecar);
+    for _ in 0..3 {
+        let reply = http.get("/api/facts", Some(tenancy.key("rw"))).await;
+        assert_eq!((reply.status, &reply.body[..]), (StatusCode::OK, &b"[]"[..]));
+        assert_eq!(
+            reply.header("connection"),
+            None,
+            "hop-by-hop: not relayed to the client"
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn an_oversized_response_head_is_a_502_saying_so() {
+    let tenancy = tenancy().await;
+    let fields: String = (0..80)
+        .map(|i| format!("x-field-{i}: {}\r\n", "v".repeat(1000)))
+        .collect();
+    let huge = format!("HTTP/1.1 200 OK\r\n{fields}Content-Length: 2\r\n\r\n[]");
+    let (url, _) = raw_upstream(vec![Script {
+        pieces: vec![huge.into_bytes()],
+        close: true,
+    }])
+    .await;
+    let sidecar = sidecar_to(&tenancy, url).await;
+    let reply = Http::new(&sidecar).get("/api/facts", Some(tenancy.key("rw"))).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        reply
+            .message()
+            .contains("the upstream's response head is larger than 64 KiB"),
+        "{}",
+        reply.message()
+    );
 }

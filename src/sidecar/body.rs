@@ -11,6 +11,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::proxy::UpstreamBody;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the sidecar answers with: its own JSON, or the upstream's body streamed through.
@@ -18,7 +20,7 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// `hold` (the concurrency slot, the in-flight gauge) is released when the body ends or is dropped.
     Upstream {
-        inner: Incoming,
+        inner: UpstreamBody,
         hold: Option<Box<dyn Send + Sync>>,
     },
 }
@@ -31,9 +33,9 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Upstream { inner, hold } => {

@@ -330,7 +330,7 @@ impl Handler {
                 RequestBody::streaming(incoming, deadline, MAX_READ_BODY_BYTES, fault.clone())
             }
         };
-        let (response, lease) = self.upstream.forward(parts, body).await.map_err(|e| {
+        let response = self.upstream.forward(parts, body).await.map_err(|e| {
             let refusal = if fault.too_large() {
                 Refusal::ReadBodyTooLarge {
                     limit: MAX_READ_BODY_BYTES,
@@ -370,8 +370,9 @@ impl Handler {
         if let Some(state) = headers::state(&quotas) {
             head.headers.insert(headers::RATELIMIT, state);
         }
-        // Released when the response body ends or is dropped: the slot, the gauge, and the connection.
-        let hold: Box<dyn Send + Sync> = Box::new((permit, in_flight, lease));
+        // Released when the response body ends or is dropped: the slot and the gauge. (The body itself
+        // holds an HTTP/1.1 upstream connection until then.)
+        let hold: Box<dyn Send + Sync> = Box::new((permit, in_flight));
         Ok(Response::from_parts(
             head,
             ResponseBody::Upstream {

@@ -169,7 +169,7 @@ impl Drop for Watched {
 
 impl Body for Watched {
     type Data = hyper::body::Bytes;
-    type Error = hyper::Error;
+    type Error = <ResponseBody as Body>::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();

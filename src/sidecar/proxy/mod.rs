@@ -6,21 +6,24 @@
 //! are dropped, as every proxy must, because they describe one connection, not the request.
 //!
 //! - `protocol`: HTTP/2 (h2c) when the upstream speaks it, else HTTP/1.1, and how that is found out;
-//! - `http1`: a pool of keep-alive connections per worker thread;
-//! - `http2`: two multiplexed connections per worker thread.
+//! - `http1`: a pool of keep-alive connections per worker thread, written and read by the request's own
+//!   task (no connection task);
+//! - `http2`: two multiplexed connections per worker thread, driven by hyper's connection tasks.
 //!
-//! Connections are driven by tasks on the worker that uses them, so a request, its upstream call and its
-//! answer stay on one thread.
+//! Connections belong to the worker that uses them, so a request, its upstream call and its answer stay
+//! on one thread.
 
 mod http1;
 mod http2;
 mod protocol;
 
 use std::error::Error as _;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri};
@@ -29,7 +32,7 @@ use tokio::net::TcpStream;
 pub use protocol::UpstreamProtocol;
 use protocol::{Choice, Wire};
 
-use super::body::RequestBody;
+use super::body::{BoxError, RequestBody};
 
 /// Why `--upstream` cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -72,10 +75,37 @@ pub struct Upstream {
     http2: http2::Connections,
 }
 
-/// What a response holds until its body is done: the HTTP/1.1 connection it came on, which then goes back
-/// to the pool (an HTTP/2 stream holds nothing).
-pub struct Lease {
-    _connection: Option<http1::Loan>,
+/// The upstream's response body: over HTTP/1.1 it holds the connection, which goes back to the pool when
+/// the body has been read to its end; over HTTP/2 it is one stream of a shared connection.
+pub enum UpstreamBody {
+    Http1(http1::Http1Body),
+    Http2(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::Http2(body) => body.size_hint(),
+        }
+    }
 }
 
 impl Upstream {
@@ -136,12 +166,12 @@ impl Upstream {
     }
 
     /// Sends the request and waits (at most the upstream timeout) for the response headers; the response
-    /// body then streams, holding the returned [`Lease`] until it is done.
+    /// body then streams.
     pub async fn forward(
         &self,
         parts: hyper::http::request::Parts,
         body: RequestBody,
-    ) -> Result<(Response<Incoming>, Lease), ForwardError> {
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
         let mut request = Request::from_parts(parts, body);
         *request.uri_mut() = self.target(request.uri());
         strip_hop_by_hop(request.headers_mut());
@@ -158,34 +188,26 @@ impl Upstream {
         match tokio::time::timeout(self.timeout, self.send(request)).await {
             Err(_) => Err(ForwardError::TimedOut),
             Ok(Err(e)) => Err(e),
-            Ok(Ok((mut response, lease))) => {
+            Ok(Ok(mut response)) => {
                 strip_hop_by_hop(response.headers_mut());
                 *response.version_mut() = hyper::Version::HTTP_11;
-                Ok((response, lease))
+                Ok(response)
             }
         }
     }
 
-    async fn send(&self, mut request: Request<RequestBody>) -> Result<(Response<Incoming>, Lease), ForwardError> {
+    async fn send(&self, mut request: Request<RequestBody>) -> Result<Response<UpstreamBody>, ForwardError> {
         let authority = self.authority.as_str();
         let sent = match self.protocol.wire(authority, CONNECT_TIMEOUT).await? {
             Wire::Http1 => {
-                *request.version_mut() = hyper::Version::HTTP_11;
-                self.http1.send(authority, request).await.map(|(response, loan)| {
-                    (
-                        response,
-                        Lease {
-                            _connection: Some(loan),
-                        },
-                    )
-                })
+                let (parts, body) = request.into_parts();
+                let response = self.http1.send(authority, parts, body).await;
+                response.map(|response| response.map(UpstreamBody::Http1))
             }
             Wire::Http2 => {
                 self.address_for_http2(&mut request);
-                self.http2
-                    .send(authority, request)
-                    .await
-                    .map(|response| (response, Lease { _connection: None }))
+                let response = self.http2.send(authority, request).await;
+                response.map(|response| response.map(UpstreamBody::Http2))
             }
         };
         if matches!(sent, Err(ForwardError::Unreachable(_))) {

@@ -1,0 +1,242 @@
+//! Reading the upstream's response head with `httparse`, and deciding from it how the body is delimited
+//! and whether the connection can carry another request (RFC 9112 §6.3, §9.3).
+
+use bytes::{Buf, Bytes};
+use hyper::StatusCode;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use tokio::io::AsyncReadExt;
+
+use super::body::Framing;
+use super::chunked::Chunked;
+use super::{Connection, Http1Error};
+
+/// The largest response head read; a larger one is an error, not a bigger buffer.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields a response head may have.
+pub const MAX_HEADERS: usize = 100;
+/// Bytes asked for per read while the head arrives.
+const READ_SIZE: usize = 8 * 1024;
+
+/// A final (non-1xx) response head.
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request once the body has been read to its end.
+    pub keep_alive: bool,
+}
+
+/// Reads until a final response head has arrived (skipping 1xx interim responses); what follows it in
+/// the buffer is the start of the body. `to_head` says the request was `HEAD`: its answer has no body.
+pub async fn read_head(connection: &mut Connection, to_head: bool) -> Result<Head, Http1Error> {
+    let mut received = !connection.buffer.is_empty();
+    loop {
+        if let Some(head) = parse_head(connection, to_head)? {
+            return Ok(head);
+        }
+        if connection.buffer.len() >= MAX_HEAD {
+            return Err(Http1Error::HeadTooLarge);
+        }
+        connection.buffer.reserve(READ_SIZE);
+        match connection.stream.read_buf(&mut connection.buffer).await {
+            Ok(0) if received => return Err(Http1Error::ClosedInHead),
+            Ok(0) => return Err(Http1Error::ClosedBeforeAnswer),
+            Ok(_) => received = true,
+            Err(e) if !received && is_reset(&e) => return Err(Http1Error::ClosedBeforeAnswer),
+            Err(e) => return Err(Http1Error::Read(e)),
+        }
+    }
+}
+
+/// A reset where a response was expected says the same as a close: the upstream dropped the connection.
+fn is_reset(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// The final head if it is complete in the buffer, taking it (and any interim responses) out of it.
+fn parse_head(connection: &mut Connection, to_head: bool) -> Result<Option<Head>, Http1Error> {
+    loop {
+        let Some((length, code)) = head_length(&connection.buffer)? else {
+            return Ok(None);
+        };
+        match code {
+            101 => return Err(Http1Error::Upgrade),
+            100..=199 => connection.buffer.advance(length),
+            _ => {
+                let head = connection.buffer.split_to(length).freeze();
+                return build(&head, to_head).map(Some);
+            }
+        }
+    }
+}
+
+/// The length and status code of a complete head at the start of `bytes`, or `None` if it is partial.
+fn head_length(bytes: &[u8]) -> Result<Option<(usize, u16)>, Http1Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    match response.parse(bytes) {
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => Err(Http1Error::HeadTooLarge),
+        Ok(httparse::Status::Complete(length)) => Ok(Some((length, response.code.unwrap_or_default()))),
+        Err(httparse::Error::TooManyHeaders) => Err(Http1Error::TooManyHeaders),
+        Err(e) => Err(Http1Error::MalformedHead(e)),
+    }
+}
+
+/// The head's status and headers (values sharing the head's bytes rather than copied), and its framing.
+fn build(head: &Bytes, to_head: bool) -> Result<Head, Http1Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    response.parse(head).map_err(Http1Error::MalformedHead)?;
+    let status = StatusCode::from_u16(response.code.unwrap_or_default()).map_err(|_| Http1Error::BadStatus)?;
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| Http1Error::BadHeader)?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value)).map_err(|_| Http1Error::BadHeader)?;
+        headers.append(name, value);
+    }
+    let http_10 = response.version == Some(0);
+    let (framing, delimited) = framing(status, &mut headers, to_head)?;
+    let keep_alive = delimited && !http_10 && !has_token(&headers, &header::CONNECTION, "close");
+    Ok(Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    })
+}
+
+/// How the body ends, and whether that end leaves the connection usable (RFC 9112 §6.3: a body read until
+/// the close does not, nor one sent with both framings, which is a message to distrust).
+fn framing(status: StatusCode, headers: &mut HeaderMap, to_head: bool) -> Result<(Framing, bool), Http1Error> {
+    if to_head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Length(0), true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let both = headers.remove(header::CONTENT_LENGTH).is_some();
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            (Framing::Chunked(Chunked::default()), !both)
+        } else {
+            (Framing::UntilClose, false)
+        });
+    }
+    match content_length(headers)? {
+        Some(length) => Ok((Framing::Length(length), true)),
+        None => Ok((Framing::UntilClose, false)),
+    }
+}
+
+/// The `Content-Length`, if given: every value (and every item of a list) must be the same number.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Http1Error> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| Http1Error::BadLength)?;
+        for item in text.split(',') {
+            let item = item.trim();
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Http1Error::BadLength);
+            }
+            let parsed: u64 = item.parse().map_err(|_| Http1Error::BadLength)?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(Http1Error::BadLength);
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length)
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitively), as `Connection: close` does.
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Head, Http1Error> {
+        build(&Bytes::copy_from_slice(text.as_bytes()), false)
+    }
+
+    #[test]
+    fn the_head_gives_status_headers_and_length() {
+        let head = head("HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: 1\r\nx-a: 2\r\n\r\n").unwrap();
+        assert_eq!(head.status, StatusCode::CREATED);
+        let values: Vec<_> = head.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert!(matches!(head.framing, Framing::Length(2)));
+        assert!(head.keep_alive);
+    }
+
+    #[test]
+    fn what_the_connection_may_do_next_follows_the_head() {
+        let close = head("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(!close.keep_alive, "Connection: close");
+        let old = head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(!old.keep_alive, "HTTP/1.0");
+        let until_close = head("HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        assert!(matches!(until_close.framing, Framing::UntilClose) && !until_close.keep_alive);
+        let chunked = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
+        assert!(matches!(chunked.framing, Framing::Chunked(_)) && chunked.keep_alive);
+        let both = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n").unwrap();
+        assert!(matches!(both.framing, Framing::Chunked(_)) && !both.keep_alive);
+        assert!(
+            !both.headers.contains_key(header::CONTENT_LENGTH),
+            "not relayed as the length"
+        );
+        let no_content = head("HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n").unwrap();
+        assert!(matches!(no_content.framing, Framing::Length(0)) && no_content.keep_alive);
+        let answer_to_head = build(
+            &Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n"),
+            true,
+        )
+        .unwrap();
+        assert!(matches!(answer_to_head.framing, Framing::Length(0)));
+    }
+
+    #[test]
+    fn bad_lengths_are_refused() {
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n").unwrap().framing,
+            Framing::Length(5)
+        ));
+        for bad in ["5, 6", "-1", "+5", "", "5 5", "99999999999999999999"] {
+            let text = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert!(matches!(head(&text), Err(Http1Error::BadLength)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_an_oversized_one_is_refused() {
+        assert!(matches!(head_length(b"HTTP/1.1 200 OK\r\nA: b"), Ok(None)));
+        assert!(matches!(
+            head_length(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            Ok(Some((25, 100)))
+        ));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let text = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert!(matches!(head_length(text.as_bytes()), Err(Http1Error::TooManyHeaders)));
+        let huge = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(matches!(head_length(huge.as_bytes()), Err(Http1Error::HeadTooLarge)));
+        assert!(matches!(
+            head_length(b"HTTP/1.1 2x0 OK\r\n\r\n"),
+            Err(Http1Error::MalformedHead(_))
+        ));
+    }
+}

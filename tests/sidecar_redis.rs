@@ -599,18 +599,11 @@ async fn a_password_file_authenticates_and_a_bad_url_is_refused_without_echoing_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_on_one_replica_is_a_debt_the_others_writes_wait_for() {
     use orgkeeper::domain::EffectiveLimits;
+    use orgkeeper::sidecar::Limiter;
     use orgkeeper::sidecar::limits::{LimitError, Policy};
-    use orgkeeper::sidecar::{Limiter, RedisLimiter, RedisOptions};
 
     let redis = RedisServer::start();
-    let connect = || RedisLimiter::connect(RedisOptions::new(redis.url())).unwrap();
-    let (one, other) = (connect(), connect());
-    for limiter in [&one, &other] {
-        within("the limiter to reach Redis", Duration::from_secs(5), || async {
-            limiter.backend().is_some_and(|state| state.shared)
-        })
-        .await;
-    }
+    let (one, other) = two_limiters(&redis).await;
     let limits = EffectiveLimits {
         requests_per_minute: Some(1_000),
         fact_writes_per_minute: Some(100),
@@ -638,6 +631,7 @@ async fn a_charge_on_one_replica_is_a_debt_the_others_writes_wait_for() {
     );
 }
 
+/// Two limiters on one Redis, as two replicas would be, once both have reached it.
 async fn two_limiters(redis: &RedisServer) -> (orgkeeper::sidecar::RedisLimiter, orgkeeper::sidecar::RedisLimiter) {
     use orgkeeper::sidecar::{Limiter, RedisLimiter, RedisOptions};
     let connect = || RedisLimiter::connect(RedisOptions::new(redis.url())).unwrap();

@@ -451,14 +451,21 @@ mod tests {
         }
     }
 
+    /// Redis answers `ask` with a lease of `tokens` tokens and `slots` slots, `in_use` slots in use in all.
+    fn answer(
+        leases: &mut Leases,
+        limits: &EffectiveLimits,
+        ask: &Ask,
+        (slots, tokens, in_use): (u64, u64, u64),
+        quotas: &[Quota],
+        now: Duration,
+    ) {
+        leases.granted("env", limits, ask, Grant { slots, tokens, in_use }, quotas, now);
+    }
+
     /// Redis grants everything asked (the script's part is tested against a real Redis).
-    fn grant_all(leases: &mut Leases, environment: &str, limits: &EffectiveLimits, ask: &Ask, now: Duration) {
-        let granted = Grant {
-            slots: ask.slots,
-            tokens: ask.tokens,
-            in_use: ask.slots,
-        };
-        leases.granted(environment, limits, ask, granted, &[], now);
+    fn grant_all(leases: &mut Leases, limits: &EffectiveLimits, ask: &Ask, now: Duration) {
+        answer(leases, limits, ask, (ask.slots, ask.tokens, ask.slots), &[], now);
     }
 
     #[test]
@@ -469,18 +476,7 @@ mod tests {
             let asked = ask(leases.try_enter("env", &limits, true, 1, Duration::ZERO));
             assert_eq!(asked.tokens, expected, "{per_minute} a minute");
             // Granted only the request's own (near the edge): the next read asks again.
-            leases.granted(
-                "env",
-                &limits,
-                &asked,
-                Grant {
-                    slots: 0,
-                    tokens: 1,
-                    in_use: 0,
-                },
-                &[],
-                Duration::ZERO,
-            );
+            answer(&mut leases, &limits, &asked, (0, 1, 0), &[], Duration::ZERO);
             assert_eq!(ask(leases.try_enter("env", &limits, true, 1, MS)).tokens, expected);
         }
     }
@@ -490,18 +486,7 @@ mod tests {
         let mut leases = Leases::default();
         let limits = limits(Some(60_000), None);
         let first = ask(leases.try_enter("env", &limits, true, 1, Duration::ZERO));
-        leases.granted(
-            "env",
-            &limits,
-            &first,
-            Grant {
-                slots: 0,
-                tokens: 4,
-                in_use: 0,
-            },
-            &[],
-            Duration::ZERO,
-        );
+        answer(&mut leases, &limits, &first, (0, 4, 0), &[], Duration::ZERO);
         for _ in 0..3 {
             assert!(matches!(
                 leases.try_enter("env", &limits, true, 1, MS),
@@ -515,18 +500,7 @@ mod tests {
 
         let mut leases = Leases::default();
         let first = ask(leases.try_enter("env", &limits, true, 1, Duration::ZERO));
-        leases.granted(
-            "env",
-            &limits,
-            &first,
-            Grant {
-                slots: 0,
-                tokens: 4,
-                in_use: 0,
-            },
-            &[],
-            Duration::ZERO,
-        );
+        answer(&mut leases, &limits, &first, (0, 4, 0), &[], Duration::ZERO);
         assert!(leases.expire(LEASE_SPAN - MS).is_empty(), "kept within the span");
         assert!(
             matches!(leases.try_enter("env", &limits, true, 1, LEASE_SPAN), Decision::Ask(_)),
@@ -547,18 +521,7 @@ mod tests {
         let mut leases = Leases::default();
         let before = limits(Some(60_000), None);
         let first = ask(leases.try_enter("env", &before, true, 1, Duration::ZERO));
-        leases.granted(
-            "env",
-            &before,
-            &first,
-            Grant {
-                slots: 0,
-                tokens: 5,
-                in_use: 0,
-            },
-            &[],
-            Duration::ZERO,
-        );
+        answer(&mut leases, &before, &first, (0, 5, 0), &[], Duration::ZERO);
         assert!(matches!(
             leases.try_enter("env", &limits(Some(600), None), true, 1, MS),
             Decision::Ask(_)
@@ -573,7 +536,7 @@ mod tests {
         let limits = limits(None, Some(4));
         let first = ask(leases.try_enter("env", &limits, true, 3, Duration::ZERO));
         assert_eq!((first.slots, first.tokens), (1, 0));
-        grant_all(&mut leases, "env", &limits, &first, Duration::ZERO);
+        grant_all(&mut leases, &limits, &first, Duration::ZERO);
         assert!(matches!(
             leases.try_enter("env", &limits, true, 3, MS),
             Decision::Ask(_)
@@ -588,7 +551,7 @@ mod tests {
         let first = ask(leases.try_enter("env", &limits, true, 3, Duration::ZERO));
         // 1,000 across 3 replicas: a sixteenth of this replica's share is 20 spare.
         assert_eq!(first.slots, 21, "its own and the spares");
-        grant_all(&mut leases, "env", &limits, &first, Duration::ZERO);
+        grant_all(&mut leases, &limits, &first, Duration::ZERO);
         assert!(
             matches!(leases.try_enter("env", &limits, true, 3, MS), Decision::Admitted(_)),
             "a spare"
@@ -606,18 +569,7 @@ mod tests {
         let mut leases = Leases::default();
         let limits = limits(Some(60_000), Some(1_000));
         let first = ask(leases.try_enter("env", &limits, true, 1, Duration::ZERO));
-        leases.granted(
-            "env",
-            &limits,
-            &first,
-            Grant {
-                slots: 2,
-                tokens: 1,
-                in_use: 2,
-            },
-            &[],
-            Duration::ZERO,
-        );
+        answer(&mut leases, &limits, &first, (2, 1, 2), &[], Duration::ZERO);
         leases.release("env", 1_000, 1, MS);
         // The lease holds a spare slot and no token: the next read takes the slot here and asks for a token.
         let before = leases.environments["env"].slots_in_use;
@@ -638,18 +590,7 @@ mod tests {
             remaining: 100,
             full_in: Some(Duration::from_secs(50)),
         }];
-        leases.granted(
-            "env",
-            &limits,
-            &first,
-            Grant {
-                slots: 0,
-                tokens: 6,
-                in_use: 0,
-            },
-            &reported,
-            Duration::ZERO,
-        );
+        answer(&mut leases, &limits, &first, (0, 6, 0), &reported, Duration::ZERO);
         // One second later: 10 more refilled, 5 held here.
         let seen = leases.quotas("env", &limits, Duration::from_secs(1));
         assert_eq!(seen[0].remaining, 115);

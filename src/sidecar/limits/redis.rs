@@ -631,7 +631,10 @@ impl RedisLimiter {
                     Decision::Wait(asking) => asking.notified_owned(),
                 }
             };
-            if tokio::time::timeout(self.shared.timeout, answered).await.is_err() {
+            // The ask is answered or dropped within the timeout (`flush`); past it Redis has failed and the
+            // limiter has switched to its fallback, which the next turn finds.
+            let _ = tokio::time::timeout(self.shared.timeout, answered).await;
+            if !self.shared.healthy.load(Ordering::Acquire) {
                 return None;
             }
         };

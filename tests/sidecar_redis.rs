@@ -599,18 +599,11 @@ async fn a_password_file_authenticates_and_a_bad_url_is_refused_without_echoing_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_on_one_replica_is_a_debt_the_others_writes_wait_for() {
     use orgkeeper::domain::EffectiveLimits;
+    use orgkeeper::sidecar::Limiter;
     use orgkeeper::sidecar::limits::{LimitError, Policy};
-    use orgkeeper::sidecar::{Limiter, RedisLimiter, RedisOptions};
 
     let redis = RedisServer::start();
-    let connect = || RedisLimiter::connect(RedisOptions::new(redis.url())).unwrap();
-    let (one, other) = (connect(), connect());
-    for limiter in [&one, &other] {
-        within("the limiter to reach Redis", Duration::from_secs(5), || async {
-            limiter.backend().is_some_and(|state| state.shared)
-        })
-        .await;
-    }
+    let (one, other) = two_limiters(&redis).await;
     let limits = EffectiveLimits {
         requests_per_minute: Some(1_000),
         fact_writes_per_minute: Some(100),
@@ -636,4 +629,96 @@ async fn a_charge_on_one_replica_is_a_debt_the_others_writes_wait_for() {
         other.admit("env", &limits, 0).await.is_ok(),
         "a read needs no fact budget"
     );
+}
+
+/// Two limiters on one Redis, as two replicas would be, once both have reached it.
+async fn two_limiters(redis: &RedisServer) -> (orgkeeper::sidecar::RedisLimiter, orgkeeper::sidecar::RedisLimiter) {
+    use orgkeeper::sidecar::{Limiter, RedisLimiter, RedisOptions};
+    let connect = || RedisLimiter::connect(RedisOptions::new(redis.url())).unwrap();
+    let (one, other) = (connect(), connect());
+    for limiter in [&one, &other] {
+        within("the limiter to reach Redis", Duration::from_secs(5), || async {
+            limiter.backend().is_some_and(|state| state.shared)
+        })
+        .await;
+    }
+    (one, other)
+}
+
+/// Reads admitted one after the other until the first refusal.
+async fn drain(limiter: &orgkeeper::sidecar::RedisLimiter, limits: &orgkeeper::domain::EffectiveLimits) -> u64 {
+    use orgkeeper::sidecar::Limiter;
+    let mut admitted = 0;
+    while limiter.enter_read("env", limits).await.is_ok() {
+        admitted += 1;
+    }
+    admitted
+}
+
+fn reads_per_minute(per_minute: u64, max: Option<u64>) -> orgkeeper::domain::EffectiveLimits {
+    orgkeeper::domain::EffectiveLimits {
+        requests_per_minute: Some(per_minute),
+        fact_writes_per_minute: None,
+        max_concurrent_requests: max,
+        max_batch_facts: None,
+        max_write_body_bytes: None,
+    }
+}
+
+/// A replica spends a lease of the shared budget locally; what it leaves unspent goes back to the shared
+/// budget after the lease's span (docs/sidecar.md: 1 s, returned by the next heartbeat), so an idle
+/// replica does not keep budget that a busy one needs. Together they never get more than the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_gives_its_unspent_lease_back_and_the_total_stays_within_the_budget() {
+    use orgkeeper::sidecar::Limiter;
+    let redis = RedisServer::start();
+    let (idle, busy) = two_limiters(&redis).await;
+    // 60,000 a minute: a lease is 600 requests (a hundredth), refilling at 1,000 a second.
+    let limits = reads_per_minute(60_000, None);
+    let (_, quotas) = idle.enter_read("env", &limits).await.unwrap();
+    let seen = quotas[0].remaining;
+    assert!(
+        (59_000..=60_000).contains(&seen),
+        "the idle replica's client sees the shared budget and the lease it holds: {seen}"
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let started = Instant::now();
+    let admitted = drain(&busy, &limits).await;
+    let elapsed = started.elapsed();
+    // The budget was whole again (2.5 s refill the one read, and the 599 unspent are back); draining it
+    // took `elapsed`, during which it refilled further at 1,000 a second.
+    let allowed = 60_000.0 + 1_000.0 * elapsed.as_secs_f64();
+    eprintln!("the busy replica got {admitted} reads in {elapsed:.2?}; at most {allowed:.0}");
+    // (A few units of slack: Redis's clock and this process's are read at slightly different moments.)
+    assert!(admitted as f64 <= allowed + 5.0, "{admitted} > {allowed:.0}");
+    assert!(
+        admitted >= 59_990,
+        "the idle replica's unspent lease came back: {admitted}"
+    );
+}
+
+/// Many reads of one environment arriving at once ask Redis for one lease between them, not one each:
+/// the others wait for its answer and spend it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_reads_of_one_environment_asks_redis_once() {
+    use orgkeeper::sidecar::Limiter;
+    let redis = RedisServer::start();
+    let (limiter, _) = two_limiters(&redis).await;
+    let limits = reads_per_minute(600_000, Some(10_000));
+    let before = redis.client_commands();
+    let limiter = std::sync::Arc::new(limiter);
+    let burst: Vec<_> = (0..200)
+        .map(|_| {
+            let (limiter, limits) = (limiter.clone(), limits);
+            tokio::spawn(async move { limiter.enter_read("env", &limits).await.map(|(permit, _)| permit) })
+        })
+        .collect();
+    let mut permits = Vec::new();
+    for read in burst {
+        permits.push(read.await.unwrap().expect("admitted"));
+    }
+    let commands = redis.client_commands() - before;
+    eprintln!("200 reads at once: {commands} Redis commands");
+    assert!(commands <= 20, "{commands} commands for 200 reads");
+    drop(permits);
 }

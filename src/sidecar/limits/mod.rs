@@ -5,6 +5,7 @@
 //! - `gcra`: the budget arithmetic (GCRA), both budgets of a request checked and taken at once;
 //! - `local`: [`LocalLimiter`], the state in this process's memory (limits per sidecar process);
 //! - `redis`: [`RedisLimiter`], one budget per environment shared by every sidecar using the same Redis;
+//! - `lease`: the slices of those shared budgets a replica holds and spends without asking Redis;
 //! - `fallback`: what [`RedisLimiter`] does while Redis cannot answer (`--redis-fallback`).
 //!
 //! The trait's methods return futures so that a backend shared by several sidecar replicas can talk to a
@@ -14,6 +15,7 @@
 mod clock;
 mod fallback;
 mod gcra;
+mod lease;
 mod local;
 mod redis;
 

@@ -1,15 +1,15 @@
 //! [`RedisLimiter`]: every environment's budgets and concurrency slots kept in one Redis (or Valkey), so all
 //! the sidecars of a store share one budget per environment.
 //!
-//! Exactness comes from doing every decision inside Redis, in one Lua script: the GCRA arithmetic of
-//! `gcra.rs` (both budgets of a request checked and taken at once, on Redis's own clock so replicas need no
-//! synchronised clocks), the concurrency slots, and the replicas' heartbeats. Speed comes from batching: one
-//! task per sidecar worker owns a connection and sends whatever requests queued up while the previous round
-//! trip was out as *one* `EVALSHA`, which Redis runs atomically in order. It runs on the worker's own thread,
-//! so a question and its answer never cross threads (`queue_here`). Under load a batch carries tens to
-//! hundreds of admissions, so Redis sees far fewer commands than the sidecar sees requests, with no lease to
-//! hand back and no budget parked on an idle replica. Leases (each replica spending a slice locally) were
-//! not needed: the batch already takes Redis out of the per-request cost.
+//! Exactness comes from doing every decision on the shared state inside Redis, in one Lua script: the GCRA
+//! arithmetic of `gcra.rs` (both budgets of a request checked and taken at once, on Redis's own clock so
+//! replicas need no synchronised clocks), the concurrency slots, and the replicas' heartbeats. Speed comes
+//! from two things. Leases (`lease.rs`): a replica takes a slice of an environment's request budget (and,
+//! for large concurrency limits, a few spare slots) in one decision and spends it locally, so most reads
+//! never ask Redis; near a budget's edge the slices shrink to one request and every read is decided in
+//! Redis. And batching: one task per sidecar worker owns a connection and sends whatever questions queued
+//! up while the previous round trip was out as *one* `EVALSHA`, which Redis runs atomically in order. It
+//! runs on the worker's own thread, so a question and its answer never cross threads (`queue_here`).
 //!
 //! Concurrency slots are a hash per environment of replica id to slots held. A replica announces itself
 //! every `heartbeat` in a sorted set scored by time; slots of a replica not heard from for three heartbeats
@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use foldhash::HashMap;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, Script};
@@ -36,6 +35,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::fallback::{Fallback, Outage};
+use super::lease::{Ask, Decision, Grant, Leases, RESERVE_SHARE};
 use super::{
     BackendState, Clock, LimitError, LimitRefusal, Limiter, LimitsUnavailable, Permit, Policy, Quota, SystemClock,
 };
@@ -50,15 +50,21 @@ const LEAVE_DELAY: Duration = Duration::from_millis(2);
 /// A replica unheard of for this many heartbeats is gone: its slots no longer count.
 const LIVE_HEARTBEATS: u32 = 3;
 
-/// Every decision, for a batch of requests, atomically. ARGV: prefix, replica id, liveness (ms), then ops:
-/// `H` (heartbeat: answers the live replicas), `S env n` (this replica holds n slots), `A env rpm fpm facts
-/// commit` (admit: answers ok, policy, needed, wait µs, then remaining and full-in µs of both budgets),
-/// `E env max` (enter: answers ok and slots in use), `R env max rpm fpm` (a read: enter and admit at once,
-/// answers whether a slot was free and the slots in use, then, when one was, as `A`), `L env` (leave), `C env rpm fpm
-/// requests facts` (charge,
-/// may go into debt: answers both budgets). A limit of -1 is none. Times are µs on Redis's clock.
+/// Every decision, for a batch of requests, atomically. ARGV: prefix, replica id, liveness (ms), the
+/// reserve's share of a budget never leased ([`RESERVE_SHARE`]: 1/10), then ops:
+/// - `H`: heartbeat, answers the live replicas; `S env n`: this replica holds n slots (the heartbeat's
+///   rewrite);
+/// - `G env max rpm fpm slots tokens`: a grant (a read, or a write's slot): up to `slots` slots and up to
+///   `tokens` request units, all or nothing for the first of each; answers whether a slot was free, the
+///   slots in use, the slots granted, then as `A`, then the units granted;
+/// - `A env rpm fpm facts commit`: admit one request and its facts; answers ok, policy, needed, wait µs,
+///   then remaining and full-in µs of both budgets;
+/// - `C env rpm fpm requests facts`: charge, may go into debt; answers both budgets;
+/// - `L env n`: n slots released; `B env rpm n`: n unspent request units of a lease given back.
+///
+/// A limit of -1 is none. Times are µs on Redis's clock.
 const SCRIPT: &str = r#"
-local prefix, replica, live_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local prefix, replica, live_ms, reserve_share = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now / 1000)
@@ -122,15 +128,16 @@ local function held(key)
   end
   return total
 end
--- A new field (1) may be a new hash: give it its expiry; the heartbeat renews it after.
-local function take_slot(key)
-  if redis.call('HINCRBY', key, replica, 1) == 1 then
+-- A new field may be a new hash: give it its expiry; the heartbeat renews it after.
+local function take_slots(key, n)
+  if redis.call('HINCRBY', key, replica, n) == n then
     redis.call('PEXPIRE', key, live_ms * 10)
   end
 end
--- One request with `facts` facts against both budgets: {ok, policy, needed, wait, budgets...}; taken when
--- ok and commit. The budget that keeps it out longest refuses it; one it can never fit counts as longest.
-local function admit(env, rpm, fpm, facts, commit)
+-- One request of `requests` request units (0 or more: a lease takes several) with `facts` facts against
+-- both budgets: {ok, policy, needed, wait, budgets...}; taken when ok and commit. The budget that keeps it
+-- out longest refuses it; one it can never fit counts as longest.
+local function admit(env, rpm, fpm, requests, facts, commit)
   local rkey, fkey = prefix .. ':{' .. env .. '}:requests', prefix .. ':{' .. env .. '}:facts'
   local rtat, ftat = 0, 0
   if rpm >= 0 then rtat = load(rkey, rpm) end
@@ -143,7 +150,7 @@ local function admit(env, rpm, fpm, facts, commit)
     end
   end
   if rpm >= 0 then
-    local new, w = try(rtat, rpm, 1)
+    local new, w = try(rtat, rpm, requests)
     if new then rnew = new else consider(0, 1, w) end
   end
   if fpm >= 0 then
@@ -151,15 +158,24 @@ local function admit(env, rpm, fpm, facts, commit)
     if new then fnew = new else consider(1, facts, w) end
   end
   if ok == 1 and commit then
-    if rpm >= 0 then save(rkey, rnew, rpm); rtat = rnew end
+    if rpm >= 0 and requests > 0 then save(rkey, rnew, rpm); rtat = rnew end
     if fpm >= 0 and facts > 0 then save(fkey, fnew, fpm); ftat = fnew end
   end
   local rr, rf = quota(rtat, rpm)
   local fr, ff = quota(ftat, fpm)
   return {ok, policy, needed, wait, rr, rf, fr, ff}
 end
+-- How many of `want` request units a lease takes: all that fit above the reserve (1/reserve_share of the
+-- budget, never leased), or one when only the reserve is left (decided request by request).
+local function leasable(env, rpm, want)
+  if rpm < 0 or want <= 1 then return want end
+  local tat = load(prefix .. ':{' .. env .. '}:requests', rpm)
+  local iv = interval(rpm)
+  local available = math.floor((now + iv * rpm - math.max(tat, now)) / iv)
+  return math.max(1, math.min(want, available - math.floor(rpm / reserve_share)))
+end
 
-local i = 4
+local i = 5
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'H' then
@@ -178,41 +194,47 @@ while i <= #ARGV do
     end
     i = i + 3
   elseif op == 'L' then
-    local key = slots_key(ARGV[i + 1])
-    if redis.call('HINCRBY', key, replica, -1) <= 0 then redis.call('HDEL', key, replica) end
-    i = i + 2
-  elseif op == 'E' then
-    local key, max = slots_key(ARGV[i + 1]), tonumber(ARGV[i + 2])
-    local total = held(key)
-    if total < max then
-      take_slot(key)
-      out[#out + 1] = {1, total + 1}
-    else
-      out[#out + 1] = {0, total}
-    end
+    local key, n = slots_key(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    if redis.call('HINCRBY', key, replica, -n) <= 0 then redis.call('HDEL', key, replica) end
     i = i + 3
-  elseif op == 'R' then
-    -- A read: a slot and the request budget at once; a refused read takes neither.
+  elseif op == 'G' then
+    -- A grant: up to `slots` slots (0: none asked; all or none of the first must be free) and up to
+    -- `tokens` request units, the asking request's own first; refused, it takes nothing.
     local env, max = ARGV[i + 1], tonumber(ARGV[i + 2])
+    local rpm, fpm = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+    local slots, tokens = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
     local key = slots_key(env)
     local total = 0
-    if max >= 0 then total = held(key) end
-    if max >= 0 and total >= max then
-      out[#out + 1] = {0, total}
+    if slots > 0 then total = held(key) end
+    if slots > 0 and total >= max then
+      out[#out + 1] = {0, total, 0}
     else
-      local answer = admit(env, tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), 0, true)
-      if answer[1] == 1 and max >= 0 then
-        take_slot(key)
-        total = total + 1
+      local n = leasable(env, rpm, tokens)
+      local answer = admit(env, rpm, fpm, n, 0, true)
+      local granted = 0
+      if answer[1] == 1 and slots > 0 then
+        -- Never more than half of what is free (and one): the other replicas get the rest.
+        granted = math.min(slots, math.max(1, math.floor((max - total) / 2)))
+        take_slots(key, granted)
+        total = total + granted
       end
-      table.insert(answer, 1, total)
-      table.insert(answer, 1, 1)
-      out[#out + 1] = answer
+      if answer[1] ~= 1 then n = 0 end
+      out[#out + 1] = {1, total, granted, answer[1], answer[2], answer[3], answer[4], answer[5], answer[6],
+        answer[7], answer[8], n}
     end
-    i = i + 5
+    i = i + 7
+  elseif op == 'B' then
+    -- Unspent request units of a lease given back, when the budget is still the one they were taken under.
+    local rkey, rpm, n = prefix .. ':{' .. ARGV[i + 1] .. '}:requests', tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    local h = redis.call('HMGET', rkey, 't', 'n')
+    local tat = tonumber(h[1])
+    if tat ~= nil and tonumber(h[2]) == rpm and tat > now then
+      save(rkey, math.max(tat - n * interval(rpm), now), rpm)
+    end
+    i = i + 4
   elseif op == 'A' then
     local facts, commit = tonumber(ARGV[i + 4]), ARGV[i + 5] == '1'
-    out[#out + 1] = admit(ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), facts, commit)
+    out[#out + 1] = admit(ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), 1, facts, commit)
     i = i + 6
   elseif op == 'C' then
     local env = ARGV[i + 1]
@@ -279,8 +301,8 @@ pub enum RedisError {
     Client(String),
 }
 
-/// A read's answer: the slot when one was taken, and the script's row.
-type ReadAnswer = (Option<Permit>, Vec<i64>);
+/// A grant's answer: the slot the request holds (when it asked for one), and the script's row.
+type GrantAnswer = (Option<Permit>, Vec<i64>);
 
 /// A job and when it was queued (the round trip carrying it must end within the timeout of that).
 type Queued = (tokio::time::Instant, Job);
@@ -300,21 +322,41 @@ enum Job {
         facts: u64,
         reply: oneshot::Sender<Result<Vec<i64>, ()>>,
     },
-    /// A read: a slot (when `max` is set) and the request budget in one decision.
-    Read {
-        environment: String,
-        limits: EffectiveLimits,
-        reply: oneshot::Sender<Result<ReadAnswer, ()>>,
-    },
-    Enter {
-        environment: String,
-        max: u64,
-        /// A permit, or the concurrency budget that refused one.
-        reply: oneshot::Sender<Result<Result<Permit, Quota>, ()>>,
-    },
-    Leave {
-        environment: String,
-    },
+    /// A slot and request units for a lease (a read), or a write's slot.
+    Grant(PendingGrant),
+    /// Slots released.
+    Leave { environment: String, slots: u64 },
+}
+
+/// A grant asked and not answered yet. Dropped unanswered (Redis failed, the limiter switched to its
+/// fallback), it puts back into the lease what the request took from it.
+struct PendingGrant {
+    environment: String,
+    limits: EffectiveLimits,
+    /// A read (one request from the budget) rather than a write's slot.
+    read: bool,
+    ask: Ask,
+    reply: Option<oneshot::Sender<Result<GrantAnswer, ()>>>,
+    shared: Weak<Shared>,
+}
+
+impl PendingGrant {
+    /// Whether Redis is asked about the budgets: for a read, unless its request came from the lease
+    /// (then the lease's view is the one to report).
+    fn asks_budgets(read: bool, ask: &Ask, limits: &EffectiveLimits) -> bool {
+        read && (ask.tokens > 0 || limits.requests_per_minute.is_none())
+    }
+}
+
+impl Drop for PendingGrant {
+    fn drop(&mut self) {
+        if self.reply.is_some()
+            && let Some(shared) = self.shared.upgrade()
+        {
+            let now = shared.clock.now();
+            shared.leases().refused(&self.environment, &self.ask, &[], now);
+        }
+    }
 }
 
 /// What the request path and the flushing tasks share.
@@ -327,9 +369,9 @@ struct Shared {
     config: ConnectionManagerConfig,
     prefix: String,
     heartbeat: Duration,
-    /// Slots this replica holds in Redis per environment (zeros kept until written once), counted by every
-    /// task, rewritten by the heartbeat.
-    held: Mutex<HashMap<String, u64>>,
+    /// What this replica holds of each environment's budgets and slots (`lease.rs`); the slots held are
+    /// rewritten into Redis by every heartbeat.
+    leases: Mutex<Leases>,
     replica: String,
     fallback: Fallback,
     timeout: Duration,
@@ -346,25 +388,36 @@ pub struct RedisLimiter {
     shared: Arc<Shared>,
 }
 
-/// Releases a slot held in Redis when dropped: through the task that took it (the request ends on the
-/// thread it started on), or the limiter's own task when that one has ended with its worker.
+/// Releases a slot when dropped: back into the lease, and what the lease does not keep back to Redis,
+/// through the task of the thread the request ran on (or the limiter's own task when that one has ended
+/// with its worker).
 struct RedisSlot {
     environment: String,
+    max: u64,
     queue: mpsc::UnboundedSender<Queued>,
     shared: Weak<Shared>,
 }
 
 impl Drop for RedisSlot {
     fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let replicas = shared.replicas.load(Ordering::Relaxed);
+        let now = shared.clock.now();
+        let slots = shared.leases().release(&self.environment, self.max, replicas, now);
+        if slots == 0 || !shared.healthy.load(Ordering::Acquire) {
+            // Kept as spare, or Redis is away (the heartbeat's rewrite sets the count when it is back).
+            return;
+        }
         let leave = (
             tokio::time::Instant::now(),
             Job::Leave {
                 environment: std::mem::take(&mut self.environment),
+                slots,
             },
         );
-        if let Err(mpsc::error::SendError(leave)) = self.queue.send(leave)
-            && let Some(shared) = self.shared.upgrade()
-        {
+        if let Err(mpsc::error::SendError(leave)) = self.queue.send(leave) {
             let _ = shared.queue.send(leave);
         }
     }
@@ -498,7 +551,7 @@ impl RedisLimiter {
             config,
             prefix: options.prefix,
             heartbeat: options.heartbeat,
-            held: Mutex::new(HashMap::default()),
+            leases: Mutex::new(Leases::default()),
             replica: replica_id(),
             fallback: options.fallback,
             timeout: options.timeout,
@@ -542,6 +595,110 @@ impl RedisLimiter {
         LimitError::Unavailable(LimitsUnavailable {
             detail: self.shared.detail(),
         })
+    }
+
+    /// A slot (when the environment has a concurrency limit) and, for a read, one request from the budget:
+    /// from this replica's lease when it holds them, else from Redis (which may lease more). `None`: Redis
+    /// cannot answer, and the fallback decides.
+    async fn grant(
+        &self,
+        environment: &str,
+        limits: &EffectiveLimits,
+        read: bool,
+    ) -> Option<Result<(Permit, Vec<Quota>), LimitError>> {
+        if !self.shared.healthy.load(Ordering::Acquire) {
+            return None;
+        }
+        let ask = loop {
+            let answered = {
+                let now = self.shared.clock.now();
+                let replicas = self.shared.replicas.load(Ordering::Relaxed);
+                let mut leases = self.shared.leases();
+                match leases.try_enter(environment, limits, read, replicas, now) {
+                    Decision::Admitted(quotas) => {
+                        let quota = limits
+                            .max_concurrent_requests
+                            .map(|max| (max, leases.concurrency(environment, max)));
+                        drop(leases);
+                        let permit = match quota {
+                            Some((max, quota)) => Permit::new(Box::new(self.slot(environment, max)), Some(quota)),
+                            None => Permit::default(),
+                        };
+                        return Some(Ok((permit, quotas)));
+                    }
+                    Decision::Ask(ask) => break ask,
+                    // Created under the lock, so the answer's notification cannot slip in before it.
+                    Decision::Wait(asking) => asking.notified_owned(),
+                }
+            };
+            // The ask is answered or dropped within the timeout (`flush`); past it Redis has failed and the
+            // limiter has switched to its fallback, which the next turn finds.
+            let _ = tokio::time::timeout(self.shared.timeout, answered).await;
+            if !self.shared.healthy.load(Ordering::Acquire) {
+                return None;
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingGrant {
+            environment: environment.to_owned(),
+            limits: *limits,
+            read,
+            ask,
+            reply: Some(reply),
+            shared: Arc::downgrade(&self.shared),
+        };
+        // No timer per request: the Redis task answers or drops every question within `timeout` of the
+        // oldest one in its round trip (see `flush`); dropped, the lease gets back what it lent and the
+        // fallback decides.
+        queue_here(&self.shared)
+            .send((tokio::time::Instant::now(), Job::Grant(pending)))
+            .ok()?;
+        let (permit, row) = answer.await.ok()?.ok()?;
+        if let (Some(0), Some(max)) = (row.first(), limits.max_concurrent_requests) {
+            let in_use = row.get(1).copied().unwrap_or_default().max(0) as u64;
+            return Some(Err(LimitError::Refused(LimitRefusal {
+                policy: Policy::Concurrency,
+                limit: max,
+                needed: 1,
+                retry_after: None,
+                quotas: vec![concurrency(max, in_use)],
+            })));
+        }
+        let admitted = if PendingGrant::asks_budgets(read, &ask, limits) {
+            admission(limits, row.get(3..11).unwrap_or_default())
+        } else {
+            Ok(self
+                .shared
+                .leases()
+                .quotas(environment, limits, self.shared.clock.now()))
+        };
+        Some(
+            admitted
+                .map(|quotas| (permit.unwrap_or_default(), quotas))
+                .map_err(LimitError::from),
+        )
+    }
+
+    /// A slot in the lease, released into it when dropped.
+    fn slot(&self, environment: &str, max: u64) -> RedisSlot {
+        RedisSlot {
+            environment: environment.to_owned(),
+            max,
+            queue: queue_here(&self.shared),
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
+    /// A slot while Redis is away, as the fallback says.
+    fn enter_fallback(&self, environment: &str, limits: &EffectiveLimits) -> Result<Permit, LimitError> {
+        match self.shared.fallback {
+            Fallback::Allow => Ok(Permit::default()),
+            Fallback::Deny => Err(self.unavailable()),
+            Fallback::Share => {
+                let outage = self.shared.current_outage();
+                Ok(outage.limiter.enter_now(environment, &outage.share(limits))?)
+            }
+        }
     }
 
     async fn take(
@@ -589,6 +746,10 @@ fn replica_id() -> String {
 }
 
 impl Shared {
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn detail(&self) -> String {
         match &*self.outage.lock().unwrap_or_else(|e| e.into_inner()) {
             Some((_, why)) => why.clone(),
@@ -628,6 +789,7 @@ impl Shared {
                 self.fallback
             );
             self.begin_outage(why);
+            self.leases().forget();
         }
     }
 }
@@ -639,37 +801,13 @@ impl Limiter for RedisLimiter {
         limits: &'a EffectiveLimits,
     ) -> BoxFuture<'a, Result<Permit, LimitError>> {
         Box::pin(async move {
-            let Some(max) = limits.max_concurrent_requests else {
+            if limits.max_concurrent_requests.is_none() {
                 return Ok(Permit::default());
-            };
-            let asked = self
-                .ask(|reply| Job::Enter {
-                    environment: environment.to_owned(),
-                    max,
-                    reply,
-                })
-                .await;
-            match asked {
-                Some(Ok(permit)) => return Ok(permit),
-                Some(Err(quota)) => {
-                    return Err(LimitError::Refused(LimitRefusal {
-                        policy: Policy::Concurrency,
-                        limit: max,
-                        needed: 1,
-                        retry_after: None,
-                        quotas: vec![quota],
-                    }));
-                }
-                None => {}
             }
-            match self.shared.fallback {
-                Fallback::Allow => Ok(Permit::default()),
-                Fallback::Deny => Err(self.unavailable()),
-                Fallback::Share => {
-                    let outage = self.shared.current_outage();
-                    Ok(outage.limiter.enter_now(environment, &outage.share(limits))?)
-                }
+            if let Some(granted) = self.grant(environment, limits, false).await {
+                return granted.map(|(permit, _)| permit);
             }
+            self.enter_fallback(environment, limits)
         })
     }
 
@@ -685,39 +823,25 @@ impl Limiter for RedisLimiter {
             if unlimited {
                 return Ok((Permit::default(), Vec::new()));
             }
-            let asked = self
-                .ask(|reply| Job::Read {
-                    environment: environment.to_owned(),
-                    limits: *limits,
-                    reply,
-                })
-                .await;
-            let Some((permit, row)) = asked else {
-                // The fallback decides (the limiter has switched to it).
-                let permit = self.enter(environment, limits).await?;
-                let quotas = self.take(environment, limits, 0, true).await?;
-                return Ok((permit, quotas));
-            };
-            let in_use = row.get(1).copied().unwrap_or_default().max(0) as u64;
-            match (row.first(), limits.max_concurrent_requests) {
-                (Some(0), Some(max)) => Err(LimitError::Refused(LimitRefusal {
-                    policy: Policy::Concurrency,
-                    limit: max,
-                    needed: 1,
-                    retry_after: None,
-                    quotas: vec![concurrency(max, in_use)],
-                })),
-                _ => {
-                    let quotas = admission(limits, row.get(2..).unwrap_or_default())?;
-                    Ok((permit.unwrap_or_default(), quotas))
-                }
+            if let Some(granted) = self.grant(environment, limits, true).await {
+                return granted;
             }
+            // The fallback decides (the limiter has switched to it).
+            let permit = self.enter_fallback(environment, limits)?;
+            let quotas = self.take(environment, limits, 0, true).await?;
+            Ok((permit, quotas))
         })
     }
 
     fn peek<'a>(&'a self, environment: &'a str, limits: &'a EffectiveLimits) -> BoxFuture<'a, Result<(), LimitError>> {
         Box::pin(async move {
-            if limits.requests_per_minute.is_none() {
+            let Some(per_minute) = limits.requests_per_minute else {
+                return Ok(());
+            };
+            let now = self.shared.clock.now();
+            if self.shared.healthy.load(Ordering::Acquire)
+                && self.shared.leases().has_token(environment, per_minute, now)
+            {
                 return Ok(());
             }
             self.take(environment, limits, 0, false).await.map(|_| ())
@@ -842,29 +966,40 @@ async fn flush(
         let Some(queue) = own.upgrade() else { return };
         let healthy = shared.healthy.load(Ordering::Acquire);
         let mut invocation = script.prepare_invoke();
-        invocation.arg(&prefix).arg(&shared.replica).arg(live_ms);
+        invocation
+            .arg(&prefix)
+            .arg(&shared.replica)
+            .arg(live_ms)
+            .arg(RESERVE_SHARE);
         let mut ops = 0;
         if beat {
             invocation.arg("H");
-            for (environment, n) in shared.held.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                invocation.arg("S").arg(environment).arg(*n);
+            let mut leases = shared.leases();
+            // What leases hold unused goes back: tokens the budget gets again, spare slots of idle
+            // environments (in the rewrite below).
+            for back in leases.expire(shared.clock.now()) {
+                if back.tokens > 0 && healthy {
+                    invocation
+                        .arg("B")
+                        .arg(&back.environment)
+                        .arg(back.per_minute)
+                        .arg(back.tokens);
+                }
+                if back.forgotten {
+                    invocation.arg("S").arg(&back.environment).arg(0);
+                }
+            }
+            for (environment, n) in leases.held() {
+                invocation.arg("S").arg(environment).arg(n);
             }
         }
         // Releases count at once (the permit is gone); the heartbeat's rewrite repairs a lost one.
         let mut asking = Vec::with_capacity(batch.len());
         for job in batch.drain(..) {
             match job {
-                Job::Leave { environment } => {
-                    if let Some(n) = shared
-                        .held
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_mut(&environment)
-                    {
-                        *n = n.saturating_sub(1);
-                    }
+                Job::Leave { environment, slots } => {
                     if healthy {
-                        invocation.arg("L").arg(environment);
+                        invocation.arg("L").arg(environment).arg(slots);
                         ops += 1;
                     }
                 }
@@ -902,18 +1037,21 @@ async fn flush(
                                 .arg(0)
                                 .arg(*facts);
                         }
-                        Job::Enter { environment, max, .. } => {
-                            invocation.arg("E").arg(environment).arg(*max);
-                        }
-                        Job::Read {
-                            environment, limits, ..
-                        } => {
+                        Job::Grant(pending) => {
+                            let limits = &pending.limits;
+                            let (rpm, fpm) = if PendingGrant::asks_budgets(pending.read, &pending.ask, limits) {
+                                (limits.requests_per_minute, limits.fact_writes_per_minute)
+                            } else {
+                                (None, None)
+                            };
                             invocation
-                                .arg("R")
-                                .arg(environment)
+                                .arg("G")
+                                .arg(&pending.environment)
                                 .arg(limit_arg(limits.max_concurrent_requests))
-                                .arg(limit_arg(limits.requests_per_minute))
-                                .arg(limit_arg(limits.fact_writes_per_minute));
+                                .arg(limit_arg(rpm))
+                                .arg(limit_arg(fpm))
+                                .arg(pending.ask.slots)
+                                .arg(pending.ask.tokens);
                         }
                         Job::Leave { .. } => unreachable!("handled above"),
                     }
@@ -969,15 +1107,8 @@ async fn flush(
                 continue;
             }
         };
-        if beat {
-            if let Some(replicas) = rows.next().and_then(|row| row.first().copied()) {
-                shared.replicas.store(replicas.max(1) as u64, Ordering::Relaxed);
-            }
-            shared
-                .held
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|_, n| *n > 0);
+        if beat && let Some(replicas) = rows.next().and_then(|row| row.first().copied()) {
+            shared.replicas.store(replicas.max(1) as u64, Ordering::Relaxed);
         }
         for job in asking {
             let row = rows.next().unwrap_or_default();
@@ -985,55 +1116,14 @@ async fn flush(
                 Job::Admit { reply, .. } | Job::Charge { reply, .. } => {
                     let _ = reply.send(Ok(row));
                 }
-                Job::Enter {
-                    environment,
-                    max,
-                    reply,
-                } => {
-                    let in_use = row.get(1).copied().unwrap_or_default().max(0) as u64;
-                    let permit = if row.first() == Some(&1) {
-                        *shared
-                            .held
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .entry(environment.clone())
-                            .or_default() += 1;
-                        let slot = RedisSlot {
-                            environment,
-                            queue: queue.clone(),
-                            shared: Arc::downgrade(&shared),
-                        };
-                        Ok(Permit::new(Box::new(slot), Some(concurrency(max, in_use))))
-                    } else {
-                        Err(concurrency(max, in_use))
-                    };
-                    // A requester that gave up drops the permit with the reply, which releases the slot.
-                    let _ = reply.send(Ok(permit));
-                }
-                Job::Read {
-                    environment,
-                    limits,
-                    reply,
-                } => {
-                    let slot = match limits.max_concurrent_requests {
-                        Some(max) if row.first() == Some(&1) && row.get(2) == Some(&1) => {
-                            *shared
-                                .held
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .entry(environment.clone())
-                                .or_default() += 1;
-                            let in_use = row.get(1).copied().unwrap_or_default().max(0) as u64;
-                            let slot = RedisSlot {
-                                environment,
-                                queue: queue.clone(),
-                                shared: Arc::downgrade(&shared),
-                            };
-                            Some(Permit::new(Box::new(slot), Some(concurrency(max, in_use))))
-                        }
-                        _ => None,
-                    };
-                    let _ = reply.send(Ok((slot, row)));
+                Job::Grant(mut pending) => {
+                    // Answered: from here the lease is settled by this answer, not by the drop.
+                    let reply = pending.reply.take();
+                    let slot = settle(&shared, &pending, &row, &queue);
+                    if let Some(reply) = reply {
+                        // A requester that gave up drops the permit with the reply, which releases the slot.
+                        let _ = reply.send(Ok((slot, row)));
+                    }
                 }
                 Job::Leave { .. } => {}
             }
@@ -1047,4 +1137,45 @@ async fn flush(
             );
         }
     }
+}
+
+/// Settles a grant's answer in the lease (what Redis granted is added, what the request took from the
+/// lease goes back when refused), and returns the slot the request holds, if it asked for one and was
+/// admitted.
+fn settle(
+    shared: &Arc<Shared>,
+    pending: &PendingGrant,
+    row: &[i64],
+    queue: &mpsc::UnboundedSender<Queued>,
+) -> Option<Permit> {
+    let now = shared.clock.now();
+    let value = |at: usize| row.get(at).copied().unwrap_or_default().max(0) as u64;
+    let admitted = row.first() == Some(&1) && row.get(3) == Some(&1);
+    let (ask, limits, environment) = (&pending.ask, &pending.limits, &pending.environment);
+    let reported = if PendingGrant::asks_budgets(pending.read, ask, limits) {
+        quotas(limits, row.get(7..11).unwrap_or_default())
+    } else {
+        Vec::new()
+    };
+    let mut leases = shared.leases();
+    if !admitted {
+        leases.refused(environment, ask, &reported, now);
+        return None;
+    }
+    let granted = Grant {
+        slots: value(2),
+        tokens: value(11),
+        in_use: value(1),
+    };
+    leases.granted(environment, limits, ask, granted, &reported, now);
+    let max = limits.max_concurrent_requests.filter(|_| ask.holds_slot())?;
+    let quota = leases.concurrency(environment, max);
+    drop(leases);
+    let slot = RedisSlot {
+        environment: environment.clone(),
+        max,
+        queue: queue.clone(),
+        shared: Arc::downgrade(shared),
+    };
+    Some(Permit::new(Box::new(slot), Some(quota)))
 }

@@ -319,3 +319,29 @@ async fn an_oversized_response_head_is_a_502_saying_so() {
         reply.message()
     );
 }
+
+#[tokio::test]
+async fn a_chunked_read_body_reaches_an_http1_upstream_whole() {
+    let tenancy = tenancy().await;
+    let upstream = Upstream::start_on("127.0.0.1:0".parse().unwrap(), Speaks::Http1Only).await;
+    let sidecar = sidecar(&tenancy, &upstream, UpstreamProtocol::Http1).await;
+    let body = format!(r#"{{"context_facts": [{}]}}"#, fact(7));
+    let (first, rest) = body.split_at(10);
+    let request = format!(
+        "POST /api/authorize HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n",
+        tenancy.key("rw"),
+        first.len(),
+        rest.len()
+    );
+    let answer = raw(sidecar.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, Version::HTTP_11);
+    assert_eq!(
+        seen[0].body,
+        body.as_bytes(),
+        "the whole body, re-chunked by the sidecar"
+    );
+}

@@ -59,48 +59,78 @@ fn is_reset(error: &std::io::Error) -> bool {
 /// The final head if it is complete in the buffer, taking it (and any interim responses) out of it.
 fn parse_head(connection: &mut Connection, to_head: bool) -> Result<Option<Head>, Http1Error> {
     loop {
-        let Some((length, code)) = head_length(&connection.buffer)? else {
+        let Some(parsed) = Parsed::from(&connection.buffer)? else {
             return Ok(None);
         };
-        match code {
+        match parsed.code {
             101 => return Err(Http1Error::Upgrade),
-            100..=199 => connection.buffer.advance(length),
+            100..=199 => connection.buffer.advance(parsed.length),
             _ => {
-                let head = connection.buffer.split_to(length).freeze();
-                return build(&head, to_head).map(Some);
+                let head = connection.buffer.split_to(parsed.length).freeze();
+                return build(&head, &parsed, to_head).map(Some);
             }
         }
     }
 }
 
-/// The length and status code of a complete head at the start of `bytes`, or `None` if it is partial.
-fn head_length(bytes: &[u8]) -> Result<Option<(usize, u16)>, Http1Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut fields);
-    match response.parse(bytes) {
-        Ok(httparse::Status::Partial) => Ok(None),
-        Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => Err(Http1Error::HeadTooLarge),
-        Ok(httparse::Status::Complete(length)) => Ok(Some((length, response.code.unwrap_or_default()))),
-        Err(httparse::Error::TooManyHeaders) => Err(Http1Error::TooManyHeaders),
-        Err(e) => Err(Http1Error::MalformedHead(e)),
+/// A complete head, parsed once: where its fields' names and values are, as offsets into its bytes, so
+/// that the head can then be split off the buffer and its values share it rather than be copied.
+struct Parsed {
+    length: usize,
+    code: u16,
+    http_10: bool,
+    /// `[name start, name end, value start, value end]` of each field, the first `count` used.
+    spans: [[u32; 4]; MAX_HEADERS],
+    count: usize,
+}
+
+impl Parsed {
+    /// The head at the start of `bytes`, or `None` while it is partial.
+    fn from(bytes: &[u8]) -> Result<Option<Parsed>, Http1Error> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut fields);
+        let length = match response.parse(bytes) {
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => return Err(Http1Error::HeadTooLarge),
+            Ok(httparse::Status::Complete(length)) => length,
+            Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::TooManyHeaders),
+            Err(e) => return Err(Http1Error::MalformedHead(e)),
+        };
+        // Every name and value is a slice of `bytes` (which is at most MAX_HEAD long here).
+        let offset = |part: &[u8]| (part.as_ptr() as usize - bytes.as_ptr() as usize) as u32;
+        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
+            let (name, value) = (offset(field.name.as_bytes()), offset(field.value));
+            *span = [
+                name,
+                name + field.name.len() as u32,
+                value,
+                value + field.value.len() as u32,
+            ];
+        }
+        Ok(Some(Parsed {
+            length,
+            code: response.code.unwrap_or_default(),
+            http_10: response.version == Some(0),
+            spans,
+            count: response.headers.len(),
+        }))
     }
 }
 
-/// The head's status and headers (values sharing the head's bytes rather than copied), and its framing.
-fn build(head: &Bytes, to_head: bool) -> Result<Head, Http1Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut fields);
-    response.parse(head).map_err(Http1Error::MalformedHead)?;
-    let status = StatusCode::from_u16(response.code.unwrap_or_default()).map_err(|_| Http1Error::BadStatus)?;
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| Http1Error::BadHeader)?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value)).map_err(|_| Http1Error::BadHeader)?;
+/// The head's status and headers, and its framing.
+fn build(head: &Bytes, parsed: &Parsed, to_head: bool) -> Result<Head, Http1Error> {
+    let status = StatusCode::from_u16(parsed.code).map_err(|_| Http1Error::BadStatus)?;
+    let mut headers = HeaderMap::with_capacity(parsed.count);
+    for [name_start, name_end, value_start, value_end] in &parsed.spans[..parsed.count] {
+        let name = HeaderName::from_bytes(&head[*name_start as usize..*name_end as usize])
+            .map_err(|_| Http1Error::BadHeader)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(*value_start as usize..*value_end as usize))
+            .map_err(|_| Http1Error::BadHeader)?;
         headers.append(name, value);
     }
-    let http_10 = response.version == Some(0);
     let (framing, delimited) = framing(status, &mut headers, to_head)?;
-    let keep_alive = delimited && !http_10 && !has_token(&headers, &header::CONNECTION, "close");
+    let keep_alive = delimited && !parsed.http_10 && !has_token(&headers, &header::CONNECTION, "close");
     Ok(Head {
         status,
         headers,
@@ -170,8 +200,17 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn head_to(text: &[u8], to_head: bool) -> Result<Head, Http1Error> {
+        let parsed = Parsed::from(text)?.expect("a complete head");
+        build(&Bytes::copy_from_slice(text), &parsed, to_head)
+    }
+
     fn head(text: &str) -> Result<Head, Http1Error> {
-        build(&Bytes::copy_from_slice(text.as_bytes()), false)
+        head_to(text.as_bytes(), false)
+    }
+
+    fn length_and_code(bytes: &[u8]) -> Result<Option<(usize, u16)>, Http1Error> {
+        Ok(Parsed::from(bytes)?.map(|parsed| (parsed.length, parsed.code)))
     }
 
     #[test]
@@ -202,11 +241,7 @@ mod tests {
         );
         let no_content = head("HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n").unwrap();
         assert!(matches!(no_content.framing, Framing::Length(0)) && no_content.keep_alive);
-        let answer_to_head = build(
-            &Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n"),
-            true,
-        )
-        .unwrap();
+        let answer_to_head = head_to(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", true).unwrap();
         assert!(matches!(answer_to_head.framing, Framing::Length(0)));
     }
 
@@ -224,18 +259,24 @@ mod tests {
 
     #[test]
     fn a_partial_head_waits_and_an_oversized_one_is_refused() {
-        assert!(matches!(head_length(b"HTTP/1.1 200 OK\r\nA: b"), Ok(None)));
+        assert!(matches!(length_and_code(b"HTTP/1.1 200 OK\r\nA: b"), Ok(None)));
         assert!(matches!(
-            head_length(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            length_and_code(b"HTTP/1.1 100 Continue\r\n\r\n"),
             Ok(Some((25, 100)))
         ));
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
         let text = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
-        assert!(matches!(head_length(text.as_bytes()), Err(Http1Error::TooManyHeaders)));
-        let huge = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(MAX_HEAD));
-        assert!(matches!(head_length(huge.as_bytes()), Err(Http1Error::HeadTooLarge)));
         assert!(matches!(
-            head_length(b"HTTP/1.1 2x0 OK\r\n\r\n"),
+            length_and_code(text.as_bytes()),
+            Err(Http1Error::TooManyHeaders)
+        ));
+        let huge = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(matches!(
+            length_and_code(huge.as_bytes()),
+            Err(Http1Error::HeadTooLarge)
+        ));
+        assert!(matches!(
+            length_and_code(b"HTTP/1.1 2x0 OK\r\n\r\n"),
             Err(Http1Error::MalformedHead(_))
         ));
     }

@@ -283,7 +283,9 @@ impl Leases {
             lease.tokens += granted.tokens - 1;
             lease.granted_at = now;
         }
-        lease.near_edge = granted.tokens < ask.tokens;
+        if ask.tokens > 0 {
+            lease.near_edge = granted.tokens < ask.tokens;
+        }
         lease.answered(ask, quotas, now);
     }
 
@@ -595,5 +597,36 @@ mod tests {
         let seen = leases.quotas("env", &limits, Duration::from_secs(1));
         assert_eq!(seen[0].remaining, 115);
         assert_eq!(seen[0].full_in, Some(Duration::from_millis(48_500)));
+    }
+
+    #[test]
+    fn while_a_lease_is_asked_for_the_others_wait_for_it_except_near_the_edge() {
+        let mut leases = Leases::default();
+        let limits = limits(Some(60_000), None);
+        let first = ask(leases.try_enter("env", &limits, true, 1, Duration::ZERO));
+        let Decision::Wait(asking) = leases.try_enter("env", &limits, true, 1, Duration::ZERO) else {
+            panic!("a second request waits for the first one's ask");
+        };
+        let told = asking.notified_owned();
+        // Redis grants less than asked: the budget is near its edge.
+        answer(&mut leases, &limits, &first, (0, 2, 0), &[], Duration::ZERO);
+        assert!(
+            futures::FutureExt::now_or_never(told).is_some(),
+            "the waiting request is told"
+        );
+        assert!(matches!(
+            leases.try_enter("env", &limits, true, 1, MS),
+            Decision::Admitted(_)
+        ));
+        let near = ask(leases.try_enter("env", &limits, true, 1, MS));
+        assert!(
+            matches!(leases.try_enter("env", &limits, true, 1, MS), Decision::Ask(_)),
+            "near the edge every request asks Redis itself"
+        );
+        answer(&mut leases, &limits, &near, (0, 600, 0), &[], MS);
+        assert!(
+            !leases.environments["env"].near_edge,
+            "a whole lease: no longer near the edge"
+        );
     }
 }

@@ -205,7 +205,8 @@ impl Pool {
         // Let the worker's other ready requests run first, so that the writes to the upstream leave
         // in a burst after them, as they did from hyper's connection tasks: an upstream on the same
         // cores then wakes once for several requests instead of preempting the sidecar at every write
-        // (measured on the static benchmark: 45-49k requests/s writing at once, 52-59k with this).
+        // (on the static benchmark 45-49k requests/s writing at once, 54-59k with this: docs/sidecar.md,
+        // "The lean HTTP/1.1 path").
         tokio::task::yield_now().await;
         if let Err(error) = outgoing.write(&mut connection.stream, body).await {
             // An upstream may answer before it has read all of a large body (a 413) and close the

@@ -127,12 +127,16 @@ async fn setup(environments: &[(&'static str, LimitOverrides)]) -> Setup {
 
 impl Setup {
     async fn replicas(&self, n: usize, redis: Option<&RedisServer>, flags: &[&str]) -> Vec<Replica> {
-        let url = redis.map(RedisServer::url);
+        self.replicas_at(n, redis.map(RedisServer::url).as_deref(), flags).await
+    }
+
+    /// `n` replicas sharing limits through the Redis at `url` (any `--redis-mode` given in `flags`).
+    async fn replicas_at(&self, n: usize, url: Option<&str>, flags: &[&str]) -> Vec<Replica> {
         let mut replicas = Vec::new();
         for _ in 0..n {
-            replicas.push(Replica::start(&self.database_url, &self.upstream.url, url.as_deref(), flags).await);
+            replicas.push(Replica::start(&self.database_url, &self.upstream.url, url, flags).await);
         }
-        if redis.is_some() {
+        if url.is_some() {
             for replica in &replicas {
                 wait_shared(replica, true).await;
             }
@@ -721,4 +725,108 @@ async fn a_burst_of_reads_of_one_environment_asks_redis_once() {
     eprintln!("200 reads at once: {commands} Redis commands");
     assert!(commands <= 20, "{commands} commands for 200 reads");
     drop(permits);
+}
+
+/// Two replicas hammering one environment through `replicas` for 3 s: within 1% of the budget and at
+/// least 95% of it, all decided in Redis.
+async fn one_budget_between(setup: &Setup, replicas: &[Replica]) {
+    let started = Instant::now();
+    let spread: Vec<_> = replicas.iter().map(|r| (r.url(), 20)).collect();
+    let load = hammer(
+        &spread,
+        setup.tenancy.key("requests"),
+        &[0],
+        started + Duration::from_secs(3),
+        None,
+    )
+    .await;
+    let budget = allowed(1_200, started.elapsed());
+    eprintln!("{} admitted; the budget allows {budget:.0}", load.admitted);
+    assert!(load.other.is_empty() && load.unavailable == 0, "{load:?}");
+    assert!(load.admitted as f64 <= budget * 1.01, "{load:?}");
+    assert!(load.admitted as f64 >= budget * 0.95, "{load:?}");
+    for replica in replicas {
+        assert_eq!(replica.metric("orgkeeper_sidecar_limits_fallbacks").await, 0.0);
+    }
+}
+
+/// A Redis Cluster: the replicas are given one node that does not own the store's slot, find the one that
+/// does, and share one budget there (every key of a store hashes to one slot: `{orgkeeper}`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_cluster_holds_one_budget_per_environment_in_the_stores_slot() {
+    let cluster = RedisCluster::start();
+    let setup = setup(&[("requests", only_requests(1_200))]).await;
+    let (owner, other) = cluster.owner_and_other("{orgkeeper}:replicas");
+    let replicas = setup
+        .replicas_at(
+            2,
+            Some(&other.url()),
+            &["--redis-mode", "cluster", "--redis-timeout", "1s"],
+        )
+        .await;
+    one_budget_between(&setup, &replicas).await;
+    assert!(
+        has_key(owner, "{orgkeeper}:replicas"),
+        "the state lives on the slot's owner"
+    );
+    assert!(!has_key(other, "{orgkeeper}:replicas"));
+    // Several seed nodes, comma-separated, work as well.
+    let more = setup
+        .replicas_at(1, Some(&cluster.urls()), &["--redis-mode", "cluster"])
+        .await;
+    assert!(more[0].ready().await, "{}", more[0].readiness().await);
+}
+
+/// Redis Sentinel: the replicas ask the sentinel for the primary, share one budget there, and after the
+/// primary dies (SIGKILL) and the sentinel promotes its replica, go back to shared limits on the new
+/// primary by themselves, never refusing a request for it with anything but 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_names_the_primary_and_a_failover_is_followed() {
+    let mut redis = RedisSentinel::start();
+    let setup = setup(&[("requests", only_requests(1_200))]).await;
+    let flags = [
+        "--redis-mode",
+        "sentinel",
+        "--redis-sentinel-master",
+        "mymaster",
+        "--redis-timeout",
+        "1s",
+    ];
+    let replicas = setup.replicas_at(2, Some(&redis.sentinel.url()), &flags).await;
+    one_budget_between(&setup, &replicas).await;
+    assert!(redis.primary.command("EXISTS {orgkeeper}:replicas").as_deref() == Some(":1"));
+
+    let old = redis.primary.port;
+    redis.primary.kill();
+    let killed = Instant::now();
+    within("the sentinel to promote the replica", Duration::from_secs(20), || {
+        let port = redis.primary_port();
+        async move { port.is_some_and(|port| port != old) }
+    })
+    .await;
+    let key = setup.tenancy.key("requests").to_owned();
+    for replica in &replicas {
+        within(
+            "the replica to share limits on the new primary",
+            Duration::from_secs(15),
+            || async {
+                let reply = Http::to(&replica.url()).get("/api/facts", Some(&key)).await;
+                assert!(
+                    [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(&reply.status),
+                    "{}",
+                    reply.status
+                );
+                replica.metric("orgkeeper_sidecar_limits_shared").await == 1.0
+            },
+        )
+        .await;
+    }
+    eprintln!(
+        "limits shared again {:.1?} after the primary was killed",
+        killed.elapsed()
+    );
+    assert!(
+        redis.replica.command("EXISTS {orgkeeper}:replicas").as_deref() == Some(":1"),
+        "the state is on the new primary"
+    );
 }

@@ -10,7 +10,8 @@ use super::duration::parse_duration;
 use super::exit;
 use crate::auth::KeyRing;
 use crate::sidecar::{
-    self, Fallback, Limiter, LocalLimiter, RedisLimiter, RedisOptions, RunOptions, Settings, UpstreamProtocol,
+    self, Fallback, Limiter, LocalLimiter, RedisLimiter, RedisMode, RedisModeName, RedisOptions, RunOptions, Settings,
+    UpstreamProtocol,
 };
 use crate::store::DEFAULT_DATABASE_URL;
 use crate::telemetry::shutdown_signal;
@@ -74,8 +75,9 @@ pub struct Args {
     #[arg(long, env = "ORGKEEPER_KEY_USE_FLUSH_INTERVAL", default_value = "1m", value_parser = parse_key_use_flush)]
     pub key_use_flush_interval: KeyUseFlush,
     /// Shares every environment's budgets and concurrency limit with every sidecar using this Redis (or
-    /// Valkey): redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS. Without it, each sidecar
-    /// process enforces the limits on its own (N replicas admit up to N times an environment's budget).
+    /// Valkey): redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS; with --redis-mode cluster or
+    /// sentinel, several separated by commas (nodes, or sentinels). Without it, each sidecar process
+    /// enforces the limits on its own (N replicas admit up to N times an environment's budget).
     #[arg(long, env = "ORGKEEPER_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// A file holding the Redis password (e.g. a mounted Secret); it replaces a password in --redis-url.
@@ -89,6 +91,14 @@ pub struct Args {
     /// The longest a request waits for Redis before --redis-fallback decides it.
     #[arg(long, env = "ORGKEEPER_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
+    /// How the Redis of --redis-url is deployed: standalone (one server, or a stable address in front of
+    /// the primary), cluster (a Redis Cluster: one store's limits live in one hash slot), or sentinel
+    /// (--redis-url lists the sentinels; the primary is the one they name --redis-sentinel-master).
+    #[arg(long, env = "ORGKEEPER_REDIS_MODE", default_value_t = RedisModeName::Standalone)]
+    pub redis_mode: RedisModeName,
+    /// With --redis-mode sentinel: the name the sentinels monitor the primary under.
+    #[arg(long, env = "ORGKEEPER_REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub redis_sentinel_master: String,
 }
 
 impl Args {
@@ -177,6 +187,13 @@ fn limiter(args: &Args) -> anyhow::Result<Arc<dyn Limiter>> {
         return Ok(Arc::new(LocalLimiter::default()));
     };
     let mut options = RedisOptions::new(url.clone());
+    options.mode = match args.redis_mode {
+        RedisModeName::Standalone => RedisMode::Standalone,
+        RedisModeName::Cluster => RedisMode::Cluster,
+        RedisModeName::Sentinel => RedisMode::Sentinel {
+            master: args.redis_sentinel_master.clone(),
+        },
+    };
     options.fallback = args.redis_fallback;
     options.timeout = args.redis_timeout;
     if let Some(path) = &args.redis_password_file {
@@ -187,6 +204,7 @@ fn limiter(args: &Args) -> anyhow::Result<Arc<dyn Limiter>> {
     let limiter = RedisLimiter::connect(options)?;
     tracing::info!(
         replica = limiter.replica(),
+        mode = %args.redis_mode,
         fallback = %args.redis_fallback,
         timeout_ms = args.redis_timeout.as_millis() as u64,
         "limits shared through Redis"

@@ -38,7 +38,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use limits::{
-    BackendState, Clock, Fallback, Limiter, LocalLimiter, ManualClock, RedisLimiter, RedisOptions, SystemClock,
+    BackendState, Clock, Fallback, Limiter, LocalLimiter, ManualClock, RedisLimiter, RedisMode, RedisModeName,
+    RedisOptions, SystemClock,
 };
 pub use metrics::RefusalReason;
 pub use proxy::UpstreamProtocol;

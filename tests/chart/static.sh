@@ -123,6 +123,7 @@ env = {e["name"]: e for e in sidecar["env"]}
 url = env["ORGKEEPER_REDIS_URL"]
 assert "value" not in url and url["valueFrom"]["secretKeyRef"] == {"name": "orgkeeper-redis", "key": "url"}, url
 assert env["ORGKEEPER_REDIS_FALLBACK"]["value"] == "deny" and env["ORGKEEPER_REDIS_TIMEOUT"]["value"] == "100ms"
+assert env["ORGKEEPER_REDIS_MODE"]["value"] == "standalone" and "ORGKEEPER_REDIS_SENTINEL_MASTER" not in env, env
 policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("data-plane"))
 assert "Egress" in policy["spec"]["policyTypes"], policy["spec"]["policyTypes"]
 redis_rules = [r for r in policy["spec"]["egress"] if {"port": 6379, "protocol": "TCP"} in r.get("ports", [])]
@@ -132,6 +133,21 @@ assert peer == {"kubernetes.io/metadata.name": "redis"}, peer
 controller = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("controller"))
 assert all(6379 not in [p["port"] for p in r.get("ports", [])] for r in controller["spec"]["egress"]), "controller"
 print("3 data-plane replicas share limits through the Redis of the Secret; the NetworkPolicy lets only them reach it")
+EOF2
+  [[ $status == 0 ]] || return 1
+  # Sentinel: the sentinels' URLs, comma-separated, and the primary's name reach the sidecar.
+  helm_template --set dataPlane.replicas=2 \
+    --set 'dataPlane.redis.url=redis://sentinel-0:26379\,redis://sentinel-1:26379' \
+    --set dataPlane.redis.mode=sentinel --set dataPlane.redis.sentinelMaster=limits > "$out"
+  "$PY" - "$out" <<'EOF2' || status=1
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("data-plane"))
+sidecar = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
+env = {e["name"]: e.get("value") for e in sidecar["env"]}
+assert env["ORGKEEPER_REDIS_URL"] == "redis://sentinel-0:26379,redis://sentinel-1:26379", env
+assert env["ORGKEEPER_REDIS_MODE"] == "sentinel" and env["ORGKEEPER_REDIS_SENTINEL_MASTER"] == "limits", env
+print("Sentinel: the sentinels and the primary's name reach the sidecar")
 EOF2
   rm -f "$out"
   return "$status"
@@ -183,6 +199,7 @@ check_schema_refuses_bad_values() {
     "several data-plane replicas without Redis|dataPlane.redis|--set dataPlane.replicas=2"
     "a Redis URL that is not redis:// or rediss://|dataPlane.redis.url|--set dataPlane.redis.url=http://redis:6379"
     "an unknown Redis fallback|dataPlane.redis.fallback|--set dataPlane.redis.url=redis://redis:6379 --set dataPlane.redis.fallback=open"
+    "an unknown Redis mode|dataPlane.redis.mode|--set dataPlane.redis.url=redis://redis:6379 --set dataPlane.redis.mode=replicated"
   )
   local entry what expected args failures=0
   for entry in "${cases[@]}"; do

@@ -30,6 +30,8 @@ fn signal(pid: u32, signal: libc::c_int) {
 pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
+    /// More arguments (cluster mode, replication, sentinel mode).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -43,6 +45,20 @@ impl RedisServer {
         let mut server = RedisServer {
             port: free_addr().port(),
             password: password.map(str::to_owned),
+            extra: Vec::new(),
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// A server started with more arguments; `port` is substituted for `{port}` in them.
+    pub fn start_args(extra: &[String]) -> RedisServer {
+        let port = free_addr().port();
+        let mut server = RedisServer {
+            port,
+            password: None,
+            extra: extra.iter().map(|a| a.replace("{port}", &port.to_string())).collect(),
             child: None,
         };
         server.launch();
@@ -51,6 +67,7 @@ impl RedisServer {
 
     fn launch(&mut self) {
         let child = Command::new("redis-server")
+            .args(&self.extra)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(self.password.iter().flat_map(|p| ["--requirepass", p.as_str()]))
@@ -252,5 +269,126 @@ pub async fn within<F: std::future::Future<Output = bool>>(
         }
         assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `redis-cli` with these arguments; its output.
+fn cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(args)
+        .output()
+        .expect("redis-cli is installed (.ci/run installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Redis Cluster of three primaries (no replicas), on free ports, in a folder of its own.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |port: &str| dir.path().join(format!("nodes-{port}.conf")).display().to_string();
+        let nodes: Vec<_> = (0..3)
+            .map(|_| {
+                RedisServer::start_args(&[
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    config("{port}"),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let mut create = vec!["--cluster", "create"];
+        create.extend(addresses.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        cli(&create);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            while !cli(&["-p", &node.port.to_string(), "cluster", "info"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the cluster did not form");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisCluster { nodes, _dir: dir }
+    }
+
+    /// The nodes' URLs, comma-separated (what `--redis-url` takes in cluster mode).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node that owns `key`'s hash slot, and one that does not (it answers `MOVED`).
+    pub fn owner_and_other(&self, key: &str) -> (&RedisServer, &RedisServer) {
+        let owns = |node: &&RedisServer| !cli(&["-p", &node.port.to_string(), "exists", key]).contains("MOVED");
+        let owner = self.nodes.iter().find(owns).expect("a node owns every slot");
+        let other = self.nodes.iter().find(|n| !owns(n)).expect("three nodes");
+        (owner, other)
+    }
+}
+
+/// Exists `key` on this node itself (no redirection)?
+pub fn has_key(node: &RedisServer, key: &str) -> bool {
+    cli(&["-p", &node.port.to_string(), "exists", key]).trim() == "1"
+}
+
+/// A primary, a replica of it and one sentinel watching them (quorum 1, failover after 500 ms down).
+pub struct RedisSentinel {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinel: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    pub fn start() -> RedisSentinel {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_args(&["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cli(&["-p", &replica.port.to_string(), "info", "replication"]).contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sentinel.conf");
+        // Sentinel rewrites its configuration file as it learns: it must be its own and writable.
+        std::fs::write(
+            &config,
+            format!(
+                "sentinel monitor mymaster 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds mymaster 500\n\
+                 sentinel failover-timeout mymaster 3000\n",
+                primary.port
+            ),
+        )
+        .unwrap();
+        let sentinel = RedisServer::start_args(&[config.display().to_string(), "--sentinel".into()]);
+        while !cli(&["-p", &sentinel.port.to_string(), "sentinel", "replicas", "mymaster"]).contains("127.0.0.1") {
+            assert!(Instant::now() < deadline, "the sentinel did not find the replica");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        RedisSentinel {
+            primary,
+            replica,
+            sentinel,
+            _dir: dir,
+        }
+    }
+
+    /// The port of the primary the sentinel names now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let reply = cli(&[
+            "-p",
+            &self.sentinel.port.to_string(),
+            "sentinel",
+            "get-master-addr-by-name",
+            "mymaster",
+        ]);
+        reply.lines().nth(1)?.trim().parse().ok()
     }
 }

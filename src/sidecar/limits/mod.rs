@@ -5,6 +5,7 @@
 //! - `gcra`: the budget arithmetic (GCRA), both budgets of a request checked and taken at once;
 //! - `local`: [`LocalLimiter`], the state in this process's memory (limits per sidecar process);
 //! - `redis`: [`RedisLimiter`], one budget per environment shared by every sidecar using the same Redis;
+//! - `redis_link`: how it reaches Redis (one server, a Cluster, or the primary Sentinel names);
 //! - `lease`: the slices of those shared budgets a replica holds and spends without asking Redis;
 //! - `fallback`: what [`RedisLimiter`] does while Redis cannot answer (`--redis-fallback`).
 //!
@@ -18,6 +19,7 @@ mod gcra;
 mod lease;
 mod local;
 mod redis;
+mod redis_link;
 
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use fallback::Fallback;
 pub use local::LocalLimiter;
 pub use redis::{RedisError, RedisLimiter, RedisOptions};
+pub use redis_link::{RedisMode, RedisModeName};
 
 use crate::domain::EffectiveLimits;
 

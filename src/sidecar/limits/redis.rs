@@ -28,14 +28,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo, Script};
-use secrecy::{ExposeSecret, SecretString};
+use redis::Script;
+use secrecy::SecretString;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::fallback::{Fallback, Outage};
 use super::lease::{Ask, Decision, Grant, Leases, RESERVE_SHARE};
+use super::redis_link::{Connector, Link, RedisMode};
 use super::{
     BackendState, Clock, LimitError, LimitRefusal, Limiter, LimitsUnavailable, Permit, Policy, Quota, SystemClock,
 };
@@ -69,7 +69,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now / 1000)
 local MIN = 60000000
-local replicas = prefix .. ':replicas'
+-- Every key of a store shares the hash tag {prefix}: one slot, so a Redis Cluster runs the whole script on
+-- the node that owns it (KEYS[1], the replicas' set, routes the call there).
+local function key(env, kind) return '{' .. prefix .. '}:' .. env .. ':' .. kind end
+local replicas = KEYS[1]
 local out = {}
 
 local function int(x) return string.format('%d', x) end
@@ -104,7 +107,7 @@ local function quota(tat, limit)
   local backlog = math.max(tat - now, 0)
   return math.floor(math.max(iv * limit - backlog, 0) / iv), backlog
 end
-local function slots_key(env) return prefix .. ':{' .. env .. '}:slots' end
+local function slots_key(env) return key(env, 'slots') end
 -- Whether a replica announced itself recently (asked once per script run).
 local alive = {}
 local function is_alive(who)
@@ -138,7 +141,7 @@ end
 -- both budgets: {ok, policy, needed, wait, budgets...}; taken when ok and commit. The budget that keeps it
 -- out longest refuses it; one it can never fit counts as longest.
 local function admit(env, rpm, fpm, requests, facts, commit)
-  local rkey, fkey = prefix .. ':{' .. env .. '}:requests', prefix .. ':{' .. env .. '}:facts'
+  local rkey, fkey = key(env, 'requests'), key(env, 'facts')
   local rtat, ftat = 0, 0
   if rpm >= 0 then rtat = load(rkey, rpm) end
   if fpm >= 0 then ftat = load(fkey, fpm) end
@@ -169,7 +172,7 @@ end
 -- budget, never leased), or one when only the reserve is left (decided request by request).
 local function leasable(env, rpm, want)
   if rpm < 0 or want <= 1 then return want end
-  local tat = load(prefix .. ':{' .. env .. '}:requests', rpm)
+  local tat = load(key(env, 'requests'), rpm)
   local iv = interval(rpm)
   local available = math.floor((now + iv * rpm - math.max(tat, now)) / iv)
   return math.max(1, math.min(want, available - math.floor(rpm / reserve_share)))
@@ -225,7 +228,7 @@ while i <= #ARGV do
     i = i + 7
   elseif op == 'B' then
     -- Unspent request units of a lease given back, when the budget is still the one they were taken under.
-    local rkey, rpm, n = prefix .. ':{' .. ARGV[i + 1] .. '}:requests', tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    local rkey, rpm, n = key(ARGV[i + 1], 'requests'), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
     local h = redis.call('HMGET', rkey, 't', 'n')
     local tat = tonumber(h[1])
     if tat ~= nil and tonumber(h[2]) == rpm and tat > now then
@@ -239,7 +242,7 @@ while i <= #ARGV do
   elseif op == 'C' then
     local env = ARGV[i + 1]
     local rpm, fpm = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-    local rkey, fkey = prefix .. ':{' .. env .. '}:requests', prefix .. ':{' .. env .. '}:facts'
+    local rkey, fkey = key(env, 'requests'), key(env, 'facts')
     local rtat, ftat = 0, 0
     if rpm >= 0 then rtat = load(rkey, rpm) end
     if fpm >= 0 then ftat = load(fkey, fpm) end
@@ -266,7 +269,8 @@ return out
 /// How to reach Redis and what to do without it.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
-    /// `redis://[USER:PASSWORD@]HOST[:PORT][/DB]`, `rediss://…` (TLS) or `unix:///PATH`.
+    /// `redis://[USER:PASSWORD@]HOST[:PORT][/DB]`, `rediss://…` (TLS) or `unix:///PATH`; in cluster and
+    /// sentinel mode, several separated by commas (nodes, or sentinels).
     pub url: SecretString,
     /// Replaces the URL's password (read from `--redis-password-file`).
     pub password: Option<SecretString>,
@@ -275,8 +279,10 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// How often this replica announces itself; three missed announcements and its slots are freed.
     pub heartbeat: Duration,
-    /// Prefix of every key (several stores may share one Redis).
+    /// Prefix of every key (several stores may share one Redis); the keys' hash tag in a Cluster.
     pub prefix: String,
+    /// One server, a Cluster, or Sentinel.
+    pub mode: RedisMode,
 }
 
 impl RedisOptions {
@@ -288,6 +294,7 @@ impl RedisOptions {
             timeout: Duration::from_millis(100),
             heartbeat: Duration::from_secs(1),
             prefix: "orgkeeper".into(),
+            mode: RedisMode::Standalone,
         }
     }
 }
@@ -365,8 +372,7 @@ struct Shared {
     /// questions asked outside a sidecar worker.
     queue: mpsc::UnboundedSender<Queued>,
     /// For the connection each sidecar worker's own task opens.
-    client: Client,
-    config: ConnectionManagerConfig,
+    connector: Connector,
     prefix: String,
     heartbeat: Duration,
     /// What this replica holds of each environment's budgets and slots (`lease.rs`); the slots held are
@@ -447,7 +453,7 @@ fn queue_here(shared: &Arc<Shared>) -> mpsc::UnboundedSender<Queued> {
         {
             return queue.clone();
         }
-        let connection = match ConnectionManager::new_lazy_with_config(shared.client.clone(), shared.config.clone()) {
+        let connection = match shared.connector.link() {
             Ok(connection) => connection,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot open a worker's own Redis connection: using the shared one");
@@ -527,28 +533,12 @@ impl RedisLimiter {
     /// A limiter on the Redis at `options.url`. Connects lazily: a sidecar starts (in fallback) even when
     /// Redis is not up yet. Must be called inside a Tokio runtime (it spawns the task talking to Redis).
     pub fn connect(options: RedisOptions) -> Result<Self, RedisError> {
-        let mut info = options
-            .url
-            .expose_secret()
-            .into_connection_info()
-            .map_err(|e| RedisError::Url(e.to_string()))?;
-        if let Some(password) = &options.password {
-            let settings = info.redis_settings().clone().set_password(password.expose_secret());
-            info = info.set_redis_settings(settings);
-        }
-        let client = Client::open(info).map_err(|e| RedisError::Client(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.timeout.max(Duration::from_millis(500))))
-            .set_response_timeout(Some(options.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-            .map_err(|e| RedisError::Client(e.to_string()))?;
+        let connector = Connector::new(&options.url, options.password.as_ref(), &options.mode, options.timeout)?;
+        let connection = connector.link()?;
         let (queue, jobs) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             queue,
-            client,
-            config,
+            connector,
             prefix: options.prefix,
             heartbeat: options.heartbeat,
             leases: Mutex::new(Leases::default()),
@@ -906,7 +896,7 @@ impl Limiter for RedisLimiter {
 async fn flush(
     shared: Weak<Shared>,
     (own, mut jobs): (mpsc::WeakUnboundedSender<Queued>, mpsc::UnboundedReceiver<Queued>),
-    mut connection: ConnectionManager,
+    mut connection: Link,
     beats: bool,
 ) {
     let script = Script::new(SCRIPT);
@@ -914,6 +904,8 @@ async fn flush(
         return;
     };
     let live_ms = (heartbeat * LIVE_HEARTBEATS).as_millis().max(1) as u64;
+    // KEYS[1]: it routes the call to the node owning the store's slot in a Cluster.
+    let replicas_key = format!("{{{prefix}}}:replicas");
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -967,6 +959,7 @@ async fn flush(
         let healthy = shared.healthy.load(Ordering::Acquire);
         let mut invocation = script.prepare_invoke();
         invocation
+            .key(&replicas_key)
             .arg(&prefix)
             .arg(&shared.replica)
             .arg(live_ms)
@@ -1083,7 +1076,10 @@ async fn flush(
         // Within the timeout of the oldest question (or of now, for a heartbeat alone): a question that
         // waited behind a slow round trip is not given a whole timeout more.
         let deadline = queued.min(tokio::time::Instant::now()) + shared.timeout;
-        let answer = tokio::time::timeout_at(deadline, invocation.invoke_async::<Vec<Vec<i64>>>(&mut connection)).await;
+        let answer = tokio::time::timeout_at(deadline, connection.invoke(&invocation)).await;
+        if answer.is_err() {
+            connection.forget();
+        }
         let mut rows = match answer {
             Ok(Ok(rows)) => rows.into_iter(),
             failed => {

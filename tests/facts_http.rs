@@ -631,6 +631,7 @@ async fn a_database_outage_is_answered_at_once_and_noticed_within_the_refresh_in
     let postgres = OwnPostgres::start();
     let options = StoreOptions {
         acquire_timeout: Duration::from_secs(2),
+        ..StoreOptions::default()
     };
     let store = Store::connect_with(&postgres.url, &options).await.unwrap();
     let api = api_on(store.clone()).await;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Access, ApiKeyToken, EffectiveLimits};
-use crate::store::{AuthSnapshot, EnvironmentLimits, KeyUseCell, Store, StoreError, now};
+use crate::store::{AuthSnapshot, EnvironmentLimits, KeyUseCell, SqliteMemory, Store, StoreError, StoreOptions, now};
 
 /// Who is calling, once the key checks out.
 #[derive(Clone, Debug)]
@@ -260,7 +260,12 @@ impl KeyRing {
     pub async fn follow(self, url: String, interval: Duration, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(250);
         let store = loop {
-            match bounded(CONNECT_TIMEOUT, Store::connect(&url)).await {
+            // The ring reads the tenancy now and then: a small page cache keeps the sidecar small.
+            let options = StoreOptions {
+                sqlite_memory: SqliteMemory::Small,
+                ..StoreOptions::default()
+            };
+            match bounded(CONNECT_TIMEOUT, Store::connect_with(&url, &options)).await {
                 Ok(store) => break store,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the store");

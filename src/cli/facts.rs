@@ -46,6 +46,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let options = StoreOptions {
         acquire_timeout: args.store_timeout,
+        ..StoreOptions::default()
     };
     let store = Store::connect_with(&args.database_url, &options)
         .await

@@ -146,6 +146,32 @@ pub struct StoreOptions {
     /// How long a statement waits for a connection (a free one, or a new one to be opened) before it fails
     /// with an unreachable store.
     pub acquire_timeout: Duration,
+    /// How much memory a SQLite connection may use for the file's pages.
+    pub sqlite_memory: SqliteMemory,
+}
+
+/// How much memory each SQLite connection uses for the file's pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SqliteMemory {
+    /// A 32 MiB page cache and memory-mapped reads: a million facts make a few hundred MB of table and
+    /// indexes, and this keeps index lookups off the read() path (the fact store, batch commands).
+    #[default]
+    Large,
+    /// A 1 MiB page cache and no memory map: for a process that reads the tenancy now and then and must
+    /// stay small (the sidecar's key ring: otherwise every pooled connection caches the whole file, and
+    /// the mapped pages count in the sidecar's RSS too).
+    Small,
+}
+
+impl SqliteMemory {
+    fn pragmas(self) -> &'static str {
+        match self {
+            SqliteMemory::Large => {
+                "PRAGMA cache_size = -32768; PRAGMA mmap_size = 1073741824; PRAGMA temp_store = MEMORY"
+            }
+            SqliteMemory::Small => "PRAGMA cache_size = -1024; PRAGMA mmap_size = 0; PRAGMA temp_store = MEMORY",
+        }
+    }
 }
 
 /// Long enough for a busy PostgreSQL to hand out a connection; what batch commands (plan, apply, the
@@ -156,6 +182,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            sqlite_memory: SqliteMemory::Large,
         }
     }
 }
@@ -181,19 +208,18 @@ impl Store {
         if backend == Backend::Sqlite && !memory {
             prepare_sqlite_file(&url)?;
         }
+        let memory_pragmas = settings.sqlite_memory.pragmas();
         let options = AnyPoolOptions::new()
             .acquire_timeout(settings.acquire_timeout)
-            .after_connect(|conn, _| {
+            .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if conn.backend_name().eq_ignore_ascii_case("sqlite") {
                         // WAL lets readers (the sidecar) proceed while a writer (apply) holds the lock.
                         conn.execute("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL")
                             .await?;
-                        // A million facts make a few hundred MB of table and indexes: a 32 MiB page cache
-                        // and memory-mapped reads keep index lookups off the read() path, and statement
-                        // journals (every multi-row insert has one) stay in memory instead of a temp file.
-                        conn.execute("PRAGMA cache_size = -32768; PRAGMA mmap_size = 1073741824; PRAGMA temp_store = MEMORY")
-                            .await?;
+                        // The page cache and memory map as `SqliteMemory` says; statement journals (every
+                        // multi-row insert has one) stay in memory instead of a temp file.
+                        conn.execute(memory_pragmas).await?;
                     }
                     Ok(())
                 })

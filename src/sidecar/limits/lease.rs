@@ -483,12 +483,18 @@ mod tests {
         }
     }
 
+    /// A lease of `tokens` tokens (the first request's own spent) taken at time zero.
+    fn leased(limits: &EffectiveLimits, tokens: u64) -> Leases {
+        let mut leases = Leases::default();
+        let first = ask(leases.try_enter("env", limits, true, 1, Duration::ZERO));
+        answer(&mut leases, limits, &first, (0, tokens, 0), &[], Duration::ZERO);
+        leases
+    }
+
     #[test]
     fn tokens_are_spent_here_until_gone_and_unspent_ones_go_back_after_the_span() {
-        let mut leases = Leases::default();
         let limits = limits(Some(60_000), None);
-        let first = ask(leases.try_enter("env", &limits, true, 1, Duration::ZERO));
-        answer(&mut leases, &limits, &first, (0, 4, 0), &[], Duration::ZERO);
+        let mut leases = leased(&limits, 4);
         for _ in 0..3 {
             assert!(matches!(
                 leases.try_enter("env", &limits, true, 1, MS),
@@ -500,9 +506,7 @@ mod tests {
             Decision::Ask(_)
         ));
 
-        let mut leases = Leases::default();
-        let first = ask(leases.try_enter("env", &limits, true, 1, Duration::ZERO));
-        answer(&mut leases, &limits, &first, (0, 4, 0), &[], Duration::ZERO);
+        let mut leases = leased(&limits, 4);
         assert!(leases.expire(LEASE_SPAN - MS).is_empty(), "kept within the span");
         assert!(
             matches!(leases.try_enter("env", &limits, true, 1, LEASE_SPAN), Decision::Ask(_)),
@@ -520,10 +524,8 @@ mod tests {
 
     #[test]
     fn tokens_taken_under_another_limit_are_not_spent() {
-        let mut leases = Leases::default();
         let before = limits(Some(60_000), None);
-        let first = ask(leases.try_enter("env", &before, true, 1, Duration::ZERO));
-        answer(&mut leases, &before, &first, (0, 5, 0), &[], Duration::ZERO);
+        let mut leases = leased(&before, 5);
         assert!(matches!(
             leases.try_enter("env", &limits(Some(600), None), true, 1, MS),
             Decision::Ask(_)

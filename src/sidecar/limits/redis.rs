@@ -395,12 +395,11 @@ pub struct RedisLimiter {
 }
 
 /// Releases a slot when dropped: back into the lease, and what the lease does not keep back to Redis,
-/// through the task of the thread the request ran on (or the limiter's own task when that one has ended
-/// with its worker).
+/// through the Redis task of the thread the request ends on (`queue_here`: found only then, as most
+/// releases stay in the lease), or the limiter's own task when that one has ended with its worker.
 struct RedisSlot {
     environment: String,
     max: u64,
-    queue: mpsc::UnboundedSender<Queued>,
     shared: Weak<Shared>,
 }
 
@@ -423,7 +422,7 @@ impl Drop for RedisSlot {
                 slots,
             },
         );
-        if let Err(mpsc::error::SendError(leave)) = self.queue.send(leave) {
+        if let Err(mpsc::error::SendError(leave)) = queue_here(&shared).send(leave) {
             let _ = shared.queue.send(leave);
         }
     }
@@ -461,12 +460,7 @@ fn queue_here(shared: &Arc<Shared>) -> mpsc::UnboundedSender<Queued> {
             }
         };
         let (queue, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(flush(
-            Arc::downgrade(shared),
-            (queue.downgrade(), jobs),
-            connection,
-            false,
-        ));
+        tokio::spawn(flush(Arc::downgrade(shared), jobs, connection, false));
         queues.push((Arc::downgrade(shared), queue.clone()));
         queue
     })
@@ -554,12 +548,7 @@ impl RedisLimiter {
         });
         shared.begin_outage("not connected to Redis yet".into());
         shared.fallbacks.store(0, Ordering::Relaxed);
-        tokio::spawn(flush(
-            Arc::downgrade(&shared),
-            (shared.queue.downgrade(), jobs),
-            connection,
-            true,
-        ));
+        tokio::spawn(flush(Arc::downgrade(&shared), jobs, connection, true));
         Ok(RedisLimiter { shared })
     }
 
@@ -674,7 +663,6 @@ impl RedisLimiter {
         RedisSlot {
             environment: environment.to_owned(),
             max,
-            queue: queue_here(&self.shared),
             shared: Arc::downgrade(&self.shared),
         }
     }
@@ -893,12 +881,7 @@ impl Limiter for RedisLimiter {
 /// A task owning a Redis connection: batches queued jobs into one script call per round trip and
 /// switches to the fallback when Redis fails. The limiter's own task (`beats`) also heartbeats, probes
 /// Redis while in fallback and switches back. Ends when the limiter is dropped.
-async fn flush(
-    shared: Weak<Shared>,
-    (own, mut jobs): (mpsc::WeakUnboundedSender<Queued>, mpsc::UnboundedReceiver<Queued>),
-    mut connection: Link,
-    beats: bool,
-) {
+async fn flush(shared: Weak<Shared>, mut jobs: mpsc::UnboundedReceiver<Queued>, mut connection: Link, beats: bool) {
     let script = Script::new(SCRIPT);
     let Some((prefix, heartbeat)) = shared.upgrade().map(|shared| (shared.prefix.clone(), shared.heartbeat)) else {
         return;
@@ -953,9 +936,6 @@ async fn flush(
         leaves_due = None;
         let queued = std::mem::replace(&mut oldest, far());
         let Some(shared) = shared.upgrade() else { return };
-        // A slot taken in this round trip is released through this task (a weak sender: the queue's
-        // owners, not this task, decide when it ends).
-        let Some(queue) = own.upgrade() else { return };
         let healthy = shared.healthy.load(Ordering::Acquire);
         let mut invocation = script.prepare_invoke();
         invocation
@@ -1115,7 +1095,7 @@ async fn flush(
                 Job::Grant(mut pending) => {
                     // Answered: from here the lease is settled by this answer, not by the drop.
                     let reply = pending.reply.take();
-                    let slot = settle(&shared, &pending, &row, &queue);
+                    let slot = settle(&shared, &pending, &row);
                     if let Some(reply) = reply {
                         // A requester that gave up drops the permit with the reply, which releases the slot.
                         let _ = reply.send(Ok((slot, row)));
@@ -1138,12 +1118,7 @@ async fn flush(
 /// Settles a grant's answer in the lease (what Redis granted is added, what the request took from the
 /// lease goes back when refused), and returns the slot the request holds, if it asked for one and was
 /// admitted.
-fn settle(
-    shared: &Arc<Shared>,
-    pending: &PendingGrant,
-    row: &[i64],
-    queue: &mpsc::UnboundedSender<Queued>,
-) -> Option<Permit> {
+fn settle(shared: &Arc<Shared>, pending: &PendingGrant, row: &[i64]) -> Option<Permit> {
     let now = shared.clock.now();
     let value = |at: usize| row.get(at).copied().unwrap_or_default().max(0) as u64;
     let admitted = row.first() == Some(&1) && row.get(3) == Some(&1);
@@ -1170,7 +1145,6 @@ fn settle(
     let slot = RedisSlot {
         environment: environment.clone(),
         max,
-        queue: queue.clone(),
         shared: Arc::downgrade(shared),
     };
     Some(Permit::new(Box::new(slot), Some(quota)))

@@ -301,6 +301,15 @@ mod tests {
             panic!("a URL that is not Redis's is refused");
         };
         assert!(!why.contains("hunter2"), "{why}");
+        for bad in [
+            "redis://user:hunter2@host:notaport",
+            "redis://:hunter2@/",
+            "rediss://user:hunter2@",
+        ] {
+            if let Err(RedisError::Url(why) | RedisError::Client(why)) = connector(bad, RedisMode::Standalone) {
+                assert!(!why.contains("hunter2"), "{bad}: {why}");
+            }
+        }
         assert!(matches!(connector(" , ", RedisMode::Cluster), Err(RedisError::Url(_))));
     }
 }

@@ -212,16 +212,17 @@ fn ring_with(token: &ApiKeyToken) -> KeyRing {
             hash: token.hash(),
             expires_at: None,
             last_use: Default::default(),
+            environment: None,
         },
     );
     snapshot.environments.insert(
         token.env_id().to_owned(),
-        EnvironmentLimits {
+        std::sync::Arc::new(EnvironmentLimits {
             environment_id: token.env_id().into(),
             organization_id: "org".into(),
             label: "team/acme/production".into(),
             limits: PlanTier::Developer.default_limits(),
-        },
+        }),
     );
     KeyRing::from_snapshot(snapshot)
 }

@@ -29,9 +29,9 @@ use crate::store::{AuthSnapshot, EnvironmentLimits, KeyUseCell, SqliteMemory, St
 /// Who is calling, once the key checks out.
 #[derive(Clone, Debug)]
 pub struct Principal {
-    pub key_id: String,
+    pub key_id: Arc<str>,
     pub access: Access,
-    pub environment: EnvironmentLimits,
+    pub environment: Arc<EnvironmentLimits>,
     /// Where [`KeyRing::record_use`] notes this key's use: the ring's own entry for the key.
     last_use: KeyUseCell,
 }
@@ -169,6 +169,9 @@ impl KeyRing {
     }
 
     fn install(&self, mut snapshot: AuthSnapshot) {
+        for key in snapshot.keys.values_mut() {
+            key.environment = snapshot.environments.get(&key.environment_id).cloned();
+        }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         // A key kept keeps its cell (and the use noted on it); a key gone hands its last use over now.
         for (key_id, old) in &state.snapshot.keys {
@@ -199,21 +202,18 @@ impl KeyRing {
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(AuthError::NotBearer)?
             .trim();
-        let token = ApiKeyToken::parse(bearer).map_err(|_| AuthError::Invalid)?;
+        // Borrowed, not parsed into an owned token: nothing of the key is copied on the request path.
+        let (env_id, key_id) = ApiKeyToken::ids(bearer).ok_or(AuthError::Invalid)?;
         let snapshot = self.snapshot();
-        let key = snapshot.keys.get(token.key_id()).ok_or(AuthError::Invalid)?;
-        if key.environment_id != token.env_id() || !key.hash.verifies(&token) {
+        let key = snapshot.keys.get(key_id).ok_or(AuthError::Invalid)?;
+        if key.environment_id != env_id || !key.hash.verifies_text(bearer) {
             return Err(AuthError::Invalid);
         }
         // Compared on every check, so a key stops working at its time with no reload or controller.
         if let Some(at) = key.expires_at.filter(|at| now() >= *at) {
             return Err(AuthError::Expired { at });
         }
-        let environment = snapshot
-            .environments
-            .get(&key.environment_id)
-            .ok_or(AuthError::Invalid)?
-            .clone();
+        let environment = key.environment.clone().ok_or(AuthError::Invalid)?;
         Ok(Principal {
             key_id: key.key_id.clone(),
             access: key.access,
@@ -363,7 +363,7 @@ impl KeyRing {
     }
 
     /// Limits of one environment, if known.
-    pub fn environment(&self, environment_id: &str) -> Option<EnvironmentLimits> {
+    pub fn environment(&self, environment_id: &str) -> Option<Arc<EnvironmentLimits>> {
         self.snapshot().environments.get(environment_id).cloned()
     }
 }
@@ -389,16 +389,17 @@ mod tests {
                 hash: token.hash(),
                 expires_at,
                 last_use: Default::default(),
+                environment: None,
             },
         );
         snapshot.environments.insert(
             token.env_id().to_owned(),
-            EnvironmentLimits {
+            Arc::new(EnvironmentLimits {
                 environment_id: token.env_id().into(),
                 organization_id: "o1".into(),
                 label: "ns/acme/production".into(),
                 limits: PlanTier::Developer.default_limits(),
-            },
+            }),
         );
         KeyRing::from_snapshot(snapshot)
     }

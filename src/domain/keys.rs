@@ -64,6 +64,12 @@ impl ApiKeyToken {
         })
     }
 
+    /// The environment and key ids of a key's text, borrowed from it, or `None` if it is not shaped
+    /// like a key: what checking a presented key needs before its hash is compared.
+    pub fn ids(text: &str) -> Option<(&str, &str)> {
+        split_token(text)
+    }
+
     pub fn env_id(&self) -> &str {
         &self.env_id
     }
@@ -132,7 +138,12 @@ impl KeyHash {
 
     /// Compares in constant time, so response timing reveals nothing about how much of a guess was right.
     pub fn verifies(&self, token: &ApiKeyToken) -> bool {
-        self.0.ct_eq(&token.hash().0).into()
+        self.verifies_text(token.expose())
+    }
+
+    /// [`KeyHash::verifies`] for a key's text as presented.
+    pub fn verifies_text(&self, text: &str) -> bool {
+        self.0.ct_eq(&KeyHash::of(text).0).into()
     }
 
     /// A short public identifier of the key (safe for statuses and logs): it reveals nothing usable.

@@ -15,6 +15,39 @@ use super::proxy::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A client's request body: hyper's, or one the lean HTTP/1.1 path (`server/lean.rs`) found whole in
+/// what it had read with the head.
+pub enum ClientBody {
+    Hyper(Incoming),
+    Buffered(Option<Bytes>),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientBody::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Buffered(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Buffered(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 /// What the sidecar answers with: its own JSON, or the upstream's body streamed through.
 pub enum ResponseBody {
     Full(Option<Bytes>),
@@ -97,7 +130,7 @@ pub enum RequestBody {
     /// A client's body streamed through; it fails if it has not ended by the deadline, or once more than
     /// `left` bytes more arrive.
     Streaming {
-        inner: Incoming,
+        inner: ClientBody,
         deadline: Pin<Box<Sleep>>,
         fault: StreamFault,
         left: u64,
@@ -105,7 +138,7 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    pub fn streaming(inner: Incoming, deadline: Instant, max: u64, fault: StreamFault) -> Self {
+    pub fn streaming(inner: ClientBody, deadline: Instant, max: u64, fault: StreamFault) -> Self {
         if inner.is_end_stream() {
             return RequestBody::Full(None);
         }
@@ -141,7 +174,7 @@ impl Body for RequestBody {
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
                     fault.set(StreamFault::ABORTED);
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     let size = frame.data_ref().map_or(0, |data| data.len() as u64);
@@ -152,7 +185,7 @@ impl Body for RequestBody {
                     *left -= size;
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(other) => Poll::Ready(other.map(|frame| frame.map_err(Into::into))),
+                Poll::Ready(other) => Poll::Ready(other),
                 Poll::Pending => {
                     if deadline.as_mut().poll(cx).is_ready() {
                         fault.set(StreamFault::TIMED_OUT);
@@ -191,7 +224,7 @@ pub enum ReadError {
 }
 
 /// Reads a body whole, stopping as soon as it exceeds `max` bytes or `deadline` passes.
-pub async fn read_bounded(mut body: Incoming, max: Option<u64>, deadline: Instant) -> Result<Bytes, ReadError> {
+pub async fn read_bounded(mut body: ClientBody, max: Option<u64>, deadline: Instant) -> Result<Bytes, ReadError> {
     let max = max.unwrap_or(u64::MAX);
     let capacity = body.size_hint().lower().min(max).min(1 << 20) as usize;
     let mut buffer = Vec::with_capacity(capacity);

@@ -19,12 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper::body::{Body, Bytes, Incoming};
+use hyper::body::{Body, Bytes};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response};
 
 use super::answers::{Limited, Refusal};
-use super::body::{ReadError, RequestBody, ResponseBody, StreamFault, read_bounded};
+use super::body::{ClientBody, ReadError, RequestBody, ResponseBody, StreamFault, read_bounded};
 use super::classify::{Route, WriteKind, classify, count_changes};
 use super::headers;
 use super::limits::{LimitError, Limiter, Permit, Policy, Quota};
@@ -119,7 +119,7 @@ impl Handler {
         (age > limit).then_some(Refusal::KeysStale { age, limit })
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, connection: &ConnectionState) -> Response<ResponseBody> {
+    pub async fn handle(&self, request: Request<ClientBody>, connection: &ConnectionState) -> Response<ResponseBody> {
         let started = Instant::now();
         let in_flight = self.metrics.enter();
         // Boxed: the state machine is large, and hyper moves the service future it gets.
@@ -143,7 +143,7 @@ impl Handler {
 
     async fn process(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         started: Instant,
         in_flight: InFlight,
     ) -> Result<Response<ResponseBody>, RefusedRequest> {
@@ -235,7 +235,7 @@ impl Handler {
         &self,
         caller: &Caller,
         kind: WriteKind,
-        body: Incoming,
+        body: ClientBody,
         deadline: tokio::time::Instant,
     ) -> Result<(Vec<Quota>, Bytes, u64), RefusedRequest> {
         let limits = &caller.limits;
@@ -387,11 +387,16 @@ impl Handler {
 /// a read's body, streamed.
 enum Outgoing {
     Full { bytes: Bytes, deletes: u64 },
-    Stream(Incoming),
+    Stream(ClientBody),
 }
 
 /// Refusals a write earns from its headers alone, before any of its body is read.
-fn check_write_headers(caller: &Caller, kind: WriteKind, headers: &HeaderMap, body: &Incoming) -> Result<(), Refusal> {
+fn check_write_headers(
+    caller: &Caller,
+    kind: WriteKind,
+    headers: &HeaderMap,
+    body: &ClientBody,
+) -> Result<(), Refusal> {
     if caller.principal.access == Access::ReadOnly {
         return Err(Refusal::ReadOnlyKey {
             endpoint: kind.endpoint(),

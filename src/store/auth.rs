@@ -17,7 +17,7 @@ use crate::domain::{Access, EffectiveLimits, KeyHash, PlanTier};
 /// A live key as the data plane sees it.
 #[derive(Clone, Debug)]
 pub struct LiveKey {
-    pub key_id: String,
+    pub key_id: Arc<str>,
     pub environment_id: String,
     pub access: Access,
     pub hash: KeyHash,
@@ -26,6 +26,9 @@ pub struct LiveKey {
     /// When the key was last used by this process and not yet gathered (not read from the store: the key
     /// ring fills it on the request path and carries it over to the next snapshot).
     pub last_use: KeyUseCell,
+    /// The key's environment, linked when the key ring installs the snapshot: one lookup per request
+    /// instead of two.
+    pub environment: Option<Arc<EnvironmentLimits>>,
 }
 
 /// The latest use of one key not yet gathered for writing (seconds since the epoch; 0: none). Shared by
@@ -72,7 +75,8 @@ pub struct EnvironmentLimits {
 pub struct AuthSnapshot {
     pub revision: i64,
     pub keys: HashMap<String, LiveKey>,
-    pub environments: HashMap<String, EnvironmentLimits>,
+    /// Shared with every request's [`crate::auth::Principal`] (one reference count, not three strings copied).
+    pub environments: HashMap<String, Arc<EnvironmentLimits>>,
 }
 
 /// Every environment with its organization's plan and both layers of limit overrides.
@@ -116,12 +120,12 @@ impl Store {
                 );
                 Ok((
                     id.clone(),
-                    EnvironmentLimits {
+                    Arc::new(EnvironmentLimits {
                         environment_id: id,
                         organization_id: row.try_get("organization_id").context("reading environment limits")?,
                         label,
                         limits: EffectiveLimits::resolve(plan, &organization, &environment),
-                    },
+                    }),
                 ))
             })
             .collect::<Result<HashMap<_, _>, StoreError>>()?;
@@ -137,12 +141,13 @@ impl Store {
             let access: String = row.try_get("access").context("reading live keys")?;
             let hash: String = row.try_get("secret_hash").context("reading live keys")?;
             let key = LiveKey {
-                key_id: key_id.clone(),
+                key_id: key_id.as_str().into(),
                 environment_id: row.try_get("environment_id").context("reading live keys")?,
                 access: access.parse().map_err(StoreError::Corrupt)?,
                 hash: KeyHash::from_hex(&hash).ok_or_else(|| StoreError::Corrupt("a key hash".into()))?,
                 expires_at: row.try_get("expires_at").context("reading live keys")?,
                 last_use: KeyUseCell::default(),
+                environment: None,
             };
             Ok((key_id, key))
         })

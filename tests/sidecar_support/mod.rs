@@ -295,6 +295,7 @@ async fn record(state: UpstreamState, request: Request) -> Response {
             .and_then(|v| v.parse::<u64>().ok())
     };
     let (status, delay, big) = (header("x-test-status"), header("x-test-delay-ms"), header("x-test-big"));
+    let chunks = header("x-test-chunks");
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     recorded.lock().unwrap().push(Recorded {
         version: parts.version,
@@ -312,9 +313,12 @@ async fn record(state: UpstreamState, request: Request) -> Response {
     let status = status
         .and_then(|s| StatusCode::from_u16(s as u16).ok())
         .unwrap_or(StatusCode::OK);
-    let body = match big {
-        Some(n) => Body::from(vec![b'x'; n as usize]),
-        None => Body::from(r#"{"message":"from upstream"}"#),
+    let body = match (big, chunks) {
+        (Some(n), _) => Body::from(vec![b'x'; n as usize]),
+        (None, Some(n)) => Body::from_stream(futures::stream::iter(
+            (0..n).map(|i| Ok::<_, std::io::Error>(Bytes::from(format!("piece {i};")))),
+        )),
+        (None, None) => Body::from(r#"{"message":"from upstream"}"#),
     };
     Response::builder()
         .status(status)

@@ -87,9 +87,14 @@ struct Parsed {
 impl Parsed {
     /// The head at the start of `bytes`, or `None` while it is partial.
     fn from(bytes: &[u8]) -> Result<Option<Parsed>, Http1Error> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let length = match response.parse(bytes) {
+        // Left uninitialised: httparse writes only the fields there are.
+        let mut fields = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            bytes,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Partial) => return Ok(None),
             Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => return Err(Http1Error::HeadTooLarge),
             Ok(httparse::Status::Complete(length)) => length,

@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::StatusCode;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
@@ -31,10 +32,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::body::ResponseBody;
+use super::body::{ClientBody, ResponseBody};
 use super::connections::{Connections, Registration};
 use super::handler::{ConnectionState, Handler};
 use super::headers::whole_seconds;
+
+mod lean;
 
 /// How long a lingering close reads at most, and how long it waits for each read.
 const LINGER_TOTAL: Duration = Duration::from_secs(10);
@@ -44,11 +47,16 @@ const DRAIN: Duration = Duration::from_secs(25);
 /// The largest request head (request line and headers) read, in bytes: 431 beyond it. It bounds the
 /// memory of a connection waiting for headers (hyper's default is about 400 KiB).
 pub const MAX_REQUEST_HEAD_BYTES: usize = 32 * 1024;
+/// What a client that had sent part of a request reads when its connection is closed to make room.
+const EVICTED_MESSAGE: &str = "too many connections are waiting for request headers (--max-pending-headers) and \
+                               this one waited longest; send the whole request promptly";
 
 /// A TCP stream that remembers whether bytes arrived since the last response was written (whether a
 /// request has started), and holds back the answers hyper writes itself.
 struct Tracked {
     stream: TcpStream,
+    /// What the lean path read before it handed the connection over: read again first.
+    replay: BytesMut,
     request_started: bool,
     registration: Arc<Registration>,
     /// The status of an answer hyper wrote itself (to a request head it could not parse), held back.
@@ -82,6 +90,12 @@ impl Tracked {
 
 impl AsyncRead for Tracked {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay.split_to(n));
+            self.request_started = true;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -325,21 +339,31 @@ enum Ended {
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     registration: Arc<Registration>,
     handler: Arc<Handler>,
     builder: &http1::Builder,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
+    let state = Arc::new(ConnectionState::default());
+    let replay = match lean::serve(&mut stream, &registration, &handler, limits, &shutdown, &state).await {
+        lean::Outcome::HandOver(replay) => replay,
+        lean::Outcome::Closed => {
+            if state.left_body_unread.load(Ordering::Acquire) {
+                linger(&mut stream, &registration).await;
+            }
+            return;
+        }
+    };
     let mut io = Tracked {
         stream,
-        request_started: false,
+        request_started: !replay.is_empty(),
+        replay,
         registration: registration.clone(),
         held_back: None,
         wrote_while_waiting: false,
     };
-    let state = Arc::new(ConnectionState::default());
     let (service_state, service_registration, service_handler) = (state.clone(), registration.clone(), handler.clone());
     let service = service_fn(move |request| {
         let (handler, state, registration) = (
@@ -349,7 +373,7 @@ async fn serve_connection(
         );
         registration.serving();
         async move {
-            let response = handler.handle(request, &state).await;
+            let response = handler.handle(request.map(ClientBody::Hyper), &state).await;
             Ok::<_, Infallible>(response.map(|inner| Watched {
                 inner,
                 registration: Some(registration),
@@ -395,8 +419,7 @@ async fn serve_connection(
             // Written without waiting and not lingering: under a flood that would keep connections open.
             let _ = io.stream.try_write(&json_answer(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too many connections are waiting for request headers (--max-pending-headers) and this one \
-                 waited longest; send the whole request promptly",
+                EVICTED_MESSAGE,
                 &[("retry-after", "1")],
             ));
             return;

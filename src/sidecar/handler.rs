@@ -122,8 +122,7 @@ impl Handler {
     pub async fn handle(&self, request: Request<ClientBody>, connection: &ConnectionState) -> Response<ResponseBody> {
         let started = Instant::now();
         let in_flight = self.metrics.enter();
-        // Boxed: the state machine is large, and hyper moves the service future it gets.
-        let response = match Box::pin(self.process(request, started, in_flight)).await {
+        let response = match self.process(request, started, in_flight).await {
             Ok(response) => response,
             Err(refused) => {
                 refused.counters.reject(refused.refusal.reason());

@@ -13,7 +13,8 @@
 #      front of orgkeeper facts, forced to HTTP/1.1;
 #   3. nginx as a reverse proxy with limit_req keyed by the Authorization header, same keys, same upstream,
 #      as configured by default (worker_processes auto: one per CPU) and with one worker;
-#   4. the sidecar's rejection path: one key of an environment allowed 1 request a minute (almost all 429);
+#   4. the rejection path: one key of an environment allowed 1 request a minute (almost all 429), through
+#      the sidecar and through nginx's limit_req (limit_req_status 429), for reference;
 #   5. the sidecar with shared limits (--redis-url, a redis-server of its own) next to the sidecar without,
 #      with the Redis commands it cost per second against the requests per second (when redis-server is
 #      installed: apt-get install -y redis-server).
@@ -200,6 +201,22 @@ nginx_proxy() { # NAME PORT WORKERS UPSTREAM_PORT
     }
   }" "$3"
 }
+nginx_refusing() { # NAME PORT UPSTREAM_PORT: nginx's own refusal path, for the sidecar's 429 row: one
+  # request a minute per Authorization value, the rest answered 429 by limit_req itself
+  nginx_conf "$1" "
+  upstream facts { server 127.0.0.1:$3; keepalive 128; }
+  limit_req_zone \$http_authorization zone=keys:32m rate=1r/m;
+  limit_req_status 429;
+  server {
+    listen 127.0.0.1:$2;
+    location / {
+      limit_req zone=keys;
+      proxy_pass http://facts;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+  }"
+}
 sidecar() { # LOG UPSTREAM_PORT METRICS_PORT LISTEN_PORT ARGS...: starts a sidecar, its PID in STARTED
   local log=$1 upstream=$2 metrics=$3 listen=$4
   shift 4
@@ -340,13 +357,16 @@ bench() { # static|facts
       --redis-url "redis://127.0.0.1:$REDIS_PORT"
     pid_redis=$STARTED
   fi
-  local nginx_port nginx1_port
+  local nginx_port nginx1_port nginx_refusing_port
   nginx_port=$(free_port)
   nginx1_port=$(free_port)
+  nginx_refusing_port=$(free_port)
   nginx_proxy "$kind-proxy" "$nginx_port" auto "$up_port"
   nginx_proxy "$kind-proxy1" "$nginx1_port" 1 "$up_port"
+  nginx_refusing "$kind-refusing" "$nginx_refusing_port" "$up_port"
   wait_http "http://127.0.0.1:$nginx_port/"
   wait_http "http://127.0.0.1:$nginx1_port/"
+  wait_http "http://127.0.0.1:$nginx_refusing_port/"
 
   # Rounds interleave the runs, so that load from other processes on the machine hits them alike; the
   # report takes each run's median over the rounds.
@@ -362,6 +382,8 @@ bench() { # static|facts
     run "$group" "nginx limit_req proxy" "$nginx_port" "$rotating" $(nginx_workers "$kind-proxy")
     run "$group" "nginx limit_req proxy, 1 worker" "$nginx1_port" "$rotating" $(nginx_workers "$kind-proxy1")
     run "$group" "sidecar (429 path)" "$port" "$WORK/keys-limited.txt" "$main_pid"
+    run "$group" "nginx limit_req proxy (429 path)" "$nginx_refusing_port" "$WORK/keys-limited.txt" \
+      $(nginx_workers "$kind-refusing")
   done
   local protocol description
   protocol=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/logs-sidecar-$kind.txt" | grep -o 'protocol="[^"]*"' | tail -1 | cut -d'"' -f2)
@@ -381,6 +403,7 @@ bench() { # static|facts
   PIDS=("${PIDS[@]:0:$pids_before}")
   nginx_stop "$kind-proxy"
   nginx_stop "$kind-proxy1"
+  nginx_stop "$kind-refusing"
   [[ $kind == facts ]] || nginx_stop "$kind-upstream"
 }
 case $BENCH_UPSTREAM in
@@ -446,8 +469,10 @@ for group in groups:
     checks.append((f"{group}: last-use tracking costs <= 2% of forwarding throughput",
                    side[0] >= 0.98 * untracked[0],
                    f"{int(side[0]):,} on vs {int(untracked[0]):,} req/s off ({100 * (side[0] / untracked[0] - 1):+.1f}%)"))
+    nginx_reject = row("nginx limit_req proxy (429 path)")
     checks.append((f"{group}: 429 path >= 3x forwarding", reject[0] >= 3 * side[0],
-                   f"{reject[0] / side[0]:.1f}x"))
+                   f"{reject[0] / side[0]:.1f}x (nginx's own refusal path: {nginx_reject[0] / nginx[0]:.1f}x its "
+                   f"forwarding; sidecar's 429s {int(reject[0]):,} vs nginx's {int(nginx_reject[0]):,} req/s)"))
 redis_commands = {}
 for line in open(redis_runs):
     group, commands, seconds = line.split("\t")

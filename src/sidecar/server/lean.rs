@@ -83,11 +83,13 @@ pub(super) async fn serve(
 ) -> Outcome {
     let mut buffer = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(1024);
-    // One timer for the connection, armed only when a head is not already read; and one future for
-    // what ends a wait early, made once: the wakers stay registered across requests instead of being
-    // registered and removed again for every request.
+    // One timer for the connection, and one future for what ends a wait early, made once: their wakers
+    // stay registered across requests instead of being registered and removed for every request. The
+    // timer is not moved at every request either: it keeps the deadline of an earlier wait, and when it
+    // fires before the current wait's deadline it is moved there (once per header timeout at most).
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
+    let mut timer_set = false;
     let stop = async {
         tokio::select! {
             () = shutdown.cancelled() => Stop::Shutdown,
@@ -104,7 +106,7 @@ pub(super) async fn serve(
     tokio::pin!(stop);
     loop {
         // 1. A request head.
-        let mut armed = false;
+        let mut deadline = None;
         let (request, close) = loop {
             match parse(&mut buffer) {
                 Parsed::Request { request, close } => break (request, close),
@@ -112,11 +114,10 @@ pub(super) async fn serve(
                 Parsed::Partial if buffer.len() >= MAX_REQUEST_HEAD_BYTES => return Outcome::HandOver(buffer),
                 Parsed::Partial => {}
             }
-            if !armed {
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + limits.header_read_timeout);
-                armed = true;
+            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + limits.header_read_timeout);
+            if !timer_set {
+                timer.as_mut().reset(deadline);
+                timer_set = true;
             }
             buffer.reserve(READ_SIZE);
             tokio::select! {
@@ -126,6 +127,10 @@ pub(super) async fn serve(
                     _ => return Outcome::Closed,
                 },
                 () = &mut timer => {
+                    if tokio::time::Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     if !buffer.is_empty() {
                         let message = format!(
                             "the request headers did not arrive within {} s",
@@ -322,7 +327,7 @@ async fn write_response(
     } else if let Some(length) = declared {
         Framing::Length(length)
     } else if let Some(length) = body.size_hint().exact() {
-        push_field(out, b"content-length", length.to_string().as_bytes());
+        push_field(out, b"content-length", itoa::Buffer::new().format(length).as_bytes());
         Framing::Length(length)
     } else {
         push_field(out, b"transfer-encoding", b"chunked");

@@ -372,13 +372,15 @@ async fn serve_connection(
             service_registration.clone(),
         );
         registration.serving();
-        async move {
+        // Boxed: the handler's state machine is large, and hyper moves the service future it gets. (The
+        // lean path keeps it in the connection's task instead, allocated once per connection.)
+        Box::pin(async move {
             let response = handler.handle(request.map(ClientBody::Hyper), &state).await;
             Ok::<_, Infallible>(response.map(|inner| Watched {
                 inner,
                 registration: Some(registration),
             }))
-        }
+        })
     });
     let ended = {
         let connection = builder.serve_connection(TokioIo::new(&mut io), service);

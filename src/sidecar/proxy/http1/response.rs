@@ -124,18 +124,40 @@ impl Parsed {
 }
 
 /// The head's status and headers, and its framing.
+///
+/// `Connection` and `Keep-Alive` describe this connection, not the message, and most upstreams send them
+/// on every answer (`Connection: keep-alive`): they are read here and left out of the headers, so that
+/// the proxy's own hop-by-hop pass finds nothing to do. A `Connection` that names other headers stays,
+/// for that pass to remove them too.
 fn build(head: &Bytes, parsed: &Parsed, to_head: bool) -> Result<Head, Http1Error> {
     let status = StatusCode::from_u16(parsed.code).map_err(|_| Http1Error::BadStatus)?;
     let mut headers = HeaderMap::with_capacity(parsed.count);
+    let mut close = false;
     for [name_start, name_end, value_start, value_end] in &parsed.spans[..parsed.count] {
-        let name = HeaderName::from_bytes(&head[*name_start as usize..*name_end as usize])
-            .map_err(|_| Http1Error::BadHeader)?;
+        let name = &head[*name_start as usize..*name_end as usize];
+        let value = &head[*value_start as usize..*value_end as usize];
+        if name.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            let mut only_persistence = true;
+            for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                only_persistence &= token.is_empty()
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"keep-alive");
+            }
+            if only_persistence {
+                continue;
+            }
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| Http1Error::BadHeader)?;
         let value = HeaderValue::from_maybe_shared(head.slice(*value_start as usize..*value_end as usize))
             .map_err(|_| Http1Error::BadHeader)?;
         headers.append(name, value);
     }
     let (framing, delimited) = framing(status, &mut headers, to_head)?;
-    let keep_alive = delimited && !parsed.http_10 && !has_token(&headers, &header::CONNECTION, "close");
+    let keep_alive = delimited && !parsed.http_10 && !close;
     Ok(Head {
         status,
         headers,
@@ -191,16 +213,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Http1Error> {
     Ok(length)
 }
 
-/// Whether a comma-separated header lists `token` (case-insensitively), as `Connection: close` does.
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|item| item.trim().eq_ignore_ascii_case(token))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +238,22 @@ mod tests {
         assert_eq!(values, ["1", "2"]);
         assert!(matches!(head.framing, Framing::Length(2)));
         assert!(head.keep_alive);
+    }
+
+    #[test]
+    fn persistence_headers_are_read_and_left_out_and_a_connection_naming_others_stays() {
+        let plain = head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nServer: x\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        assert!(plain.keep_alive);
+        let names: Vec<_> = plain.headers.keys().map(|name| name.as_str()).collect();
+        assert_eq!(names, ["server", "content-length"]);
+        let naming =
+            head("HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nx-hop: 1\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(!naming.keep_alive, "close is still read");
+        assert_eq!(
+            naming.headers["connection"], "close, x-hop",
+            "for the hop-by-hop pass to remove x-hop"
+        );
     }
 
     #[test]

@@ -29,7 +29,6 @@ use crate::store::{AuthSnapshot, EnvironmentLimits, KeyUseCell, SqliteMemory, St
 /// Who is calling, once the key checks out.
 #[derive(Clone, Debug)]
 pub struct Principal {
-    pub key_id: Arc<str>,
     pub access: Access,
     pub environment: Arc<EnvironmentLimits>,
     /// Where [`KeyRing::record_use`] notes this key's use: the ring's own entry for the key.
@@ -215,7 +214,6 @@ impl KeyRing {
         }
         let environment = key.environment.clone().ok_or(AuthError::Invalid)?;
         Ok(Principal {
-            key_id: key.key_id.clone(),
             access: key.access,
             environment,
             last_use: key.last_use.clone(),

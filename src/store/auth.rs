@@ -17,7 +17,7 @@ use crate::domain::{Access, EffectiveLimits, KeyHash, PlanTier};
 /// A live key as the data plane sees it.
 #[derive(Clone, Debug)]
 pub struct LiveKey {
-    pub key_id: Arc<str>,
+    pub key_id: String,
     pub environment_id: String,
     pub access: Access,
     pub hash: KeyHash,
@@ -141,7 +141,7 @@ impl Store {
             let access: String = row.try_get("access").context("reading live keys")?;
             let hash: String = row.try_get("secret_hash").context("reading live keys")?;
             let key = LiveKey {
-                key_id: key_id.as_str().into(),
+                key_id: key_id.clone(),
                 environment_id: row.try_get("environment_id").context("reading live keys")?,
                 access: access.parse().map_err(StoreError::Corrupt)?,
                 hash: KeyHash::from_hex(&hash).ok_or_else(|| StoreError::Corrupt("a key hash".into()))?,

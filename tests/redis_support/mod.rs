@@ -70,6 +70,10 @@ impl RedisServer {
             .args(&self.extra)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            // A replica writes what it receives from its primary to disk: somewhere outside the
+            // repository, one file per server.
+            .args(["--dir", &std::env::temp_dir().display().to_string()])
+            .args(["--dbfilename", &format!("orgkeeper-test-{}.rdb", self.port)])
             .args(self.password.iter().flat_map(|p| ["--requirepass", p.as_str()]))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

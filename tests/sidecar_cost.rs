@@ -200,15 +200,7 @@ on_both_backends!(
 
 /// A read sidecar whose upstream only records (the fact store's reads take no body; Oso Cloud's do).
 async fn read_setup() -> (Tenancy, Upstream, Running) {
-    let tenancy = Tenancy::new(
-        support::sqlite().await,
-        &[Env("staging", limits())],
-        &[Key("rw", "staging", Access::ReadWrite)],
-    )
-    .await;
-    let upstream = Upstream::start().await;
-    let sidecar = start(&tenancy.store, Options::new(&upstream)).await;
-    (tenancy, upstream, sidecar)
+    one_key_sidecar().await
 }
 
 const TEN_MIB: usize = 10 * 1024 * 1024;

@@ -8,7 +8,6 @@ mod support;
 
 use std::time::Duration;
 
-use orgkeeper::domain::Access;
 use sidecar_support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -23,14 +22,7 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
-        let tenancy = Tenancy::new(
-            support::sqlite().await,
-            &[Env("staging", limits())],
-            &[Key("rw", "staging", Access::ReadWrite)],
-        )
-        .await;
-        let upstream = Upstream::start().await;
-        let sidecar = start(&tenancy.store, Options::new(&upstream)).await;
+        let (tenancy, upstream, sidecar) = one_key_sidecar().await;
         Setup {
             tenancy,
             upstream,

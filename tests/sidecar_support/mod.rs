@@ -328,6 +328,20 @@ async fn record(state: UpstreamState, request: Request) -> Response {
         .unwrap()
 }
 
+/// The smallest setup: one environment (`staging`, the default limits here) with one read-write key
+/// (`rw`), on SQLite, in front of a recording upstream.
+pub async fn one_key_sidecar() -> (Tenancy, Upstream, Running) {
+    let tenancy = Tenancy::new(
+        crate::support::sqlite().await,
+        &[Env("staging", limits())],
+        &[Key("rw", "staging", Access::ReadWrite)],
+    )
+    .await;
+    let upstream = Upstream::start().await;
+    let sidecar = start(&tenancy.store, Options::new(&upstream)).await;
+    (tenancy, upstream, sidecar)
+}
+
 /// A sidecar serving on a loopback port.
 pub struct Running {
     pub url: String,

@@ -1,6 +1,8 @@
 //! Accepting connections and serving HTTP/1.1 on them.
 //!
-//! What goes beyond what hyper does alone:
+//! A connection starts on the sidecar's own short path for the usual request (`lean.rs`); the first
+//! request that path does not take, and everything after it on that connection, is served by hyper, which
+//! gets the bytes already read. What goes beyond what hyper does alone, on either path:
 //! - a client that starts a request but does not finish its headers within the header timeout gets a
 //!   `408` JSON answer (hyper just closes); an idle keep-alive connection is closed silently after the same
 //!   time, as a client that sent nothing is owed no answer;

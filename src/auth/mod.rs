@@ -353,11 +353,16 @@ impl KeyRing {
 
     /// How long since the last successful refresh (None before the first): how old the copy may be.
     pub fn since_last_success(&self) -> Option<Duration> {
+        self.since_last_success_at(Instant::now())
+    }
+
+    /// [`KeyRing::since_last_success`] as of `now` (a time the caller has read already).
+    pub fn since_last_success_at(&self, now: Instant) -> Option<Duration> {
         self.state
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .last_success
-            .map(|t| t.elapsed())
+            .map(|t| now.saturating_duration_since(t))
     }
 
     /// Limits of one environment, if known.

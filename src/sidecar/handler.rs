@@ -114,8 +114,13 @@ impl Handler {
 
     /// The refusal every request gets while the keys are older than `max_key_staleness`.
     pub fn stale(&self) -> Option<Refusal> {
+        self.stale_at(Instant::now())
+    }
+
+    /// [`Handler::stale`] as of `now` (a request's start: one clock read fewer per request).
+    fn stale_at(&self, now: Instant) -> Option<Refusal> {
         let limit = self.max_key_staleness?;
-        let age = self.ring.since_last_success()?;
+        let age = self.ring.since_last_success_at(now)?;
         (age > limit).then_some(Refusal::KeysStale { age, limit })
     }
 
@@ -155,7 +160,7 @@ impl Handler {
             counters: self.metrics.unknown(),
             body_unread: has_body,
         })?;
-        if let Some(stale) = self.stale() {
+        if let Some(stale) = self.stale_at(started) {
             return Err(caller.refuse(stale, has_body));
         }
         self.ring.record_use(&caller.principal);

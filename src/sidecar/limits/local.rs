@@ -113,7 +113,23 @@ impl LocalLimiter {
     }
 
     pub(super) fn enter_now(&self, environment: &str, limits: &EffectiveLimits) -> Result<Permit, LimitRefusal> {
+        Self::enter_state(self.state(environment), limits)
+    }
+
+    /// [`Limiter::enter_read`] in one look-up of the environment's state: a slot, then one request from
+    /// the budget; a read refused by the budget gives its slot back (the permit is dropped).
+    pub(super) fn enter_read_now(
+        &self,
+        environment: &str,
+        limits: &EffectiveLimits,
+    ) -> Result<(Permit, Vec<Quota>), LimitRefusal> {
         let state = self.state(environment);
+        let permit = Self::enter_state(state.clone(), limits)?;
+        let quotas = self.take_state(&state, limits, 0, true)?;
+        Ok((permit, quotas))
+    }
+
+    fn enter_state(state: Arc<EnvironmentState>, limits: &EffectiveLimits) -> Result<Permit, LimitRefusal> {
         let Some(max) = limits.max_concurrent_requests else {
             state.in_flight.fetch_add(1, Ordering::AcqRel);
             return Ok(Permit::new(Box::new(Slot(state)), None));
@@ -148,13 +164,25 @@ impl LocalLimiter {
         facts: u64,
         commit: bool,
     ) -> Result<Vec<Quota>, LimitRefusal> {
+        if limits.requests_per_minute.is_none() && limits.fact_writes_per_minute.is_none() {
+            return Ok(Vec::new());
+        }
+        self.take_state(&self.state(environment), limits, facts, commit)
+    }
+
+    fn take_state(
+        &self,
+        state: &EnvironmentState,
+        limits: &EffectiveLimits,
+        facts: u64,
+        commit: bool,
+    ) -> Result<Vec<Quota>, LimitRefusal> {
         let nothing_to_take =
             limits.requests_per_minute.is_none() && (limits.fact_writes_per_minute.is_none() || facts == 0);
         if nothing_to_take && limits.fact_writes_per_minute.is_none() {
             return Ok(Vec::new());
         }
         let now = self.now();
-        let state = self.state(environment);
         let mut budgets = state.budgets.lock().unwrap_or_else(|e| e.into_inner());
         if nothing_to_take {
             // Only the fact budget's state to report.
@@ -172,6 +200,16 @@ impl Limiter for LocalLimiter {
     ) -> BoxFuture<'a, Result<Permit, LimitError>> {
         Box::pin(std::future::ready(
             self.enter_now(environment, limits).map_err(LimitError::from),
+        ))
+    }
+
+    fn enter_read<'a>(
+        &'a self,
+        environment: &'a str,
+        limits: &'a EffectiveLimits,
+    ) -> BoxFuture<'a, Result<(Permit, Vec<Quota>), LimitError>> {
+        Box::pin(std::future::ready(
+            self.enter_read_now(environment, limits).map_err(LimitError::from),
         ))
     }
 
@@ -284,6 +322,31 @@ mod tests {
         );
         drop(a);
         assert!(limiter.enter_now("env", &limits).is_ok());
+    }
+
+    #[test]
+    fn a_read_takes_a_slot_and_a_request_and_a_read_refused_by_the_budget_keeps_no_slot() {
+        let (limiter, _) = limiter();
+        let limits = limits(Some(2), None, Some(1));
+        let (permit, quotas) = limiter.enter_read_now("env", &limits).unwrap();
+        assert!(quotas.iter().any(|q| q.policy == Policy::Requests && q.remaining == 1));
+        assert_eq!(
+            limiter.enter_read_now("env", &limits).unwrap_err().policy,
+            Policy::Concurrency,
+            "the one slot is held"
+        );
+        drop(permit);
+        let (permit, _) = limiter.enter_read_now("env", &limits).unwrap();
+        drop(permit);
+        assert_eq!(
+            limiter.enter_read_now("env", &limits).unwrap_err().policy,
+            Policy::Requests,
+            "the budget is spent"
+        );
+        assert!(
+            limiter.enter_now("env", &limits).is_ok(),
+            "and the refused read gave its slot back"
+        );
     }
 
     #[test]

@@ -52,13 +52,21 @@ impl RedisServer {
         server
     }
 
-    /// A server started with more arguments; `port` is substituted for `{port}` in them.
+    /// A server started with more arguments; its port is substituted for `{port}` in them, and another free
+    /// port for `{bus_port}` (a cluster node's bus, which is otherwise the port plus 10,000 and may be taken).
     pub fn start_args(extra: &[String]) -> RedisServer {
         let port = free_addr().port();
+        let bus_port = free_addr().port();
         let mut server = RedisServer {
             port,
             password: None,
-            extra: extra.iter().map(|a| a.replace("{port}", &port.to_string())).collect(),
+            extra: extra
+                .iter()
+                .map(|a| {
+                    a.replace("{port}", &port.to_string())
+                        .replace("{bus_port}", &bus_port.to_string())
+                })
+                .collect(),
             child: None,
         };
         server.launch();
@@ -74,6 +82,7 @@ impl RedisServer {
             // repository, one file per server.
             .args(["--dir", &std::env::temp_dir().display().to_string()])
             .args(["--dbfilename", &format!("orgkeeper-test-{}.rdb", self.port)])
+            .args(["--logfile", &self.log_file().display().to_string()])
             .args(self.password.iter().flat_map(|p| ["--requirepass", p.as_str()]))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -83,9 +92,18 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         let up = |reply: Option<String>| reply.is_some_and(|r| r == "+PONG" || r.starts_with("-NOAUTH"));
         while !up(self.command("PING")) {
-            assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}; its log:\n{}",
+                self.port,
+                std::fs::read_to_string(self.log_file()).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn log_file(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("orgkeeper-test-redis-{}.log", self.port))
     }
 
     pub fn url(&self) -> String {
@@ -180,6 +198,8 @@ impl Drop for RedisServer {
             // A paused server would not die of SIGTERM; SIGKILL works on a stopped process too.
             self.kill();
         }
+        let _ = std::fs::remove_file(self.log_file());
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("orgkeeper-test-{}.rdb", self.port)));
     }
 }
 
@@ -304,6 +324,8 @@ impl RedisCluster {
                     config("{port}"),
                     "--cluster-node-timeout".into(),
                     "2000".into(),
+                    "--cluster-port".into(),
+                    "{bus_port}".into(),
                 ])
             })
             .collect();

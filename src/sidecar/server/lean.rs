@@ -38,6 +38,8 @@ use crate::sidecar::headers::whole_seconds;
 const MAX_HEADERS: usize = 100;
 /// Room made in the read buffer before each read.
 const READ_SIZE: usize = 8 * 1024;
+/// The write buffer a connection keeps between answers (an answer's head and small body fit).
+const KEPT_WRITE_BUFFER: usize = 4 * 1024;
 /// A body frame up to this size is copied into the write buffer (one write with what precedes it).
 const INLINE_FRAME: usize = 16 * 1024;
 
@@ -82,7 +84,7 @@ pub(super) async fn serve(
     state: &ConnectionState,
 ) -> Outcome {
     let mut buffer = BytesMut::with_capacity(READ_SIZE);
-    let mut out = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(KEPT_WRITE_BUFFER);
     // One timer for the connection, and one future for what ends a wait early, made once: their wakers
     // stay registered across requests instead of being registered and removed for every request. The
     // timer is not moved at every request either: it keeps the deadline of an earlier wait, and when it
@@ -166,6 +168,14 @@ pub(super) async fn serve(
         registration.flushed();
         if !matches!(kept, Ok(true)) {
             return Outcome::Closed;
+        }
+        // What a large request or answer grew is given back: an idle connection keeps small buffers, so
+        // that many of them stay within the memory the connection caps allow for.
+        if buffer.is_empty() && buffer.capacity() > 2 * READ_SIZE {
+            buffer = BytesMut::with_capacity(READ_SIZE);
+        }
+        if out.capacity() > KEPT_WRITE_BUFFER {
+            out = Vec::with_capacity(KEPT_WRITE_BUFFER);
         }
     }
 }

@@ -186,6 +186,8 @@ fn parse(buffer: &mut BytesMut) -> Parsed {
     let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let length = match parsed.parse_with_uninit_headers(buffer, &mut fields) {
+        // Over the bound even if it arrived whole in one read: hyper answers 431, as for any other.
+        Ok(httparse::Status::Complete(length)) if length > MAX_REQUEST_HEAD_BYTES => return Parsed::Unusual,
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Unusual,
@@ -506,6 +508,16 @@ mod tests {
             );
             assert_eq!(&rest[..], bytes, "nothing consumed");
         }
+        let large = format!(
+            "GET / HTTP/1.1\r\nx-big: {}\r\n\r\n",
+            "a".repeat(MAX_REQUEST_HEAD_BYTES)
+        );
+        let (outcome, rest) = parsed(large.as_bytes());
+        assert!(
+            matches!(outcome, Parsed::Unusual),
+            "a head over the bound, even whole, is hyper's (431)"
+        );
+        assert_eq!(rest.len(), large.len());
     }
 
     #[test]

@@ -420,8 +420,10 @@ async fn share_keeps_the_total_within_the_budget_while_redis_is_stopped_and_rest
         redis_ref.restart();
         let back = wait_shared(&replicas_ref[0], true).await;
         eprintln!("shared again {back:.2?} after Redis restarted");
+        // About 3 s by design (the connection's reconnect backs off up to 1 s, then the next heartbeat and
+        // request find Redis): 2.9-3.0 s measured on a quiet machine, so the bound leaves room for a loaded one.
         assert!(
-            back <= Duration::from_secs(3),
+            back <= Duration::from_secs(5),
             "recovery is automatic and quick: {back:?}"
         );
     })

@@ -692,3 +692,72 @@ async fn until_keys_are_loaded_every_request_is_503_and_readiness_says_why() {
     .await;
     assert_eq!(upstream.count(), 0);
 }
+
+/// Each worker keeps its own share of the duration histogram and of the in-flight gauge; a scrape must
+/// add every worker's, so that the figures are those of the whole sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_workers_the_latency_and_in_flight_metrics_count_every_workers_requests() {
+    let tenancy = Tenancy::new(
+        support::sqlite().await,
+        &[Env("staging", limits())],
+        &[Key("rw", "staging", Access::ReadWrite)],
+    )
+    .await;
+    let upstream = Upstream::start().await;
+    let mut options = Options::new(&upstream);
+    options.settings.workers = 2;
+    let sidecar = start(&tenancy.store, options).await;
+    let key = tenancy.key("rw").to_owned();
+
+    // Connections go to the workers in turn: two held at once are served by both.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, key) = (Http::new(&sidecar), key.clone());
+            tokio::spawn(async move {
+                http.send_with(Method::GET, "/api/facts", Some(&key), "", &[("x-test-hold", "1")])
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    wait_for(
+        "both held requests to reach the upstream",
+        Duration::from_secs(10),
+        || upstream.count() == 2,
+    )
+    .await;
+    let text = metrics(&sidecar).await;
+    assert_eq!(metric(&text, "orgkeeper_sidecar_in_flight_requests"), 2.0, "{text}");
+    assert_eq!(
+        metric(&text, "orgkeeper_sidecar_request_duration_seconds_count"),
+        0.0,
+        "{text}"
+    );
+
+    upstream.release();
+    for request in held {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    for _ in 0..4 {
+        assert_eq!(
+            Http::new(&sidecar).get("/api/facts", Some(&key)).await.status,
+            StatusCode::OK
+        );
+    }
+    let text = metrics(&sidecar).await;
+    assert_eq!(metric(&text, "orgkeeper_sidecar_in_flight_requests"), 0.0, "{text}");
+    assert_eq!(
+        metric(&text, "orgkeeper_sidecar_request_duration_seconds_count"),
+        6.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"orgkeeper_sidecar_request_duration_seconds_bucket{le="+Inf"}"#),
+        6.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "orgkeeper_sidecar_request_duration_seconds_sum") > 0.0,
+        "{text}"
+    );
+}

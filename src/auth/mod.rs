@@ -18,9 +18,11 @@ mod key_use;
 pub use key_use::{DEFAULT_KEY_USE_FLUSH_INTERVAL, KeyUses};
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Access, ApiKeyToken, EffectiveLimits};
@@ -109,15 +111,48 @@ pub struct RingStatus {
 
 #[derive(Default)]
 struct State {
-    snapshot: Arc<AuthSnapshot>,
     loaded: bool,
     last_error: Option<String>,
-    last_success: Option<Instant>,
+}
+
+/// When the ring last reached the store. Every request reads it (to refuse while the keys are too old),
+/// so it is one atomic rather than a lock that every worker's requests would write to.
+struct LastSuccess {
+    origin: Instant,
+    /// Nanoseconds from `origin` to the last success, plus one; zero before the first.
+    after_origin: AtomicU64,
+}
+
+impl Default for LastSuccess {
+    fn default() -> Self {
+        LastSuccess {
+            origin: Instant::now(),
+            after_origin: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LastSuccess {
+    fn mark(&self) {
+        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.after_origin.store(nanos + 1, Ordering::Release);
+    }
+
+    fn age_at(&self, now: Instant) -> Option<Duration> {
+        match self.after_origin.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(now.saturating_duration_since(self.origin + Duration::from_nanos(nanos - 1))),
+        }
+    }
 }
 
 #[derive(Clone, Default)]
 pub struct KeyRing {
     state: Arc<RwLock<State>>,
+    /// The keys requests are checked against. Published through `ArcSwap` (see
+    /// `sidecar/read_mostly.rs`): a request reads it without taking a lock or writing a shared line.
+    snapshot: Arc<ArcSwap<AuthSnapshot>>,
+    last_success: Arc<LastSuccess>,
     uses: Arc<KeyUses>,
     /// How often [`KeyRing::keep_fresh`] writes gathered key uses; `None`: [`DEFAULT_KEY_USE_FLUSH_INTERVAL`].
     key_use_flush_interval: Option<Duration>,
@@ -171,9 +206,11 @@ impl KeyRing {
         for key in snapshot.keys.values_mut() {
             key.environment = snapshot.environments.get(&key.environment_id).cloned();
         }
+        // Held while the snapshot is replaced, so that two installs cannot both merge into the old one.
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let old_snapshot = self.snapshot.load_full();
         // A key kept keeps its cell (and the use noted on it); a key gone hands its last use over now.
-        for (key_id, old) in &state.snapshot.keys {
+        for (key_id, old) in &old_snapshot.keys {
             match snapshot.keys.get_mut(key_id) {
                 Some(new) => new.last_use.share(&old.last_use),
                 None => {
@@ -183,14 +220,14 @@ impl KeyRing {
                 }
             }
         }
-        state.snapshot = Arc::new(snapshot);
+        self.snapshot.store(Arc::new(snapshot));
         state.loaded = true;
         state.last_error = None;
-        state.last_success = Some(Instant::now());
+        self.last_success.mark();
     }
 
     fn snapshot(&self) -> Arc<AuthSnapshot> {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).snapshot.clone()
+        self.snapshot.load_full()
     }
 
     /// Checks an `Authorization` header value. Constant-time in the secret; O(1) in the number of keys.
@@ -203,7 +240,7 @@ impl KeyRing {
             .trim();
         // Borrowed, not parsed into an owned token: nothing of the key is copied on the request path.
         let (env_id, key_id) = ApiKeyToken::ids(bearer).ok_or(AuthError::Invalid)?;
-        let snapshot = self.snapshot();
+        let snapshot = self.snapshot.load();
         let key = snapshot.keys.get(key_id).ok_or(AuthError::Invalid)?;
         if key.environment_id != env_id || !key.hash.verifies_text(bearer) {
             return Err(AuthError::Invalid);
@@ -239,9 +276,8 @@ impl KeyRing {
         .await;
         match &result {
             Ok(_) => {
-                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-                state.last_error = None;
-                state.last_success = Some(Instant::now());
+                self.state.write().unwrap_or_else(|e| e.into_inner()).last_error = None;
+                self.last_success.mark();
             }
             Err(e) => self.failed(e),
         }
@@ -342,10 +378,11 @@ impl KeyRing {
 
     pub fn status(&self) -> RingStatus {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let snapshot = self.snapshot.load();
         RingStatus {
-            revision: state.snapshot.revision,
-            keys: state.snapshot.keys.len(),
-            environments: state.snapshot.environments.len(),
+            revision: snapshot.revision,
+            keys: snapshot.keys.len(),
+            environments: snapshot.environments.len(),
             last_error: state.last_error.clone(),
             loaded: state.loaded,
         }
@@ -358,11 +395,7 @@ impl KeyRing {
 
     /// [`KeyRing::since_last_success`] as of `now` (a time the caller has read already).
     pub fn since_last_success_at(&self, now: Instant) -> Option<Duration> {
-        self.state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_success
-            .map(|t| now.saturating_duration_since(t))
+        self.last_success.age_at(now)
     }
 
     /// Limits of one environment, if known.

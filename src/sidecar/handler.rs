@@ -106,7 +106,7 @@ impl Handler {
             ring: self.ring.clone(),
             limiter: self.limiter.clone(),
             upstream: self.upstream.with_own_pool(),
-            metrics: self.metrics.clone(),
+            metrics: self.metrics.for_worker(),
             body_timeout: self.body_timeout,
             max_key_staleness: self.max_key_staleness,
         }

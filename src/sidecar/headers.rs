@@ -10,14 +10,14 @@
 //! quota unit registered by the draft; clients that do not know it can ignore that policy. Unlimited budgets
 //! are left out.
 
-use foldhash::HashMap;
 use std::fmt::Write as _;
-use std::sync::{LazyLock, RwLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use hyper::header::{HeaderName, HeaderValue};
 
 use super::limits::{Policy, Quota};
+use super::read_mostly::ReadMostlyMap;
 use crate::domain::EffectiveLimits;
 
 // Names built at compile time: `from_static` outside a const context checks its argument on every call.
@@ -31,21 +31,13 @@ pub fn whole_seconds(wait: Duration) -> u64 {
 
 /// `RateLimit-Policy` values by limits: most environments share a few sets of limits (the plans'), and the
 /// value is on every answer, so it is formatted once per set.
-static POLICIES: LazyLock<RwLock<HashMap<EffectiveLimits, Option<HeaderValue>>>> = LazyLock::new(RwLock::default);
+static POLICIES: LazyLock<ReadMostlyMap<EffectiveLimits, Option<HeaderValue>>> =
+    LazyLock::new(|| ReadMostlyMap::bounded(MAX_CACHED_POLICIES));
 const MAX_CACHED_POLICIES: usize = 4096;
 
 /// The `RateLimit-Policy` value for an environment's limits, or `None` when nothing is limited.
 pub fn policy(limits: &EffectiveLimits) -> Option<HeaderValue> {
-    if let Some(value) = POLICIES.read().unwrap_or_else(|e| e.into_inner()).get(limits) {
-        return value.clone();
-    }
-    let value = format_policy(limits);
-    let mut cache = POLICIES.write().unwrap_or_else(|e| e.into_inner());
-    if cache.len() >= MAX_CACHED_POLICIES {
-        cache.clear();
-    }
-    cache.insert(*limits, value.clone());
-    value
+    Option::clone(&POLICIES.get_or_insert_with(limits, || format_policy(limits)))
 }
 
 fn format_policy(limits: &EffectiveLimits) -> Option<HeaderValue> {

@@ -8,7 +8,7 @@
 //!   `body`: bounded and streamed bodies;
 //! - `answers`: every answer the sidecar gives itself (a `Refusal`); `headers`: `Retry-After` and
 //!   `RateLimit*`;
-//! - `metrics`: Prometheus metrics; `server`: connections, timeouts, graceful shutdown; `connections`: the
+//! - `metrics`: Prometheus metrics; `read_mostly`: the per-environment maps workers share without a lock; `server`: connections, timeouts, graceful shutdown; `connections`: the
 //!   caps on open connections and on connections waiting for headers.
 //!
 //! The sidecar never opens the store: it is handed a [`KeyRing`] (kept fresh by the auth module, which
@@ -28,6 +28,7 @@ pub mod headers;
 pub mod limits;
 mod metrics;
 pub mod proxy;
+mod read_mostly;
 mod server;
 
 use std::net::SocketAddr;

@@ -101,7 +101,7 @@ def exported_names(scrapes):
 
 
 # The registries of the binaries: (metrics source, prefix of every name it registers).
-SOURCES = [("src/controller/metrics.rs", "orgkeeper_controller_"), ("src/sidecar/metrics.rs", "orgkeeper_"),
+SOURCES = [("src/controller/metrics.rs", "orgkeeper_controller_"), ("src/sidecar/metrics/mod.rs", "orgkeeper_"),
            ("src/facts/metrics.rs", "orgkeeper_")]
 SAMPLE_SUFFIXES = ("_total", "_bucket", "_sum", "_count")
 

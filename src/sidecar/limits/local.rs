@@ -1,15 +1,15 @@
 //! [`LocalLimiter`]: the limits kept in this process's memory. Exact for one sidecar, but each replica has
 //! its own budgets, so N replicas admit up to N times an environment's budget.
 
-use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
 use super::gcra::Budgets;
 use super::{Clock, LimitError, LimitRefusal, Limiter, Permit, Policy, Quota, SystemClock};
 use crate::domain::EffectiveLimits;
+use crate::sidecar::read_mostly::ReadMostlyMap;
 
 /// The state of one environment.
 #[derive(Default)]
@@ -32,7 +32,7 @@ pub struct LocalLimiter {
     clock: Arc<dyn Clock>,
     /// New environments start with their budgets used up (refilling from empty) rather than whole.
     drained: bool,
-    environments: RwLock<HashMap<String, Arc<EnvironmentState>>>,
+    environments: ReadMostlyMap<String, EnvironmentState>,
 }
 
 impl Default for LocalLimiter {
@@ -46,7 +46,7 @@ impl LocalLimiter {
         LocalLimiter {
             clock,
             drained: false,
-            environments: RwLock::new(HashMap::default()),
+            environments: ReadMostlyMap::default(),
         }
     }
 
@@ -60,34 +60,19 @@ impl LocalLimiter {
     }
 
     fn state(&self, environment: &str) -> Arc<EnvironmentState> {
-        if let Some(state) = self
-            .environments
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(environment)
-        {
-            return state.clone();
-        }
-        self.environments
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(environment.to_owned())
-            .or_insert_with(|| {
-                Arc::new(EnvironmentState {
-                    budgets: Mutex::new(if self.drained {
-                        Budgets::drained()
-                    } else {
-                        Budgets::default()
-                    }),
-                    in_flight: AtomicU64::new(0),
-                })
-            })
-            .clone()
+        self.environments.get_or_insert_with(environment, || EnvironmentState {
+            budgets: Mutex::new(if self.drained {
+                Budgets::drained()
+            } else {
+                Budgets::default()
+            }),
+            in_flight: AtomicU64::new(0),
+        })
     }
 
     /// How many environments have state (for tests and memory checks).
     pub fn environments(&self) -> usize {
-        self.environments.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.environments.len()
     }
 
     fn now(&self) -> u64 {
@@ -241,10 +226,7 @@ impl Limiter for LocalLimiter {
     }
 
     fn retain(&self, keep: &dyn Fn(&str) -> bool) {
-        self.environments
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|id, _| keep(id));
+        self.environments.retain(|id| keep(id));
     }
 }
 

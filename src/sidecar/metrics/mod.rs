@@ -4,19 +4,22 @@
 //! client connections (open, waiting for a request's headers, shed at the caps).
 //!
 //! Per-environment counters are looked up once per environment and cached, so the hot path touches only
-//! atomics. Environments are labelled `namespace/organization/environment`; requests without a valid key
+//! atomics, and what every request updates (duration, in flight) is kept per worker (`per_worker.rs`). Environments are labelled `namespace/organization/environment`; requests without a valid key
 //! are counted under `environment="unknown"`.
 
-use foldhash::HashMap;
+mod per_worker;
+
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
+pub use self::per_worker::InFlight;
+use self::per_worker::{DurationHistogram, InFlightGauge, Shards, WorkerShard};
+use super::read_mostly::ReadMostlyMap;
 use crate::auth::RingStatus;
 use crate::telemetry::Telemetry;
 
@@ -109,15 +112,17 @@ pub struct SidecarMetrics {
     requests: Family<RequestLabels, Counter>,
     rejections: Family<RefusalLabels, Counter>,
     fact_writes: Family<EnvironmentLabels, Counter>,
-    duration: Histogram,
-    in_flight: Gauge,
+    /// Every worker's share of the request duration and requests in flight.
+    shards: Shards,
+    /// This worker's share.
+    worker: Arc<WorkerShard>,
     keys: Gauge,
     environments: Gauge,
     revision: Gauge,
     store_up: Gauge,
     keys_stale: Gauge,
     since_refresh: Gauge<f64, AtomicU64>,
-    cache: Arc<RwLock<HashMap<String, Arc<EnvironmentCounters>>>>,
+    cache: Arc<ReadMostlyMap<String, EnvironmentCounters>>,
     pub connections: ConnectionMetrics,
 }
 
@@ -175,23 +180,15 @@ impl EnvironmentCounters {
     }
 }
 
-/// Decrements the in-flight gauge when the request is over (its response body finished or dropped).
-pub struct InFlight(Gauge);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 impl SidecarMetrics {
     pub fn register(telemetry: &Telemetry) -> Self {
+        let shards = Shards::default();
         let metrics = SidecarMetrics {
             requests: Family::default(),
             rejections: Family::default(),
             fact_writes: Family::default(),
-            duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
-            in_flight: Gauge::default(),
+            worker: shards.add(),
+            shards,
             keys: Gauge::default(),
             environments: Gauge::default(),
             revision: Gauge::default(),
@@ -220,12 +217,12 @@ impl SidecarMetrics {
         registry.register(
             "sidecar_request_duration_seconds",
             "Time from a request's headers to the response's headers",
-            metrics.duration.clone(),
+            DurationHistogram(metrics.shards.clone()),
         );
         registry.register(
             "sidecar_in_flight_requests",
             "Requests being served now",
-            metrics.in_flight.clone(),
+            InFlightGauge(metrics.shards.clone()),
         );
         registry.register(
             "sidecar_keys",
@@ -276,12 +273,17 @@ impl SidecarMetrics {
         metrics
     }
 
+    /// The same metrics, with a share of its own for the duration and in-flight figures: for one worker.
+    pub fn for_worker(&self) -> SidecarMetrics {
+        SidecarMetrics {
+            worker: self.shards.add(),
+            ..self.clone()
+        }
+    }
+
     /// The counters of an environment (created on first use).
     pub fn environment(&self, environment_id: &str, label: &str) -> Arc<EnvironmentCounters> {
-        if let Some(counters) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(environment_id) {
-            return counters.clone();
-        }
-        let counters = Arc::new(EnvironmentCounters {
+        self.cache.get_or_insert_with(environment_id, || EnvironmentCounters {
             reads: self.requests.get_or_create_owned(&RequestLabels {
                 environment: label.to_owned(),
                 class: "read",
@@ -296,13 +298,7 @@ impl SidecarMetrics {
             label: label.to_owned(),
             rejections: Default::default(),
             family: self.rejections.clone(),
-        });
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(environment_id.to_owned())
-            .or_insert(counters)
-            .clone()
+        })
     }
 
     /// Counters for requests without an environment.
@@ -311,12 +307,11 @@ impl SidecarMetrics {
     }
 
     pub fn observe(&self, seconds: f64) {
-        self.duration.observe(seconds);
+        self.worker.observe(seconds);
     }
 
     pub fn enter(&self) -> InFlight {
-        self.in_flight.inc();
-        InFlight(self.in_flight.clone())
+        self.worker.enter()
     }
 
     /// Mirrors the key ring's state.
@@ -334,9 +329,6 @@ impl SidecarMetrics {
 
     /// Forgets the cached counters of environments that no longer exist (their series stay exported).
     pub fn retain(&self, keep: &dyn Fn(&str) -> bool) {
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|id, _| id.is_empty() || keep(id));
+        self.cache.retain(|id| id.is_empty() || keep(id));
     }
 }

@@ -24,7 +24,8 @@
 #
 # Needs: wrk, nginx (apt-get install -y wrk nginx), python3, a release build (built if missing).
 # Knobs: DURATION (default 10s), ROUNDS (3), CONNECTIONS (64), THREADS (2), SIDECAR_WORKERS (the sidecar's
-# --workers; its default when unset), ORGKEEPER_BIN.
+# --workers; its default when unset), ORGKEEPER_BIN, BASELINE_BIN (another build, e.g. main's: its forwarding
+# row runs in every round next to this build's, for an interleaved A/B).
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -220,7 +221,7 @@ nginx_refusing() { # NAME PORT UPSTREAM_PORT: nginx's own refusal path, for the 
 sidecar() { # LOG UPSTREAM_PORT METRICS_PORT LISTEN_PORT ARGS...: starts a sidecar, its PID in STARTED
   local log=$1 upstream=$2 metrics=$3 listen=$4
   shift 4
-  ORGKEEPER_LOG_LEVEL=info "$BIN" sidecar "$@" --listen "127.0.0.1:$listen" --upstream "http://127.0.0.1:$upstream" \
+  ORGKEEPER_LOG_LEVEL=info "${SIDECAR_BIN:-$BIN}" sidecar "$@" --listen "127.0.0.1:$listen" --upstream "http://127.0.0.1:$upstream" \
     --database-url "$DB" --metrics-addr "127.0.0.1:$metrics" 2>"$WORK/$log" &
   STARTED=$!
   PIDS+=("$STARTED")
@@ -350,6 +351,13 @@ bench() { # static|facts
       --upstream-protocol http1
     pid_h1=$STARTED
   fi
+  local port_baseline="" pid_baseline=""
+  if [[ -n ${BASELINE_BIN:-} ]]; then
+    port_baseline=$(free_port)
+    SIDECAR_BIN=$BASELINE_BIN sidecar "logs-sidecar-$kind-baseline.txt" "$up_port" "$(free_port)" "$port_baseline" \
+      "${WORKER_ARGS[@]}"
+    pid_baseline=$STARTED
+  fi
   local port_redis="" pid_redis=""
   if [[ -n $REDIS_PORT ]]; then
     port_redis=$(free_port)
@@ -375,6 +383,8 @@ bench() { # static|facts
     log "$group: round $round of $ROUNDS"
     run "$group" "upstream direct" "$up_port" "$rotating" $UPSTREAM_PIDS
     run "$group" "sidecar (forwarding)" "$port" "$rotating" "$main_pid"
+    [[ -z $pid_baseline ]] || run "$group" "baseline build (BASELINE_BIN), forwarding" "$port_baseline" "$rotating" \
+      "$pid_baseline"
     run "$group" "sidecar, last-use tracking off" "$port_off" "$rotating" "$pid_off"
     [[ -z $pid_redis ]] || run "$group" "sidecar with Redis (shared limits)" "$port_redis" "$rotating" "$pid_redis"
     [[ -z $pid1 ]] || run "$group" "sidecar, 1 worker" "$port1" "$rotating" "$pid1"
@@ -448,6 +458,15 @@ for group, m in groups.items():
     print(f"Sidecar memory (upstream {group}): {m['loaded']} MiB RSS with {m['keys']} keys of {m['envs']} "
           f"environments loaded; {m['after']} MiB after the runs (peak {m['peak']} MiB)")
 print()
+for group in groups:
+    this, baseline = median.get((group, "sidecar (forwarding)")), median.get((group, "baseline build (BASELINE_BIN), forwarding"))
+    if this and baseline:
+        # Per round, so that a round's load hits both alike.
+        pairs = zip(runs[(group, "sidecar (forwarding)")], runs[(group, "baseline build (BASELINE_BIN), forwarding")])
+        faster = sum(1 for a, b in pairs if a[5] < b[5])
+        print(f"This build against BASELINE_BIN (upstream {group}): {int(this[0]):,} vs {int(baseline[0]):,} req/s, "
+              f"{this[5]:.1f} vs {baseline[5]:.1f} us of CPU per request (user space {this[6]:.1f} vs {baseline[6]:.1f}); "
+              f"cheaper in {faster} of {len(runs[(group, 'sidecar (forwarding)')])} rounds")
 checks = []
 for group in groups:
     def row(label):

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 
 use super::gcra::Budgets;
-use super::{Clock, LimitError, LimitRefusal, Limiter, Permit, Policy, Quota, SystemClock};
+use super::{Clock, LimitError, LimitRefusal, Limiter, Permit, Policy, Quota, SystemClock, has_rate_budget};
 use crate::domain::EffectiveLimits;
 use crate::sidecar::read_mostly::ReadMostlyMap;
 
@@ -81,7 +81,7 @@ impl LocalLimiter {
 
     /// Takes facts from the fact-write budget even beyond what it holds (see [`Limiter::charge`]).
     pub(super) fn charge_now(&self, environment: &str, limits: &EffectiveLimits, facts: u64) -> Vec<Quota> {
-        if limits.fact_writes_per_minute.is_none() && limits.requests_per_minute.is_none() {
+        if !has_rate_budget(limits) {
             return Vec::new();
         }
         let now = self.now();
@@ -149,7 +149,7 @@ impl LocalLimiter {
         facts: u64,
         commit: bool,
     ) -> Result<Vec<Quota>, LimitRefusal> {
-        if limits.requests_per_minute.is_none() && limits.fact_writes_per_minute.is_none() {
+        if !has_rate_budget(limits) {
             return Ok(Vec::new());
         }
         self.take_state(&self.state(environment), limits, facts, commit)
@@ -164,7 +164,7 @@ impl LocalLimiter {
     ) -> Result<Vec<Quota>, LimitRefusal> {
         let nothing_to_take =
             limits.requests_per_minute.is_none() && (limits.fact_writes_per_minute.is_none() || facts == 0);
-        if nothing_to_take && limits.fact_writes_per_minute.is_none() {
+        if !has_rate_budget(limits) {
             return Ok(Vec::new());
         }
         let now = self.now();

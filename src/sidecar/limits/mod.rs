@@ -33,6 +33,12 @@ pub use redis_link::{RedisMode, RedisModeName};
 
 use crate::domain::EffectiveLimits;
 
+/// Whether an environment has a budget over time (requests or fact writes) at all; without one, neither
+/// backend takes, charges or reports anything but concurrency.
+fn has_rate_budget(limits: &EffectiveLimits) -> bool {
+    limits.requests_per_minute.is_some() || limits.fact_writes_per_minute.is_some()
+}
+
 /// The budgets of an environment, named as in the `RateLimit-Policy` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Policy {

@@ -38,6 +38,7 @@ use super::lease::{Ask, Decision, Grant, Leases, RESERVE_SHARE};
 use super::redis_link::{Connector, Link, RedisMode};
 use super::{
     BackendState, Clock, LimitError, LimitRefusal, Limiter, LimitsUnavailable, Permit, Policy, Quota, SystemClock,
+    has_rate_budget,
 };
 use crate::domain::EffectiveLimits;
 
@@ -686,7 +687,7 @@ impl RedisLimiter {
         facts: u64,
         commit: bool,
     ) -> Result<Vec<Quota>, LimitError> {
-        if limits.requests_per_minute.is_none() && limits.fact_writes_per_minute.is_none() {
+        if !has_rate_budget(limits) {
             return Ok(Vec::new());
         }
         let asked = self
@@ -842,7 +843,7 @@ impl Limiter for RedisLimiter {
         facts: u64,
     ) -> BoxFuture<'a, Vec<Quota>> {
         Box::pin(async move {
-            if limits.fact_writes_per_minute.is_none() && limits.requests_per_minute.is_none() {
+            if !has_rate_budget(limits) {
                 return Vec::new();
             }
             let asked = self

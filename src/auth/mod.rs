@@ -10,7 +10,7 @@
 //! acquire timeout. [`KeyRing::follow`] is how a data-plane process gets its ring: it opens the store
 //! (retrying with backoff) and then keeps the ring fresh, so the process itself never opens the store.
 //!
-//! The ring also gathers when each key was used ([`KeyRing::record_use`], `key_use.rs`) and writes that to
+//! The ring also gathers when each key was used ([`KeyRing::authenticate_and_note_use`], `key_use.rs`) and writes that to
 //! the store from the same background task, off the request path.
 
 mod key_use;
@@ -26,15 +26,13 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Access, ApiKeyToken, EffectiveLimits};
-use crate::store::{AuthSnapshot, EnvironmentLimits, KeyUseCell, SqliteMemory, Store, StoreError, StoreOptions, now};
+use crate::store::{AuthSnapshot, EnvironmentLimits, SqliteMemory, Store, StoreError, StoreOptions, now};
 
 /// Who is calling, once the key checks out.
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub access: Access,
     pub environment: Arc<EnvironmentLimits>,
-    /// Where [`KeyRing::record_use`] notes this key's use: the ring's own entry for the key.
-    last_use: KeyUseCell,
 }
 
 impl Principal {
@@ -180,14 +178,6 @@ impl KeyRing {
         self
     }
 
-    /// Notes that `principal`'s key was just used (for its last-used time); cheap, never waits on the store.
-    pub fn record_use(&self, principal: &Principal) {
-        if self.key_use_off {
-            return;
-        }
-        principal.last_use.note(now());
-    }
-
     /// Moves the uses noted on the keys' entries into [`KeyUses`], ready for a flush.
     fn gather_uses(&self) {
         for key in self.snapshot().keys.values() {
@@ -232,6 +222,17 @@ impl KeyRing {
 
     /// Checks an `Authorization` header value. Constant-time in the secret; O(1) in the number of keys.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        self.check(authorization, false)
+    }
+
+    /// [`KeyRing::authenticate`], also noting the key's use for its last-used time (unless tracking is
+    /// off) on the entry the check found: cheap, never waits on the store, and keeps no reference to the
+    /// entry (taking one would write a count that every worker's requests for the key write).
+    pub fn authenticate_and_note_use(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        self.check(authorization, !self.key_use_off)
+    }
+
+    fn check(&self, authorization: Option<&str>, note_use: bool) -> Result<Principal, AuthError> {
         let header = authorization.ok_or(AuthError::Missing)?;
         let bearer = header
             .strip_prefix("Bearer ")
@@ -250,10 +251,12 @@ impl KeyRing {
             return Err(AuthError::Expired { at });
         }
         let environment = key.environment.clone().ok_or(AuthError::Invalid)?;
+        if note_use {
+            key.last_use.note(now());
+        }
         Ok(Principal {
             access: key.access,
             environment,
-            last_use: key.last_use.clone(),
         })
     }
 
@@ -499,8 +502,7 @@ mod tests {
         let token = ApiKeyToken::generate("env1");
         let header = format!("Bearer {}", token.expose());
         let ring = ring_with(&token, Access::ReadWrite);
-        let principal = ring.authenticate(Some(&header)).unwrap();
-        ring.record_use(&principal);
+        ring.authenticate_and_note_use(Some(&header)).unwrap();
         assert_eq!(ring.key_uses().pending(), 0, "noted on the entry, not in the map");
 
         // A reload holding the same key keeps the use noted before it.
@@ -511,8 +513,7 @@ mod tests {
 
         // A use, then a reload without the key (revoked, deleted): handed over at once.
         let ring = ring_with(&token, Access::ReadWrite);
-        let principal = ring.authenticate(Some(&header)).unwrap();
-        ring.record_use(&principal);
+        ring.authenticate_and_note_use(Some(&header)).unwrap();
         ring.install(AuthSnapshot::default());
         assert_eq!(
             ring.key_uses().pending(),

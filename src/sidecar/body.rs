@@ -11,6 +11,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::limits::Permit;
+use super::metrics::InFlight;
 use super::proxy::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,14 +50,14 @@ impl Body for ClientBody {
     }
 }
 
+/// What an answer streamed from the upstream holds until its body ends or is dropped: the request's
+/// concurrency slot and its place in the in-flight gauge.
+pub type Held = (Permit, InFlight);
+
 /// What the sidecar answers with: its own JSON, or the upstream's body streamed through.
 pub enum ResponseBody {
     Full(Option<Bytes>),
-    /// `hold` (the concurrency slot, the in-flight gauge) is released when the body ends or is dropped.
-    Upstream {
-        inner: UpstreamBody,
-        hold: Option<Box<dyn Send + Sync>>,
-    },
+    Upstream { inner: UpstreamBody, hold: Option<Held> },
 }
 
 impl ResponseBody {

@@ -155,15 +155,19 @@ impl Handler {
         let deadline = tokio::time::Instant::from_std(started) + self.body_timeout;
         let (parts, body) = request.into_parts();
         let has_body = !body.is_end_stream();
-        let caller = self.authenticate(&parts.headers).map_err(|refusal| RefusedRequest {
-            refusal,
-            counters: self.metrics.unknown(),
-            body_unread: has_body,
-        })?;
-        if let Some(stale) = self.stale_at(started) {
+        // Known before the key check so that the check notes the key's use only for a request it will
+        // serve; a request refused for stale keys is still told first whether its key is right.
+        let stale = self.stale_at(started);
+        let caller = self
+            .authenticate(&parts.headers, stale.is_none())
+            .map_err(|refusal| RefusedRequest {
+                refusal,
+                counters: self.metrics.unknown(),
+                body_unread: has_body,
+            })?;
+        if let Some(stale) = stale {
             return Err(caller.refuse(stale, has_body));
         }
-        self.ring.record_use(&caller.principal);
         let route = classify(&parts.method, parts.uri.path());
         match route {
             Route::Write(kind) => {
@@ -202,7 +206,8 @@ impl Handler {
             .await
     }
 
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
+    /// The caller of a request with these headers; `note_use`: note its key's use for its last-used time.
+    fn authenticate(&self, headers: &HeaderMap, note_use: bool) -> Result<Caller, Refusal> {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let first = values.next();
         if values.next().is_some() {
@@ -216,7 +221,12 @@ impl Handler {
                     .map_err(|_| Refusal::Unauthenticated(AuthError::NotBearer))?,
             ),
         };
-        let principal = self.ring.authenticate(text).map_err(|e| {
+        let principal = if note_use {
+            self.ring.authenticate_and_note_use(text)
+        } else {
+            self.ring.authenticate(text)
+        };
+        let principal = principal.map_err(|e| {
             if e == AuthError::Invalid && !self.ring.status().loaded {
                 Refusal::NotReady
             } else {
@@ -317,7 +327,8 @@ impl Handler {
         permit: Permit,
         in_flight: InFlight,
     ) -> Result<Response<ResponseBody>, RefusedRequest> {
-        let fault = StreamFault::default();
+        // Only a body that streams can fault (and a read with none is the usual request: no allocation).
+        let fault = matches!(&body, Outgoing::Stream(incoming) if !incoming.is_end_stream()).then(StreamFault::default);
         let paid_deletes = match &body {
             Outgoing::Full { deletes, .. } => Some(*deletes),
             Outgoing::Stream(_) => None,
@@ -330,20 +341,22 @@ impl Handler {
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                 RequestBody::Full(Some(bytes))
             }
-            Outgoing::Stream(incoming) => {
-                RequestBody::streaming(incoming, deadline, MAX_READ_BODY_BYTES, fault.clone())
-            }
+            Outgoing::Stream(incoming) => match &fault {
+                Some(fault) => RequestBody::streaming(incoming, deadline, MAX_READ_BODY_BYTES, fault.clone()),
+                None => RequestBody::Full(None),
+            },
         };
         let response = self.upstream.forward(parts, body).await.map_err(|e| {
-            let refusal = if fault.too_large() {
+            let fault = fault.as_ref();
+            let refusal = if fault.is_some_and(StreamFault::too_large) {
                 Refusal::ReadBodyTooLarge {
                     limit: MAX_READ_BODY_BYTES,
                 }
-            } else if fault.timed_out() {
+            } else if fault.is_some_and(StreamFault::timed_out) {
                 Refusal::BodyTimeout {
                     after: self.body_timeout,
                 }
-            } else if fault.aborted() {
+            } else if fault.is_some_and(StreamFault::aborted) {
                 Refusal::BodyAborted
             } else {
                 match e {
@@ -376,12 +389,11 @@ impl Handler {
         }
         // Released when the response body ends or is dropped: the slot and the gauge. (The body itself
         // holds an HTTP/1.1 upstream connection until then.)
-        let hold: Box<dyn Send + Sync> = Box::new((permit, in_flight));
         Ok(Response::from_parts(
             head,
             ResponseBody::Upstream {
                 inner,
-                hold: Some(hold),
+                hold: Some((permit, in_flight)),
             },
         ))
     }

@@ -10,14 +10,15 @@
 //! quota unit registered by the draft; clients that do not know it can ignore that policy. Unlimited budgets
 //! are left out.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::sync::LazyLock;
 use std::time::Duration;
+
+use foldhash::HashMap;
 
 use hyper::header::{HeaderName, HeaderValue};
 
 use super::limits::{Policy, Quota};
-use super::read_mostly::ReadMostlyMap;
 use crate::domain::EffectiveLimits;
 
 // Names built at compile time: `from_static` outside a const context checks its argument on every call.
@@ -29,15 +30,28 @@ pub fn whole_seconds(wait: Duration) -> u64 {
     wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64
 }
 
-/// `RateLimit-Policy` values by limits: most environments share a few sets of limits (the plans'), and the
-/// value is on every answer, so it is formatted once per set.
-static POLICIES: LazyLock<ReadMostlyMap<EffectiveLimits, Option<HeaderValue>>> =
-    LazyLock::new(|| ReadMostlyMap::bounded(MAX_CACHED_POLICIES));
+/// At most this many `RateLimit-Policy` values kept per thread; beyond it the cache starts afresh.
 const MAX_CACHED_POLICIES: usize = 4096;
+
+thread_local! {
+    /// `RateLimit-Policy` values by limits: most environments share a few sets of limits (the plans'), and
+    /// the value is on every answer, so it is formatted once per set. Per thread, not shared: a value is
+    /// cloned for every answer, and a clone writes the value's reference count, which would otherwise be
+    /// one cache line written by every worker for every environment of a plan.
+    static POLICIES: RefCell<HashMap<EffectiveLimits, Option<HeaderValue>>> = RefCell::default();
+}
 
 /// The `RateLimit-Policy` value for an environment's limits, or `None` when nothing is limited.
 pub fn policy(limits: &EffectiveLimits) -> Option<HeaderValue> {
-    Option::clone(&POLICIES.get_or_insert_with(limits, || format_policy(limits)))
+    POLICIES.with_borrow_mut(|cache| {
+        if let Some(value) = cache.get(limits) {
+            return value.clone();
+        }
+        if cache.len() >= MAX_CACHED_POLICIES {
+            cache.clear();
+        }
+        cache.entry(*limits).or_insert_with(|| format_policy(limits)).clone()
+    })
 }
 
 fn format_policy(limits: &EffectiveLimits) -> Option<HeaderValue> {
@@ -67,38 +81,57 @@ fn format_policy(limits: &EffectiveLimits) -> Option<HeaderValue> {
 }
 
 /// The `RateLimit` value for the budgets' current state, or `None` when there are none. (It changes on every
-/// answer, so it is written without the formatting machinery.)
+/// answer, so it is written without the formatting machinery, on the stack: one allocation, the value's.)
 pub fn state(quotas: &[Quota]) -> Option<HeaderValue> {
-    let mut value = Vec::with_capacity(64);
+    let mut value = Text::default();
     for quota in quotas {
-        if !value.is_empty() {
-            value.extend_from_slice(b", ");
+        if value.len > 0 {
+            value.push(b", ");
         }
-        value.push(b'"');
-        value.extend_from_slice(quota.policy.name().as_bytes());
-        value.extend_from_slice(b"\";r=");
-        push_number(&mut value, quota.remaining);
+        value.push(b"\"");
+        value.push(quota.policy.name().as_bytes());
+        value.push(b"\";r=");
+        value.push_number(quota.remaining);
         if let Some(full_in) = quota.full_in {
-            value.extend_from_slice(b";t=");
-            push_number(&mut value, full_in.as_nanos().div_ceil(1_000_000_000) as u64);
+            value.push(b";t=");
+            value.push_number(full_in.as_nanos().div_ceil(1_000_000_000) as u64);
         }
     }
-    (!value.is_empty()).then(|| HeaderValue::from_bytes(&value).expect("ASCII"))
+    (value.len > 0).then(|| HeaderValue::from_bytes(value.as_bytes()).expect("ASCII"))
 }
 
-/// Appends `n` in decimal.
-fn push_number(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// A `RateLimit` value being written: three policies at most, each a name and two 20-digit numbers (the
+/// test of the longest value checks they fit; a value that did not would be cut, never overrun).
+struct Text {
+    bytes: [u8; 192],
+    len: usize,
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text {
+            bytes: [0; 192],
+            len: 0,
         }
     }
-    out.extend_from_slice(&digits[i..]);
+}
+
+impl Text {
+    fn push(&mut self, part: &[u8]) {
+        if let Some(room) = self.bytes.get_mut(self.len..self.len + part.len()) {
+            room.copy_from_slice(part);
+            self.len += part.len();
+        }
+    }
+
+    /// Appends `n` in decimal (`itoa`, already in the tree through `serde_json`: two digits per step).
+    fn push_number(&mut self, n: u64) {
+        self.push(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +193,18 @@ mod tests {
             full_in: Some(Duration::ZERO),
         };
         assert_eq!(state(&[big]).unwrap(), r#""fact-writes";r=18446744073709551615;t=0"#);
+        let longest = [Policy::Requests, Policy::FactWrites, Policy::Concurrency].map(|policy| Quota { policy, ..big });
+        let expected = [
+            r#""requests";r=18446744073709551615;t=0"#,
+            r#""fact-writes";r=18446744073709551615;t=0"#,
+            r#""concurrency";r=18446744073709551615;t=0"#,
+        ]
+        .join(", ");
+        assert_eq!(
+            state(&longest).unwrap(),
+            expected.as_str(),
+            "the longest value fits whole"
+        );
     }
 
     #[test]

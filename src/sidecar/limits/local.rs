@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 
 use super::gcra::Budgets;
-use super::{Clock, LimitError, LimitRefusal, Limiter, Permit, Policy, Quota, SystemClock, has_rate_budget};
+use super::{
+    Clock, LimitError, LimitRefusal, Limiter, Permit, Policy, Quota, SlotCounter, SystemClock, has_rate_budget,
+};
 use crate::domain::EffectiveLimits;
 use crate::sidecar::read_mostly::ReadMostlyMap;
 
@@ -18,12 +20,9 @@ struct EnvironmentState {
     in_flight: AtomicU64,
 }
 
-/// Releases a concurrency slot when dropped.
-struct Slot(Arc<EnvironmentState>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+impl SlotCounter for EnvironmentState {
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -32,7 +31,7 @@ pub struct LocalLimiter {
     clock: Arc<dyn Clock>,
     /// New environments start with their budgets used up (refilling from empty) rather than whole.
     drained: bool,
-    environments: ReadMostlyMap<String, EnvironmentState>,
+    environments: ReadMostlyMap<Arc<str>, EnvironmentState>,
 }
 
 impl Default for LocalLimiter {
@@ -117,7 +116,7 @@ impl LocalLimiter {
     fn enter_state(state: Arc<EnvironmentState>, limits: &EffectiveLimits) -> Result<Permit, LimitRefusal> {
         let Some(max) = limits.max_concurrent_requests else {
             state.in_flight.fetch_add(1, Ordering::AcqRel);
-            return Ok(Permit::new(Box::new(Slot(state)), None));
+            return Ok(Permit::counted(state, None));
         };
         let entered = state
             .in_flight
@@ -129,7 +128,7 @@ impl LocalLimiter {
             full_in: None,
         };
         match entered {
-            Ok(before) => Ok(Permit::new(Box::new(Slot(state)), Some(quota(before + 1)))),
+            Ok(before) => Ok(Permit::counted(state, Some(quota(before + 1)))),
             Err(in_flight) => Err(LimitRefusal {
                 policy: Policy::Concurrency,
                 limit: max,

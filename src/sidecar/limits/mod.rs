@@ -21,6 +21,7 @@ mod local;
 mod redis;
 mod redis_link;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -132,9 +133,29 @@ pub struct BackendState {
 /// Holds a concurrency slot until dropped (the end of the response body).
 #[derive(Default)]
 pub struct Permit {
-    _slot: Option<Box<dyn Send + Sync>>,
+    _slot: Option<Slot>,
     /// The concurrency budget after this request entered, when the environment has one.
     pub quota: Option<Quota>,
+}
+
+/// A counter of slots in use that a permit gives its slot back to when dropped.
+pub trait SlotCounter: Send + Sync {
+    fn release(&self);
+}
+
+enum Slot {
+    /// A slot that is a count in shared state: the permit holds a reference to it, and no allocation.
+    Counted(Arc<dyn SlotCounter>),
+    /// A slot whose own drop gives it back.
+    Owned { _slot: Box<dyn Send + Sync> },
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Slot::Counted(counter) = self {
+            counter.release();
+        }
+    }
 }
 
 impl std::fmt::Debug for Permit {
@@ -146,9 +167,18 @@ impl std::fmt::Debug for Permit {
 }
 
 impl Permit {
+    /// A slot given back when `slot` is dropped.
     pub fn new(slot: Box<dyn Send + Sync>, quota: Option<Quota>) -> Self {
         Permit {
-            _slot: Some(slot),
+            _slot: Some(Slot::Owned { _slot: slot }),
+            quota,
+        }
+    }
+
+    /// A slot already counted in `counter`, given back to it when the permit is dropped.
+    pub fn counted(counter: Arc<dyn SlotCounter>, quota: Option<Quota>) -> Self {
+        Permit {
+            _slot: Some(Slot::Counted(counter)),
             quota,
         }
     }

@@ -18,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 pub use self::per_worker::InFlight;
-use self::per_worker::{DurationHistogram, InFlightGauge, Shards, WorkerShard};
+use self::per_worker::{DurationHistogram, InFlightGauge, Shards, SpreadGauge, WorkerShard};
 use super::read_mostly::ReadMostlyMap;
 use crate::auth::RingStatus;
 use crate::telemetry::Telemetry;
@@ -122,7 +122,7 @@ pub struct SidecarMetrics {
     store_up: Gauge,
     keys_stale: Gauge,
     since_refresh: Gauge<f64, AtomicU64>,
-    cache: Arc<ReadMostlyMap<String, EnvironmentCounters>>,
+    cache: Arc<ReadMostlyMap<Arc<str>, EnvironmentCounters>>,
     pub connections: ConnectionMetrics,
 }
 
@@ -130,7 +130,8 @@ pub struct SidecarMetrics {
 #[derive(Clone)]
 pub struct ConnectionMetrics {
     pub open: Gauge,
-    pub waiting: Gauge,
+    /// Moved twice per request, by whichever worker serves it: spread so that workers do not share it.
+    pub waiting: SpreadGauge,
     /// Closed to make room because they had waited longest for a request's headers.
     pub closed_waiting_longest: Counter,
     /// Refused at accept: every open connection was busy with a request.
@@ -144,7 +145,7 @@ impl Default for ConnectionMetrics {
         let counter = |reason| shed.get_or_create_owned(&ShedLabels { reason });
         ConnectionMetrics {
             open: Gauge::default(),
-            waiting: Gauge::default(),
+            waiting: SpreadGauge::default(),
             closed_waiting_longest: counter("waited_longest"),
             refused_at_capacity: counter("at_capacity"),
             shed,

@@ -7,6 +7,10 @@
 //! the histogram's lock stalls the others (on the 2-core benchmark, two workers cost more per request
 //! than one because of it). Here each worker owns a [`WorkerShard`] on cache lines of its own, so a
 //! request writes only lines its own core holds; a scrape, which is rare, reads and adds every shard.
+//!
+//! [`SpreadGauge`] is the same idea for a gauge that no single worker owns (a connection is counted in
+//! by the thread that accepts it and out by the worker that serves it): a cell per thread, added up
+//! when read.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -128,6 +132,57 @@ impl EncodeMetric for InFlightGauge {
     }
 }
 
+/// Cells of a [`SpreadGauge`]: threads beyond this many share cells (still correct, only less spread).
+const SPREAD_CELLS: usize = 16;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Cell(AtomicI64);
+
+/// A gauge that many threads move: each thread adds to a cell of its own, on lines of their own, and a
+/// read adds the cells up. A cell may go below zero (counted in on one thread, out on another); the sum
+/// is the gauge's value.
+#[derive(Clone, Default)]
+pub struct SpreadGauge(Arc<[Cell; SPREAD_CELLS]>);
+
+impl SpreadGauge {
+    fn cell(&self) -> &AtomicI64 {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) as usize % SPREAD_CELLS;
+        }
+        &self.0[MINE.with(|cell| *cell)].0
+    }
+
+    pub fn inc(&self) {
+        self.cell().fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(&self) {
+        self.cell().fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.iter().map(|cell| cell.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl fmt::Debug for SpreadGauge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SpreadGauge").field(&self.get()).finish()
+    }
+}
+
+impl EncodeMetric for SpreadGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::encoding::text::encode;
@@ -167,6 +222,33 @@ mod tests {
         assert!(text.contains("in_flight 2\n"), "{text}");
         drop(held);
         assert!(scrape(&shards).contains("in_flight 1\n"));
+    }
+
+    #[test]
+    fn a_spread_gauge_counted_in_on_one_thread_and_out_on_others_adds_up() {
+        let gauge = SpreadGauge::default();
+        for _ in 0..8 {
+            gauge.inc();
+        }
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let gauge = gauge.clone();
+                std::thread::spawn(move || {
+                    gauge.dec();
+                    gauge.dec();
+                    gauge.inc();
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(gauge.get(), 4);
+        let mut registry = Registry::default();
+        registry.register("waiting", "w", gauge.clone());
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(text.contains("\nwaiting 4\n"), "{text}");
     }
 
     #[test]

@@ -267,7 +267,9 @@ fn describe(error: &hyper::Error) -> String {
     text
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// A `static`, not a `const`: a `const` array would be built and dropped again at every use, i.e. for every
+/// header of every message.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

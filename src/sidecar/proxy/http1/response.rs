@@ -4,6 +4,7 @@
 use bytes::{Buf, Bytes};
 use hyper::StatusCode;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use smallvec::SmallVec;
 use tokio::io::AsyncReadExt;
 
 use super::body::Framing;
@@ -58,9 +59,13 @@ fn is_reset(error: &std::io::Error) -> bool {
 
 /// The final head if it is complete in the buffer, taking it (and any interim responses) out of it.
 fn parse_head(connection: &mut Connection, to_head: bool) -> Result<Option<Head>, Http1Error> {
-    // Filled by `Parsed::from`, kept here rather than in what it returns: no 1.6 KiB copy per answer.
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    // Filled by `Parsed::from`, kept here rather than in what it returns (no copy per answer).
+    let mut spans = Spans::new();
     loop {
+        // Nothing read yet (the first look, before the answer arrives): nothing to parse.
+        if connection.buffer.is_empty() {
+            return Ok(None);
+        }
         let Some(parsed) = Parsed::from(&connection.buffer, &mut spans)? else {
             return Ok(None);
         };
@@ -69,25 +74,28 @@ fn parse_head(connection: &mut Connection, to_head: bool) -> Result<Option<Head>
             100..=199 => connection.buffer.advance(parsed.length),
             _ => {
                 let head = connection.buffer.split_to(parsed.length).freeze();
-                return build(&head, &parsed, &spans[..parsed.count], to_head).map(Some);
+                return build(&head, &parsed, &spans, to_head).map(Some);
             }
         }
     }
 }
 
-/// A complete head, parsed once: where its fields' names and values are, as offsets into its bytes, so
-/// that the head can then be split off the buffer and its values share it rather than be copied.
+/// Where each field is (`[name start, name end, value start, value end]`): inline for the usual few
+/// fields, and not zeroed first (an array for all `MAX_HEADERS` would be 1.6 KiB set per answer).
+type Spans = SmallVec<[[u32; 4]; 16]>;
+
+/// A complete head, parsed once; its fields' names and values are in the [`Spans`] filled with it, as
+/// offsets into its bytes, so that the head can then be split off the buffer and its values share it
+/// rather than be copied.
 struct Parsed {
     length: usize,
     code: u16,
     http_10: bool,
-    /// How many fields: the first `count` spans (`[name start, name end, value start, value end]`).
-    count: usize,
 }
 
 impl Parsed {
     /// The head at the start of `bytes`, or `None` while it is partial.
-    fn from(bytes: &[u8], spans: &mut [[u32; 4]; MAX_HEADERS]) -> Result<Option<Parsed>, Http1Error> {
+    fn from(bytes: &[u8], spans: &mut Spans) -> Result<Option<Parsed>, Http1Error> {
         // Left uninitialised: httparse writes only the fields there are.
         let mut fields = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -104,20 +112,20 @@ impl Parsed {
         };
         // Every name and value is a slice of `bytes` (which is at most MAX_HEAD long here).
         let offset = |part: &[u8]| (part.as_ptr() as usize - bytes.as_ptr() as usize) as u32;
-        for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
+        spans.clear();
+        spans.extend(response.headers.iter().map(|field| {
             let (name, value) = (offset(field.name.as_bytes()), offset(field.value));
-            *span = [
+            [
                 name,
                 name + field.name.len() as u32,
                 value,
                 value + field.value.len() as u32,
-            ];
-        }
+            ]
+        }));
         Ok(Some(Parsed {
             length,
             code: response.code.unwrap_or_default(),
             http_10: response.version == Some(0),
-            count: response.headers.len(),
         }))
     }
 }
@@ -130,7 +138,7 @@ impl Parsed {
 /// for that pass to remove them too.
 fn build(head: &Bytes, parsed: &Parsed, spans: &[[u32; 4]], to_head: bool) -> Result<Head, Http1Error> {
     let status = StatusCode::from_u16(parsed.code).map_err(|_| Http1Error::BadStatus)?;
-    let mut headers = HeaderMap::with_capacity(parsed.count);
+    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut close = false;
     for [name_start, name_end, value_start, value_end] in spans {
         let name = &head[*name_start as usize..*name_end as usize];
@@ -217,9 +225,9 @@ mod tests {
     use super::*;
 
     fn head_to(text: &[u8], to_head: bool) -> Result<Head, Http1Error> {
-        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        let mut spans = Spans::new();
         let parsed = Parsed::from(text, &mut spans)?.expect("a complete head");
-        build(&Bytes::copy_from_slice(text), &parsed, &spans[..parsed.count], to_head)
+        build(&Bytes::copy_from_slice(text), &parsed, &spans, to_head)
     }
 
     fn head(text: &str) -> Result<Head, Http1Error> {
@@ -227,7 +235,7 @@ mod tests {
     }
 
     fn length_and_code(bytes: &[u8]) -> Result<Option<(usize, u16)>, Http1Error> {
-        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        let mut spans = Spans::new();
         Ok(Parsed::from(bytes, &mut spans)?.map(|parsed| (parsed.length, parsed.code)))
     }
 

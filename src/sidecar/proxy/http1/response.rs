@@ -140,9 +140,11 @@ fn build(head: &Bytes, parsed: &Parsed, spans: &[[u32; 4]], to_head: bool) -> Re
     let status = StatusCode::from_u16(parsed.code).map_err(|_| Http1Error::BadStatus)?;
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut close = false;
+    let mut delimiters = Delimiters::default();
     for [name_start, name_end, value_start, value_end] in spans {
         let name = &head[*name_start as usize..*name_end as usize];
         let value = &head[*value_start as usize..*value_end as usize];
+        delimiters.note(name, value);
         if name.eq_ignore_ascii_case(b"keep-alive") {
             continue;
         }
@@ -163,7 +165,7 @@ fn build(head: &Bytes, parsed: &Parsed, spans: &[[u32; 4]], to_head: bool) -> Re
             .map_err(|_| Http1Error::BadHeader)?;
         headers.append(name, value);
     }
-    let (framing, delimited) = framing(status, &mut headers, to_head)?;
+    let (framing, delimited) = delimiters.framing(status, &mut headers, to_head)?;
     let keep_alive = delimited && !parsed.http_10 && !close;
     Ok(Head {
         status,
@@ -173,51 +175,88 @@ fn build(head: &Bytes, parsed: &Parsed, spans: &[[u32; 4]], to_head: bool) -> Re
     })
 }
 
-/// How the body ends, and whether that end leaves the connection usable (RFC 9112 §6.3: a body read until
-/// the close does not, nor one sent with both framings, which is a message to distrust).
-fn framing(status: StatusCode, headers: &mut HeaderMap, to_head: bool) -> Result<(Framing, bool), Http1Error> {
-    if to_head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((Framing::Length(0), true));
+/// What a head's fields say about how its body is delimited, noted as the fields are read (so that
+/// deciding takes no look-ups in the header map afterwards).
+#[derive(Default)]
+struct Delimiters<'a> {
+    /// The last `Transfer-Encoding` value, if there is one.
+    transfer_encoding: Option<&'a [u8]>,
+    /// The `Content-Length`: `None` when absent; an error, kept until it matters (a `Transfer-Encoding`
+    /// overrides it), when a value is not a number or two values differ.
+    content_length: Option<Result<u64, Http1Error>>,
+}
+
+impl<'a> Delimiters<'a> {
+    fn note(&mut self, name: &[u8], value: &'a [u8]) {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let seen = self.content_length.take();
+            self.content_length = Some(match seen {
+                Some(Err(e)) => Err(e),
+                seen => content_length(value, seen.and_then(Result::ok)),
+            });
+        }
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let both = headers.remove(header::CONTENT_LENGTH).is_some();
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
-            (Framing::Chunked(Chunked::default()), !both)
-        } else {
-            (Framing::UntilClose, false)
-        });
-    }
-    match content_length(headers)? {
-        Some(length) => Ok((Framing::Length(length), true)),
-        None => Ok((Framing::UntilClose, false)),
+
+    /// How the body ends, and whether that end leaves the connection usable (RFC 9112 §6.3: a body read
+    /// until the close does not, nor one sent with both framings, which is a message to distrust).
+    fn framing(
+        self,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        to_head: bool,
+    ) -> Result<(Framing, bool), Http1Error> {
+        if to_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok((Framing::Length(0), true));
+        }
+        if let Some(last) = self.transfer_encoding {
+            let both = self.content_length.is_some();
+            if both {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            // As `HeaderValue::to_str` reads it: a value with other than visible ASCII names no coding.
+            let visible = last.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b));
+            let chunked = visible
+                && last
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            return Ok(if chunked {
+                (Framing::Chunked(Chunked::default()), !both)
+            } else {
+                (Framing::UntilClose, false)
+            });
+        }
+        match self.content_length.transpose()? {
+            Some(length) => Ok((Framing::Length(length), true)),
+            None => Ok((Framing::UntilClose, false)),
+        }
     }
 }
 
-/// The `Content-Length`, if given: every value (and every item of a list) must be the same number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Http1Error> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| Http1Error::BadLength)?;
-        for item in text.split(',') {
-            let item = item.trim();
-            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Http1Error::BadLength);
-            }
-            let parsed: u64 = item.parse().map_err(|_| Http1Error::BadLength)?;
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(Http1Error::BadLength);
-            }
-            length = Some(parsed);
+/// A `Content-Length` value (a number, or a list of the same number) with the one seen before, if any:
+/// every value and every item of a list must be the same number.
+fn content_length(value: &[u8], seen: Option<u64>) -> Result<u64, Http1Error> {
+    let mut length = seen;
+    for item in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+            return Err(Http1Error::BadLength);
         }
+        let parsed: u64 = std::str::from_utf8(item)
+            .ok()
+            .and_then(|digits| digits.parse().ok())
+            .ok_or(Http1Error::BadLength)?;
+        if length.is_some_and(|earlier| earlier != parsed) {
+            return Err(Http1Error::BadLength);
+        }
+        length = Some(parsed);
     }
-    Ok(length)
+    length.ok_or(Http1Error::BadLength)
 }
 
 #[cfg(test)]
@@ -297,6 +336,23 @@ mod tests {
             let text = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
             assert!(matches!(head(&text), Err(Http1Error::BadLength)), "{bad:?}");
         }
+        let differing = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\ncontent-length: 6\r\n\r\n");
+        assert!(
+            matches!(differing, Err(Http1Error::BadLength)),
+            "two fields, two lengths"
+        );
+        // A length that does not decide the framing is not an error: a Transfer-Encoding overrides it, and
+        // a 204 has no body whatever it says.
+        let overridden = head("HTTP/1.1 200 OK\r\nContent-Length: x\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert!(matches!(overridden.framing, Framing::Chunked(_)) && !overridden.keep_alive);
+        assert!(!overridden.headers.contains_key(header::CONTENT_LENGTH));
+        let no_content = head("HTTP/1.1 204 No Content\r\nContent-Length: x\r\n\r\n").unwrap();
+        assert!(matches!(no_content.framing, Framing::Length(0)));
+        // The last coding decides, and only a value `to_str` reads names one.
+        let not_last = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").unwrap();
+        assert!(matches!(not_last.framing, Framing::UntilClose) && !not_last.keep_alive);
+        let opaque = head_to(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \xe9, chunked\r\n\r\n", false).unwrap();
+        assert!(matches!(opaque.framing, Framing::UntilClose));
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! acquire timeout. [`KeyRing::follow`] is how a data-plane process gets its ring: it opens the store
 //! (retrying with backoff) and then keeps the ring fresh, so the process itself never opens the store.
 //!
-//! The ring also gathers when each key was used ([`KeyRing::authenticate_and_note_use`], `key_use.rs`) and writes that to
-//! the store from the same background task, off the request path.
+//! The ring also gathers when each key was used ([`KeyRing::authenticate_and_note_use`], `key_use.rs`)
+//! and writes that to the store from the same background task, off the request path.
 
 mod key_use;
 

@@ -124,7 +124,7 @@ impl Text {
         }
     }
 
-    /// Appends `n` in decimal (`itoa`, already in the tree through `serde_json`: two digits per step).
+    /// Appends `n` in decimal (`itoa`, already a dependency: two digits per step).
     fn push_number(&mut self, n: u64) {
         self.push(itoa::Buffer::new().format(n).as_bytes());
     }

@@ -179,12 +179,6 @@ impl Upstream {
         if !request.headers().contains_key(header::HOST) {
             request.headers_mut().insert(header::HOST, self.host.clone());
         }
-        // HTTP/2 then sends the key "never indexed" (RFC 7541 §7.1.3): a secret, different on most requests,
-        // has no place in either side's header compression table. (A request has one: the handler refuses
-        // several.)
-        if let Some(key) = request.headers_mut().get_mut(header::AUTHORIZATION) {
-            key.set_sensitive(true);
-        }
         match tokio::time::timeout(self.timeout, self.send(request)).await {
             Err(_) => Err(ForwardError::TimedOut),
             Ok(Err(e)) => Err(e),
@@ -205,7 +199,7 @@ impl Upstream {
                 response.map(|response| response.map(UpstreamBody::Http1))
             }
             Wire::Http2 => {
-                self.address_for_http2(&mut request);
+                self.prepare_for_http2(&mut request);
                 let response = self.http2.send(authority, request).await;
                 response.map(|response| response.map(UpstreamBody::Http2))
             }
@@ -218,8 +212,15 @@ impl Upstream {
 
     /// HTTP/2 names the target in `:scheme` and `:authority` (RFC 9113 §8.3.1). The authority is the
     /// request's `Host`, kept as a header too, so the upstream sees the same host either way.
-    fn address_for_http2(&self, request: &mut Request<RequestBody>) {
+    ///
+    /// The key is then sent "never indexed" (RFC 7541 §7.1.3): a secret, different on most requests, has no
+    /// place in either side's header compression table. (A request has one: the handler refuses several.
+    /// HTTP/1.1 has no such table, so only this path looks the key up again.)
+    fn prepare_for_http2(&self, request: &mut Request<RequestBody>) {
         *request.version_mut() = hyper::Version::HTTP_2;
+        if let Some(key) = request.headers_mut().get_mut(header::AUTHORIZATION) {
+            key.set_sensitive(true);
+        }
         let authority = request
             .headers()
             .get(header::HOST)

@@ -17,6 +17,7 @@ use std::time::Duration;
 use foldhash::HashMap;
 
 use hyper::header::{HeaderName, HeaderValue};
+use smallvec::SmallVec;
 
 use super::limits::{Policy, Quota};
 use crate::domain::EffectiveLimits;
@@ -83,55 +84,27 @@ fn format_policy(limits: &EffectiveLimits) -> Option<HeaderValue> {
 /// The `RateLimit` value for the budgets' current state, or `None` when there are none. (It changes on every
 /// answer, so it is written without the formatting machinery, on the stack: one allocation, the value's.)
 pub fn state(quotas: &[Quota]) -> Option<HeaderValue> {
-    let mut value = Text::default();
+    // Three policies at most, each a name and two 20-digit numbers: it fits inline.
+    let mut value = SmallVec::<[u8; 192]>::new();
     for quota in quotas {
-        if value.len > 0 {
-            value.push(b", ");
+        if !value.is_empty() {
+            value.extend_from_slice(b", ");
         }
-        value.push(b"\"");
-        value.push(quota.policy.name().as_bytes());
-        value.push(b"\";r=");
-        value.push_number(quota.remaining);
+        value.push(b'"');
+        value.extend_from_slice(quota.policy.name().as_bytes());
+        value.extend_from_slice(b"\";r=");
+        push_number(&mut value, quota.remaining);
         if let Some(full_in) = quota.full_in {
-            value.push(b";t=");
-            value.push_number(full_in.as_nanos().div_ceil(1_000_000_000) as u64);
+            value.extend_from_slice(b";t=");
+            push_number(&mut value, full_in.as_nanos().div_ceil(1_000_000_000) as u64);
         }
     }
-    (value.len > 0).then(|| HeaderValue::from_bytes(value.as_bytes()).expect("ASCII"))
+    (!value.is_empty()).then(|| HeaderValue::from_bytes(&value).expect("ASCII"))
 }
 
-/// A `RateLimit` value being written: three policies at most, each a name and two 20-digit numbers (the
-/// test of the longest value checks they fit; a value that did not would be cut, never overrun).
-struct Text {
-    bytes: [u8; 192],
-    len: usize,
-}
-
-impl Default for Text {
-    fn default() -> Self {
-        Text {
-            bytes: [0; 192],
-            len: 0,
-        }
-    }
-}
-
-impl Text {
-    fn push(&mut self, part: &[u8]) {
-        if let Some(room) = self.bytes.get_mut(self.len..self.len + part.len()) {
-            room.copy_from_slice(part);
-            self.len += part.len();
-        }
-    }
-
-    /// Appends `n` in decimal (`itoa`, already a dependency: two digits per step).
-    fn push_number(&mut self, n: u64) {
-        self.push(itoa::Buffer::new().format(n).as_bytes());
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
+/// Appends `n` in decimal (`itoa`: two digits per step).
+fn push_number(out: &mut SmallVec<[u8; 192]>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 #[cfg(test)]

@@ -21,9 +21,10 @@
 # Then the sidecar's memory (RSS) holding 10,000 keys of 1,000 environments.
 #
 # BENCH_UPSTREAM=both (the default; static only when the binary has no `facts` command), static or facts.
-# BENCH_UPSTREAM=instructions measures instead the user-space instructions a forwarded request costs (the
-# sidecar under valgrind's callgrind, in front of the static upstream, this build and BASELINE_BIN's): on a
-# shared machine whose CPU time moves by a fifth between rounds, the steady figure for comparing builds.
+# BENCH_UPSTREAM=instructions measures instead the user-space instructions a forwarded request costs (under
+# valgrind's callgrind, in front of the static upstream: this build, BASELINE_BIN's, and nginx's limit_req
+# proxy with one worker): on a shared machine whose CPU time moves by a fifth between rounds, the steady
+# figure for comparing builds, and the sidecar with nginx.
 #
 # Needs: wrk, nginx (apt-get install -y wrk nginx), python3, a release build (built if missing).
 # Knobs: DURATION (default 10s), ROUNDS (3), CONNECTIONS (64), THREADS (2), SIDECAR_WORKERS (the sidecar's
@@ -166,9 +167,14 @@ EOF
 
 # --- 2. Processes ------------------------------------------------------------------------------------
 nginx_conf() { # NAME BODY [WORKERS]: writes and starts an nginx with that http block
+  nginx_conf_file "$@"
+  nginx -p "$WORK" -c "$WORK/nginx-$1.conf"
+}
+nginx_conf_file() { # NAME BODY [WORKERS] [MAIN]: only writes it; MAIN opens the file (e.g. "daemon off;")
   local conf="$WORK/nginx-$1.conf"
   mkdir -p "$WORK/logs" "$WORK/tmp-$1"
   cat >"$conf" <<EOF
+${4:-}
 worker_processes ${3:-auto};
 pid $WORK/nginx-$1.pid;
 error_log $WORK/logs/$1-error.log warn;
@@ -184,7 +190,6 @@ http {
   $2
 }
 EOF
-  nginx -p "$WORK" -c "$conf"
 }
 nginx_stop() { # NAME
   nginx -p "$WORK" -c "$WORK/nginx-$1.conf" -s stop 2>/dev/null || true
@@ -192,18 +197,21 @@ nginx_stop() { # NAME
 }
 nginx_workers() { pgrep -P "$(cat "$WORK/nginx-$1.pid")" | tr '\n' ' '; }
 nginx_proxy() { # NAME PORT WORKERS UPSTREAM_PORT
-  nginx_conf "$1" "
-  upstream facts { server 127.0.0.1:$4; keepalive 128; }
+  nginx_conf "$1" "$(nginx_proxy_http "$2" "$4")" "$3"
+}
+nginx_proxy_http() { # PORT UPSTREAM_PORT: the limit_req proxy's http block
+  echo "
+  upstream facts { server 127.0.0.1:$2; keepalive 128; }
   limit_req_zone \$http_authorization zone=keys:32m rate=1000000r/s;
   server {
-    listen 127.0.0.1:$2;
+    listen 127.0.0.1:$1;
     location / {
       limit_req zone=keys burst=1000000 nodelay;
       proxy_pass http://facts;
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
     }
-  }" "$3"
+  }"
 }
 nginx_refusing() { # NAME PORT UPSTREAM_PORT: nginx's own refusal path, for the sidecar's 429 row: one
   # request a minute per Authorization value, the rest answered 429 by limit_req itself
@@ -419,18 +427,32 @@ bench() { # static|facts
   nginx_stop "$kind-refusing"
   [[ $kind == facts ]] || nginx_stop "$kind-upstream"
 }
-instructions() { # BIN LABEL: user-space instructions per forwarded request under callgrind
-  local bin=$1 label=$2 port metrics out pid
+sidecar_instructions() { # BIN LABEL: refresh and last-use flushes off, so only the request path counts
+  local port metrics pid
   port=$(free_port)
   metrics=$(free_port)
-  out="$WORK/callgrind-$port.out"
-  # Refresh and last-use flushes off: only the request path counts.
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" sidecar --listen "127.0.0.1:$port" \
-    --upstream "http://127.0.0.1:$UPSTREAM_PORT" --database-url "$DB" --metrics-addr "127.0.0.1:$metrics" \
-    --refresh-interval 1h --key-use-flush-interval off 2>"$WORK/logs-callgrind-$port.txt" &
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-$port.out" "$1" sidecar \
+    --listen "127.0.0.1:$port" --upstream "http://127.0.0.1:$UPSTREAM_PORT" --database-url "$DB" \
+    --metrics-addr "127.0.0.1:$metrics" --refresh-interval 1h --key-use-flush-interval off \
+    2>"$WORK/logs-callgrind-$port.txt" &
   pid=$!
   PIDS+=("$pid")
   wait_ready "http://127.0.0.1:$metrics"
+  count_instructions "$2" "$port" "$pid"
+}
+nginx_instructions() { # the limit_req proxy with one worker, in the foreground so that valgrind follows it
+  local port pid
+  port=$(free_port)
+  nginx_conf_file instructions-proxy "$(nginx_proxy_http "$port" "$UPSTREAM_PORT")" 1 "daemon off; master_process off;"
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-$port.out" \
+    nginx -p "$WORK" -c "$WORK/nginx-instructions-proxy.conf" 2>"$WORK/logs-callgrind-$port.txt" &
+  pid=$!
+  PIDS+=("$pid")
+  wait_http "http://127.0.0.1:$port/"
+  count_instructions "nginx limit_req proxy, 1 worker" "$port" "$pid"
+}
+count_instructions() { # LABEL PORT PID: instructions per request of the proxy PID on PORT (under callgrind)
+  local label=$1 port=$2 pid=$3 out="$WORK/callgrind-$2.out"
   # Warm until every environment has limiter and metrics state, then count from zero.
   KEYS_FILE="$WORK/keys-rotating.txt" wrk -t1 -c8 -d8s -s "$WORK/keys.lua" "http://127.0.0.1:$port/" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
@@ -457,11 +479,13 @@ if [[ $BENCH_UPSTREAM == instructions ]]; then
     "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { default_type application/json; return 200 '[]'; } }"
   wait_http "http://127.0.0.1:$UPSTREAM_PORT/"
   log "user-space instructions per forwarded request (callgrind; $DURATION of wrk -t1 -c8 after 8s of warming)"
-  instructions "$BIN" "this build ($BIN)"
-  [[ -z ${BASELINE_BIN:-} ]] || instructions "$BASELINE_BIN" "baseline build ($BASELINE_BIN)"
-  # Under valgrind the key's SHA-256 runs without the CPU's SHA instructions: about 7,000 of the figures
-  # above are that, where a native run spends a few hundred. The same for both builds, so they compare.
+  sidecar_instructions "$BIN" "this build ($BIN)"
+  [[ -z ${BASELINE_BIN:-} ]] || sidecar_instructions "$BASELINE_BIN" "baseline build ($BASELINE_BIN)"
+  # Under valgrind the key's SHA-256 runs without the CPU's SHA instructions: about 7,000 of the sidecar's
+  # figures are that, where a native run spends a few hundred. The same for both builds, so they compare.
   log "of which about 7,000 are the key's SHA-256 in software (valgrind hides the CPU's SHA instructions)"
+  # The same load through nginx, which checks no key: its limit_req is keyed by the Authorization value.
+  nginx_instructions
   exit 0
 fi
 

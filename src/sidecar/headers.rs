@@ -88,7 +88,7 @@ pub fn state(quotas: &[Quota]) -> Option<HeaderValue> {
     }
     // Three policies at most, each a name and two 20-digit numbers: the value fits (a test checks the
     // longest), and anything longer is written again into a vector rather than cut.
-    let mut inline = [0u8; 192];
+    let mut inline = [0u8; INLINE_STATE];
     let mut rest: &mut [u8] = &mut inline;
     let fits = write_state(&mut rest, quotas).is_ok();
     let unused = rest.len();
@@ -99,6 +99,9 @@ pub fn state(quotas: &[Quota]) -> Option<HeaderValue> {
     write_state(&mut value, quotas).ok()?;
     HeaderValue::from_bytes(&value).ok()
 }
+
+/// The longest `RateLimit` value written on the stack.
+const INLINE_STATE: usize = 192;
 
 /// `"requests";r=59998;t=1, "concurrency";r=3`, numbers by `itoa` (two digits per step). Writing into a
 /// slice is a bounds check and a copy per part, where a `SmallVec` spent a thousand instructions a value.
@@ -183,13 +186,21 @@ mod tests {
             full_in: Some(Duration::ZERO),
         };
         assert_eq!(state(&[big]).unwrap(), r#""fact-writes";r=18446744073709551615;t=0"#);
-        let longest = [Policy::Requests, Policy::FactWrites, Policy::Concurrency].map(|policy| Quota { policy, ..big });
+        let longest = [Policy::Requests, Policy::FactWrites, Policy::Concurrency].map(|policy| Quota {
+            policy,
+            full_in: Some(Duration::from_secs(u64::MAX)),
+            ..big
+        });
         let expected = [
-            r#""requests";r=18446744073709551615;t=0"#,
-            r#""fact-writes";r=18446744073709551615;t=0"#,
-            r#""concurrency";r=18446744073709551615;t=0"#,
+            r#""requests";r=18446744073709551615;t=18446744073709551615"#,
+            r#""fact-writes";r=18446744073709551615;t=18446744073709551615"#,
+            r#""concurrency";r=18446744073709551615;t=18446744073709551615"#,
         ]
         .join(", ");
+        assert!(
+            expected.len() <= INLINE_STATE,
+            "every policy with both numbers at their longest is written on the stack"
+        );
         assert_eq!(
             state(&longest).unwrap(),
             expected.as_str(),

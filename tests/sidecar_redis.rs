@@ -29,6 +29,8 @@ struct Load {
     unavailable: u64,
     other: Vec<StatusCode>,
     slowest: Duration,
+    /// Admitted by each replica, in the order of the spread (for the message of a failed bound).
+    by_replica: Vec<u64>,
 }
 
 impl Load {
@@ -39,6 +41,12 @@ impl Load {
         self.unavailable += other.unavailable;
         self.other.extend(other.other);
         self.slowest = self.slowest.max(other.slowest);
+        if self.by_replica.len() < other.by_replica.len() {
+            self.by_replica.resize(other.by_replica.len(), 0);
+        }
+        for (mine, theirs) in self.by_replica.iter_mut().zip(&other.by_replica) {
+            *mine += theirs;
+        }
     }
 
     fn total(&self) -> u64 {
@@ -56,7 +64,7 @@ async fn hammer(
     pace: Option<Duration>,
 ) -> Load {
     let mut tasks = Vec::new();
-    for (url, connections) in spread {
+    for (replica, (url, connections)) in spread.iter().enumerate() {
         for c in 0..*connections {
             let (http, key) = (Http::to(url), key.to_owned());
             tasks.push(tokio::spawn(async move {
@@ -84,6 +92,8 @@ async fn hammer(
                         tokio::time::sleep(pace).await;
                     }
                 }
+                load.by_replica = vec![0; replica + 1];
+                load.by_replica[replica] = load.admitted;
                 load
             }));
         }
@@ -152,6 +162,15 @@ async fn wait_shared(replica: &Replica, shared: bool) -> Duration {
         replica.metric("orgkeeper_sidecar_limits_shared").await == want
     })
     .await
+}
+
+/// How many times each replica switched to its fallback.
+async fn fallbacks(replicas: &[Replica]) -> Vec<f64> {
+    let mut counts = Vec::new();
+    for replica in replicas {
+        counts.push(replica.metric("orgkeeper_sidecar_limits_fallbacks").await);
+    }
+    counts
 }
 
 /// 90% of `connections` on the first replica, the rest split between the others.
@@ -431,11 +450,16 @@ async fn share_keeps_the_total_within_the_budget_while_redis_is_stopped_and_rest
     assert!(load.other.is_empty() && load.unavailable == 0, "{load:?}");
     // A restart loses Redis's state (one window of budget), never more.
     let budget = allowed(600, elapsed) + 600.0;
+    let fallbacks = fallbacks(&replicas).await;
     eprintln!(
-        "share, Redis killed and restarted: {} admitted; at most {budget:.0}; slowest answer {:?}",
-        load.admitted, load.slowest
+        "share, Redis killed and restarted: {} admitted ({:?} by replica); at most {budget:.0}; slowest answer \
+         {:?}; fallbacks by replica {fallbacks:?}",
+        load.admitted, load.by_replica, load.slowest
     );
-    assert!(load.admitted as f64 <= budget * 1.01, "{load:?}");
+    assert!(
+        load.admitted as f64 <= budget * 1.01,
+        "{load:?}, fallbacks by replica {fallbacks:?}"
+    );
     assert!(
         load.slowest < Duration::from_millis(600),
         "no request hangs on Redis: {:?}",
@@ -464,11 +488,16 @@ async fn share_keeps_the_total_within_the_budget_while_redis_hangs() {
     assert!(load.other.is_empty() && load.unavailable == 0, "{load:?}");
     // Redis kept its state, and what the fallback admitted was charged to it on recovery.
     let budget = allowed(600, elapsed);
+    let fallbacks = fallbacks(&replicas).await;
     eprintln!(
-        "share, Redis paused: {} admitted; the budget allows {budget:.0}; slowest answer {:?}",
-        load.admitted, load.slowest
+        "share, Redis paused: {} admitted ({:?} by replica); the budget allows {budget:.0}; slowest answer {:?}; \
+         fallbacks by replica {fallbacks:?}",
+        load.admitted, load.by_replica, load.slowest
     );
-    assert!(load.admitted as f64 <= budget * 1.01, "{load:?}");
+    assert!(
+        load.admitted as f64 <= budget * 1.01,
+        "{load:?}, fallbacks by replica {fallbacks:?}"
+    );
     assert!(
         load.slowest < Duration::from_millis(600),
         "no request hangs on Redis: {:?}",

@@ -13,10 +13,15 @@
 //! - `max_connections`: connections open at once. At the cap, a new connection first makes room the same
 //!   way; when every open connection is serving a request, the new one is answered 503 and closed at accept.
 //!
+//! A connection chosen to make room holds its memory until its task has run and closed it, on a worker
+//! thread that a flood may keep busy. So the accept loop waits ([`Connections::wait_for_room`]) while more
+//! than [`MAX_CLOSING`] of them are still open: the caps bound the connections that exist, not only the
+//! ones counted as waiting.
+//!
 //! The choice of whom to close scans the table of connections, which happens only at a cap; the hot path
 //! (a request's headers arriving, its response ending) is one atomic swap and a gauge update.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -39,6 +44,9 @@ const ENDING: u64 = u64::MAX - 1;
 /// `waiting_since` once the connection was chosen to make room.
 const EVICTED: u64 = u64::MAX - 2;
 
+/// Connections chosen to make room that may still be open before the accept loop waits for them to close.
+pub const MAX_CLOSING: usize = 64;
+
 /// What the table knows of one connection.
 struct Entry {
     /// Nanoseconds since the table's origin at which it started waiting for headers, or a sentinel.
@@ -52,6 +60,10 @@ pub struct Connections {
     origin: Instant,
     next_id: AtomicU64,
     table: Mutex<HashMap<u64, Arc<Entry>>>,
+    /// Connections chosen to make room and not closed yet.
+    closing: AtomicUsize,
+    /// Notified when one of those closes.
+    closed: Notify,
     metrics: ConnectionMetrics,
 }
 
@@ -62,6 +74,8 @@ impl Connections {
             origin: Instant::now(),
             next_id: AtomicU64::new(0),
             table: Mutex::default(),
+            closing: AtomicUsize::new(0),
+            closed: Notify::new(),
             metrics,
         })
     }
@@ -123,10 +137,31 @@ impl Connections {
                 .is_ok()
             {
                 self.metrics.waiting.dec();
+                self.closing.fetch_add(1, Ordering::AcqRel);
                 entry.evicted.notify_one();
                 return true;
             }
         }
+    }
+
+    /// Resolves once at most [`MAX_CLOSING`] of the connections chosen to make room are still open.
+    pub async fn wait_for_room(&self) {
+        while self.closing.load(Ordering::Acquire) > MAX_CLOSING {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            // Registered before the check, so a close between the two is not missed.
+            closed.as_mut().enable();
+            if self.closing.load(Ordering::Acquire) <= MAX_CLOSING {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// An evicted connection has closed, or started a request after all (it is then served).
+    fn no_longer_closing(&self) {
+        self.closing.fetch_sub(1, Ordering::AcqRel);
+        self.closed.notify_waiters();
     }
 }
 
@@ -143,6 +178,8 @@ impl Registration {
         let before = self.entry.waiting_since.swap(SERVING, Ordering::AcqRel);
         if before < EVICTED {
             self.owner.metrics.waiting.dec();
+        } else if before == EVICTED {
+            self.owner.no_longer_closing();
         }
     }
 
@@ -188,8 +225,11 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         // A swap, not a load: an eviction racing with the close must not count it out twice.
-        if self.entry.waiting_since.swap(SERVING, Ordering::AcqRel) < EVICTED {
+        let before = self.entry.waiting_since.swap(SERVING, Ordering::AcqRel);
+        if before < EVICTED {
             self.owner.metrics.waiting.dec();
+        } else if before == EVICTED {
+            self.owner.no_longer_closing();
         }
         self.owner.metrics.open.dec();
         self.owner
@@ -202,6 +242,8 @@ impl Drop for Registration {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn connections(max_connections: usize, max_pending_headers: usize) -> Arc<Connections> {
@@ -245,6 +287,40 @@ mod tests {
         busy.flushed();
         assert!(table.admit().is_some(), "a connection back to waiting can make room");
         assert_eq!(table.metrics.refused_at_capacity.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_accept_loop_waits_while_too_many_evicted_connections_are_still_open() {
+        use futures::FutureExt;
+        let table = connections(10_000, 1);
+        let mut open: Vec<Registration> = (0..MAX_CLOSING + 2).map(|_| table.admit().unwrap()).collect();
+        assert!(open[..MAX_CLOSING + 1].iter().all(Registration::is_evicted));
+        assert!(
+            table.wait_for_room().now_or_never().is_none(),
+            "{} evicted connections still open",
+            MAX_CLOSING + 1
+        );
+        let waiting = tokio::spawn({
+            let table = table.clone();
+            async move { table.wait_for_room().await }
+        });
+        tokio::task::yield_now().await;
+        drop(open.remove(0));
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("a close wakes the accept loop")
+            .unwrap();
+        // An evicted connection whose request arrived at the same moment is served, and no longer counts.
+        let late = open.remove(0);
+        assert!(late.is_evicted());
+        late.serving();
+        assert_eq!(table.closing.load(Ordering::Acquire), MAX_CLOSING - 1);
+        drop(late);
+        assert_eq!(
+            table.closing.load(Ordering::Acquire),
+            MAX_CLOSING - 1,
+            "counted out once"
+        );
     }
 
     #[test]

@@ -7,17 +7,34 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 
 use crate::sidecar_support::Http;
 
+/// A loopback port nobody listens on, from below the kernel's ephemeral range and never the same twice in
+/// this process. A port from `bind(0)` is in that range, which the kernel hands to every outgoing connection
+/// and to other tests' `bind(0)`: while a test has its Redis stopped, the port could be taken, and the
+/// restart would fail, or the replicas reconnect to somebody else's server.
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOWEST).max(1_000);
+    // Another test binary may still hold the ports of the one before it: start elsewhere in the span.
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = (LOWEST + (offset + NEXT.fetch_add(1, Ordering::Relaxed) % span) % span) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback port between {LOWEST} and {ephemeral}");
 }
 
 fn signal(pid: u32, signal: libc::c_int) {
@@ -100,6 +117,13 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        let exited = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten());
+        assert!(
+            exited.is_none(),
+            "redis-server exited ({exited:?}) while something else answers on {}; its log:\n{}",
+            self.port,
+            std::fs::read_to_string(self.log_file()).unwrap_or_default()
+        );
     }
 
     fn log_file(&self) -> std::path::PathBuf {

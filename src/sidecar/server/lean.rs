@@ -37,8 +37,11 @@ use crate::sidecar::headers::whole_seconds;
 
 /// Header fields in a request head at most (hyper's own bound; beyond it hyper answers 431).
 const MAX_HEADERS: usize = 100;
-/// Room made in the read buffer before each read.
+/// The read buffer a connection starts with, and how much it grows by when it runs out of room.
 const READ_SIZE: usize = 8 * 1024;
+/// Room below which the read buffer grows before a read. Growing only then keeps a connection that sent part
+/// of a request at one [`READ_SIZE`] buffer: a flood of them is held to the memory the connection caps allow.
+const MIN_READ_ROOM: usize = 1024;
 /// The write buffer a connection keeps between answers (an answer's head and small body fit).
 const KEPT_WRITE_BUFFER: usize = 4 * 1024;
 /// A body frame up to this size is copied into the write buffer (one write with what precedes it).
@@ -89,7 +92,8 @@ pub(super) async fn serve(
     state: &ConnectionState,
 ) -> Outcome {
     let mut buffer = BytesMut::with_capacity(READ_SIZE);
-    let mut out = Vec::with_capacity(KEPT_WRITE_BUFFER);
+    // Allocated by the first answer: a connection that never completes a request does not hold one.
+    let mut out = Vec::new();
     // One timer for the connection, and one future for what ends a wait early, made once: their wakers
     // stay registered across requests instead of being registered and removed for every request. The
     // timer is not moved at every request either: it keeps the deadline of an earlier wait, and when it
@@ -126,7 +130,9 @@ pub(super) async fn serve(
                 timer.as_mut().reset(deadline);
                 timer_set = true;
             }
-            buffer.reserve(READ_SIZE);
+            if buffer.capacity() - buffer.len() < MIN_READ_ROOM {
+                buffer.reserve(READ_SIZE);
+            }
             tokio::select! {
                 biased;
                 read = stream.read_buf(&mut buffer) => match read {
@@ -313,6 +319,7 @@ async fn write_response(
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     out.clear();
+    out.reserve(KEPT_WRITE_BUFFER);
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());

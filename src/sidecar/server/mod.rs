@@ -257,6 +257,12 @@ pub async fn serve(
             refuse_at_capacity(&stream);
             continue;
         };
+        // Under a flood, accepting faster than the workers close the connections evicted to make room
+        // would let memory grow past what the caps allow.
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            () = connections.wait_for_room() => {}
+        }
         let _ = stream.set_nodelay(true);
         let stream = stream.into_std()?;
         // A worker that has stopped (it cannot start its runtime) hands its turn to the next one.

@@ -16,6 +16,11 @@ use orgkeeper::store::Store;
 use redis_support::*;
 use sidecar_support::*;
 
+/// Taken by the tests that put three replicas under load, for their whole run: two of them at once on the
+/// two cores of CI would each measure the other's load, and their bounds (1% over the budget, 600 ms for
+/// the slowest answer) are about the sidecar. The other tests run beside them.
+static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Minutes to the budget, per second of refill.
 const MINUTE: f64 = 60.0;
 
@@ -197,6 +202,7 @@ fn only_requests(per_minute: u64) -> LimitOverrides {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_share_one_budget_per_environment_within_one_percent() {
+    let _turn = LOAD.lock().await;
     let redis = RedisServer::start();
     let setup = setup(&[
         ("requests", only_requests(1_200)),
@@ -293,6 +299,7 @@ async fn three_replicas_share_one_budget_per_environment_within_one_percent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_redis_each_replica_enforces_the_budget_on_its_own() {
+    let _turn = LOAD.lock().await;
     let setup = setup(&[("requests", only_requests(1_200))]).await;
     let replicas = setup.replicas(3, None, &[]).await;
     let started = Instant::now();
@@ -319,6 +326,7 @@ async fn without_redis_each_replica_enforces_the_budget_on_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_concurrency_limit_holds_across_replicas_and_a_killed_replica_frees_its_slots() {
+    let _turn = LOAD.lock().await;
     let redis = RedisServer::start();
     let setup = setup(&[(
         "slow",
@@ -420,6 +428,7 @@ async fn under_fault<F: std::future::Future<Output = ()>>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn share_keeps_the_total_within_the_budget_while_redis_is_stopped_and_restarted() {
+    let _turn = LOAD.lock().await;
     let mut redis = RedisServer::start();
     let setup = setup(&[("requests", only_requests(600))]).await;
     let replicas = setup.replicas(3, Some(&redis), &[]).await;
@@ -472,6 +481,7 @@ async fn share_keeps_the_total_within_the_budget_while_redis_is_stopped_and_rest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn share_keeps_the_total_within_the_budget_while_redis_hangs() {
+    let _turn = LOAD.lock().await;
     let redis = RedisServer::start();
     let setup = setup(&[("requests", only_requests(600))]).await;
     let replicas = setup.replicas(3, Some(&redis), &[]).await;
@@ -785,6 +795,7 @@ async fn one_budget_between(setup: &Setup, replicas: &[Replica]) {
 /// does, and share one budget there (every key of a store hashes to one slot: `{orgkeeper}`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_cluster_holds_one_budget_per_environment_in_the_stores_slot() {
+    let _turn = LOAD.lock().await;
     let cluster = RedisCluster::start();
     let setup = setup(&[("requests", only_requests(1_200))]).await;
     let (owner, other) = cluster.owner_and_other("{orgkeeper}:replicas");
@@ -813,6 +824,7 @@ async fn a_redis_cluster_holds_one_budget_per_environment_in_the_stores_slot() {
 /// primary by themselves, never refusing a request for it with anything but 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sentinel_names_the_primary_and_a_failover_is_followed() {
+    let _turn = LOAD.lock().await;
     let mut redis = RedisSentinel::start();
     let setup = setup(&[("requests", only_requests(1_200))]).await;
     let flags = [

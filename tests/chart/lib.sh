@@ -31,10 +31,14 @@ PY="$TOOLS_VENV/bin/python"
 log() { printf '[chart] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# Installs the pinned tools once into $TOOLS_DIR; later runs only check the marker files.
+# Installs the pinned tools once into $TOOLS_DIR; later runs only check the marker files. Tests run helm in
+# parallel, so on a fresh machine several would install at once and move one another's files away: the
+# first installs under a lock while the others wait for it.
 ensure_chart_tools() {
   mkdir -p "$TOOLS_DIR/bin"
-  local marker
+  local lock marker
+  exec {lock}>"$TOOLS_DIR/.install.lock"
+  flock "$lock"
   marker="$TOOLS_VENV/.orgkeeper-$(printf '%s\n' "${PY_TOOLS[@]}" | sha256sum | cut -c1-16)"
   if [[ ! -f "$marker" ]]; then
     [[ -x "$PY" ]] || python3 -m venv "$TOOLS_VENV" || die "python3 -m venv failed (Debian: apt-get install -y python3-venv)"
@@ -60,6 +64,7 @@ EOF
     rm -rf "$tmp"
     "$HELM" version --short | grep -q "^$HELM_VERSION" || die "unexpected helm version: $("$HELM" version --short)"
   fi
+  exec {lock}>&-
 }
 
 # --- checks ------------------------------------------------------------------

@@ -175,6 +175,12 @@ pub struct Registration {
 impl Registration {
     /// A request's headers have arrived.
     pub fn serving(&self) {
+        self.stop_waiting();
+    }
+
+    /// Counts the connection out of the waiting (or evicted and closing) ones, once: a swap, not a load, so
+    /// that an eviction racing with a request or a close cannot count it out twice.
+    fn stop_waiting(&self) {
         let before = self.entry.waiting_since.swap(SERVING, Ordering::AcqRel);
         if before < EVICTED {
             self.owner.metrics.waiting.dec();
@@ -224,13 +230,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        // A swap, not a load: an eviction racing with the close must not count it out twice.
-        let before = self.entry.waiting_since.swap(SERVING, Ordering::AcqRel);
-        if before < EVICTED {
-            self.owner.metrics.waiting.dec();
-        } else if before == EVICTED {
-            self.owner.no_longer_closing();
-        }
+        self.stop_waiting();
         self.owner.metrics.open.dec();
         self.owner
             .table

@@ -29,7 +29,7 @@ fn free_addr() -> SocketAddr {
     // Another test binary may still hold the ports of the one before it: start elsewhere in the span.
     let offset = std::process::id().wrapping_mul(7_919) % span;
     for _ in 0..span {
-        let port = (LOWEST + (offset + NEXT.fetch_add(1, Ordering::Relaxed) % span) % span) as u16;
+        let port = (LOWEST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
         if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             return listener.local_addr().unwrap();
         }

@@ -35,7 +35,9 @@ use crate::store::{FactStoreError, FactWrite, Store, StoreError};
 /// The clients refuse to send bodies of 10 MiB or more; so does the fact store by default.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// The response header of a write that removed facts: how many (concrete and wildcard deletes together).
-pub const FACTS_DELETED: &str = "orgkeeper-facts-deleted";
+/// A name, not text: the sidecar looks for it on every answer, and a name given as text is parsed and
+/// hashed again at each look-up.
+pub const FACTS_DELETED: HeaderName = HeaderName::from_static("orgkeeper-facts-deleted");
 /// How long a client has to send its whole body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `/api/healthcheck` waits for the database before it answers 503.
@@ -341,9 +343,7 @@ fn ok(message: &str) -> Response {
 /// A write's answer, with how many facts it removed when it removed any.
 fn written(mut response: Response, outcome: FactWrite) -> Response {
     if outcome.deleted > 0 {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(FACTS_DELETED), outcome.deleted.into());
+        response.headers_mut().insert(FACTS_DELETED, outcome.deleted.into());
     }
     response
 }

@@ -28,6 +28,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 pub use protocol::UpstreamProtocol;
 use protocol::{Choice, Wire};
@@ -179,28 +180,33 @@ impl Upstream {
         if !request.headers().contains_key(header::HOST) {
             request.headers_mut().insert(header::HOST, self.host.clone());
         }
-        match tokio::time::timeout(self.timeout, self.send(request)).await {
-            Err(_) => Err(ForwardError::TimedOut),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(mut response)) => {
-                strip_hop_by_hop(response.headers_mut());
-                *response.version_mut() = hyper::Version::HTTP_11;
-                Ok(response)
-            }
-        }
+        let mut response = self.send(request, Instant::now() + self.timeout).await?;
+        strip_hop_by_hop(response.headers_mut());
+        *response.version_mut() = hyper::Version::HTTP_11;
+        Ok(response)
     }
 
-    async fn send(&self, mut request: Request<RequestBody>) -> Result<Response<UpstreamBody>, ForwardError> {
+    /// Sends, with `deadline` for the response headers: HTTP/1.1 connections keep a timer each for it
+    /// (`http1/watchdog.rs`), the rest takes one per request.
+    async fn send(
+        &self,
+        mut request: Request<RequestBody>,
+        deadline: Instant,
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
         let authority = self.authority.as_str();
-        let sent = match self.protocol.wire(authority, CONNECT_TIMEOUT).await? {
+        let wire = match self.protocol.known() {
+            Some(wire) => wire,
+            None => within(deadline, self.protocol.wire(authority, CONNECT_TIMEOUT)).await?,
+        };
+        let sent = match wire {
             Wire::Http1 => {
                 let (parts, body) = request.into_parts();
-                let response = self.http1.send(authority, parts, body).await;
+                let response = self.http1.send(authority, parts, body, deadline).await;
                 response.map(|response| response.map(UpstreamBody::Http1))
             }
             Wire::Http2 => {
                 self.prepare_for_http2(&mut request);
-                let response = self.http2.send(authority, request).await;
+                let response = within(deadline, self.http2.send(authority, request)).await;
                 response.map(|response| response.map(UpstreamBody::Http2))
             }
         };
@@ -231,6 +237,13 @@ impl Upstream {
         parts.authority = Some(authority);
         *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
     }
+}
+
+/// `work`'s result, or [`ForwardError::TimedOut`] at `deadline`.
+async fn within<T>(deadline: Instant, work: impl Future<Output = Result<T, ForwardError>>) -> Result<T, ForwardError> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or(Err(ForwardError::TimedOut))
 }
 
 /// A TCP connection to the upstream, without Nagle's delay (requests and answers are small).

@@ -82,10 +82,7 @@ impl Choice {
 
     /// The protocol for the next request, probing the upstream if that is not known yet.
     pub async fn wire(&self, authority: &str, limit: Duration) -> Result<Wire, ForwardError> {
-        if self.setting == UpstreamProtocol::Http1 {
-            return Ok(Wire::Http1);
-        }
-        if let Some(wire) = self.found() {
+        if let Some(wire) = self.known() {
             return Ok(wire);
         }
         let _probing = self.probing.lock().await;
@@ -121,6 +118,14 @@ impl Choice {
     /// The upstream could not be reached: it may come back as another server, so ask again next time.
     pub fn forget(&self) {
         self.found.store(UNDECIDED, Ordering::Release);
+    }
+
+    /// The protocol for the next request, if no probe is needed to know it.
+    pub fn known(&self) -> Option<Wire> {
+        if self.setting == UpstreamProtocol::Http1 {
+            return Some(Wire::Http1);
+        }
+        self.found()
     }
 
     fn found(&self) -> Option<Wire> {

@@ -14,12 +14,14 @@
 //! - `request`: writes the head (and a small body) in one write, a read's body streamed after it;
 //! - `response`: parses the head with `httparse`, bounded in size, and decides the body's framing;
 //! - `body`: the response body, reading the connection directly;
-//! - `chunked`: the chunked coding's decoder.
+//! - `chunked`: the chunked coding's decoder;
+//! - `watchdog`: the upstream timeout, one timer per connection rather than per request.
 
 mod body;
 mod chunked;
 mod request;
 mod response;
+mod watchdog;
 
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -33,6 +35,7 @@ use tokio::net::TcpStream;
 pub use body::Http1Body;
 use request::Outgoing;
 use response::{MAX_HEAD, MAX_HEADERS};
+use watchdog::Watchdog;
 
 use super::{ForwardError, connect};
 use crate::sidecar::body::{BoxError, RequestBody};
@@ -77,6 +80,8 @@ pub enum Http1Error {
     BadLength,
     #[error("the upstream answered 101 Switching Protocols, which the sidecar does not relay")]
     Upgrade,
+    #[error("the upstream did not answer within the upstream timeout")]
+    TimedOut,
 }
 
 impl Http1Error {
@@ -90,7 +95,10 @@ impl Http1Error {
 
 impl From<Http1Error> for ForwardError {
     fn from(error: Http1Error) -> Self {
-        ForwardError::Unreachable(error.to_string())
+        match error {
+            Http1Error::TimedOut => ForwardError::TimedOut,
+            error => ForwardError::Unreachable(error.to_string()),
+        }
     }
 }
 
@@ -100,14 +108,22 @@ struct Connection {
     buffer: BytesMut,
     /// When it went back to the pool.
     idle_since: Instant,
+    /// Bounds the wait for each answer; `None` only while a request is using it.
+    watchdog: Option<Watchdog>,
 }
 
 impl Connection {
-    async fn open(authority: &str) -> Result<Connection, ForwardError> {
+    /// Connects, within `deadline` (the first request's).
+    async fn open(authority: &str, deadline: tokio::time::Instant) -> Result<Connection, ForwardError> {
+        let stream = match tokio::time::timeout_at(deadline, connect(authority)).await {
+            Ok(connected) => connected?,
+            Err(_) => return Err(ForwardError::TimedOut),
+        };
         Ok(Connection {
-            stream: connect(authority).await?,
+            stream,
             buffer: BytesMut::with_capacity(INITIAL_BUFFER),
             idle_since: Instant::now(),
+            watchdog: Some(Watchdog::new(deadline)),
         })
     }
 
@@ -169,27 +185,30 @@ impl Idle {
 }
 
 impl Pool {
-    /// Sends on an idle connection, or a new one, and returns once the response head has arrived. A
-    /// request an idle connection did not take (the upstream had closed it) is sent again on a new
-    /// connection, unless its streamed body was already used up.
+    /// Sends on an idle connection, or a new one, and returns once the response head has arrived, or
+    /// [`ForwardError::TimedOut`] at `deadline`. A request an idle connection did not take (the upstream
+    /// had closed it) is sent again on a new connection, unless its streamed body was already used up.
     pub async fn send(
         &self,
         authority: &str,
         parts: Parts,
         mut body: RequestBody,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Http1Body>, ForwardError> {
         let outgoing = Outgoing::new(&parts, &body);
         let to_head = parts.method == Method::HEAD;
         if let Some(connection) = self.idle.take() {
-            match self.exchange(connection, &outgoing, &mut body, to_head).await {
+            match self.exchange(connection, &outgoing, &mut body, to_head, deadline).await {
                 Err(e) if e.stale() && outgoing.replayable() => {
                     tracing::debug!(error = %e, "an idle upstream connection was closed; sending on a new one");
                 }
                 done => return done.map_err(Into::into),
             }
         }
-        let connection = Connection::open(authority).await?;
-        Ok(self.exchange(connection, &outgoing, &mut body, to_head).await?)
+        let connection = Connection::open(authority, deadline).await?;
+        Ok(self
+            .exchange(connection, &outgoing, &mut body, to_head, deadline)
+            .await?)
     }
 
     async fn exchange(
@@ -198,10 +217,29 @@ impl Pool {
         outgoing: &Outgoing,
         body: &mut RequestBody,
         to_head: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Http1Body>, Http1Error> {
         if connection.buffer.capacity() < INITIAL_BUFFER {
             connection.buffer.reserve(INITIAL_BUFFER);
         }
+        let mut watchdog = connection.watchdog.take().unwrap_or_else(|| Watchdog::new(deadline));
+        let answered = watchdog
+            .bound(deadline, Self::talk(&mut connection, outgoing, body, to_head))
+            .await;
+        connection.watchdog = Some(watchdog);
+        let (head, request_written) = answered?;
+        let pool = (request_written && head.keep_alive).then(|| self.idle.clone());
+        Ok(respond(connection, head, pool))
+    }
+
+    /// Writes the request and reads the answer's head; with it, whether the request was written whole
+    /// (a connection whose request was cut short cannot carry another).
+    async fn talk(
+        connection: &mut Connection,
+        outgoing: &Outgoing,
+        body: &mut RequestBody,
+        to_head: bool,
+    ) -> Result<(response::Head, bool), Http1Error> {
         // Let the worker's other ready requests run first, so that the writes to the upstream leave
         // in a burst after them, as they did from hyper's connection tasks: an upstream on the same
         // cores then wakes once for several requests instead of preempting the sidecar at every write
@@ -214,14 +252,12 @@ impl Pool {
             if !matches!(error, Http1Error::Write(_)) {
                 return Err(error);
             }
-            return match response::read_head(&mut connection, to_head).await {
-                Ok(head) => Ok(respond(connection, head, None)),
+            return match response::read_head(connection, to_head).await {
+                Ok(head) => Ok((head, false)),
                 Err(_) => Err(error),
             };
         }
-        let head = response::read_head(&mut connection, to_head).await?;
-        let pool = head.keep_alive.then(|| self.idle.clone());
-        Ok(respond(connection, head, pool))
+        Ok((response::read_head(connection, to_head).await?, true))
     }
 }
 
@@ -290,7 +326,13 @@ mod tests {
             .unwrap()
             .into_parts()
             .0;
-        pool.send(address, parts, RequestBody::Full(None)).await
+        pool.send(
+            address,
+            parts,
+            RequestBody::Full(None),
+            tokio::time::Instant::now() + Duration::from_secs(30),
+        )
+        .await
     }
 
     async fn text(response: Response<Http1Body>) -> Result<String, BoxError> {
@@ -351,6 +393,37 @@ mod tests {
             "until the close"
         );
         assert_eq!(idle(&pool), 0);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_times_out_at_its_own_request_deadline_and_is_not_kept() {
+        // Answers the first request on a connection, then reads the next and never answers it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    let _ = socket.read(&mut buffer).await;
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                    while matches!(socket.read(&mut buffer).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let pool = Pool::default();
+        assert_eq!(text(get(&pool, &address).await.unwrap()).await.unwrap(), "ok");
+        assert_eq!(idle(&pool), 1);
+        let parts = hyper::Request::get("/x").body(()).unwrap().into_parts().0;
+        let started = tokio::time::Instant::now();
+        let wait = Duration::from_millis(300);
+        let held = pool
+            .send(&address, parts, RequestBody::Full(None), started + wait)
+            .await;
+        assert!(matches!(held, Err(ForwardError::TimedOut)), "{:?}", held.err());
+        assert!(started.elapsed() >= wait, "timed out early: {:?}", started.elapsed());
+        assert_eq!(idle(&pool), 0, "a connection still owing an answer is not lent again");
     }
 
     #[tokio::test]
@@ -417,7 +490,8 @@ mod tests {
             .into_parts()
             .0;
         let body = RequestBody::Full(Some(vec![b'x'; 32 << 20].into()));
-        let response = Pool::default().send(&address, parts, body).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let response = Pool::default().send(&address, parts, body, deadline).await.unwrap();
         assert_eq!(response.status(), hyper::StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(text(response).await.unwrap(), "big!");
     }

@@ -59,6 +59,10 @@ impl From<hyper::Error> for ForwardError {
     }
 }
 
+/// The longest upstream timeout: a deadline is the request's start plus the timeout, and the clock cannot
+/// add any duration (the command line takes at most 24 h; a year is as good as no bound).
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How long connecting to the upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -110,7 +114,8 @@ impl Body for UpstreamBody {
 }
 
 impl Upstream {
-    /// `url` is `http://host:port[/prefix]`. `timeout` bounds the wait for response headers.
+    /// `url` is `http://host:port[/prefix]`. `timeout` bounds the wait for response headers (at most
+    /// [`MAX_TIMEOUT`]).
     pub fn new(url: &str, protocol: UpstreamProtocol, timeout: Duration) -> Result<Self, UpstreamUrlError> {
         let invalid = |reason| UpstreamUrlError {
             url: url.to_owned(),
@@ -131,7 +136,7 @@ impl Upstream {
             authority,
             host,
             prefix: uri.path().trim_end_matches('/').to_owned(),
-            timeout,
+            timeout: timeout.min(MAX_TIMEOUT),
             protocol: Arc::new(Choice::new(protocol)),
             http1: http1::Pool::default(),
             http2: http2::Connections::default(),
@@ -322,6 +327,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use hyper::header::HeaderValue;
+
+    #[tokio::test]
+    async fn a_timeout_longer_than_the_clock_can_add_still_forwards() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buffer = [0u8; 4096];
+            let _ = socket.read(&mut buffer).await;
+            let _ = socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        });
+        let upstream = Upstream::new(&format!("http://{address}"), UpstreamProtocol::Http1, Duration::MAX).unwrap();
+        let parts = Request::get("/x").body(()).unwrap().into_parts().0;
+        let response = upstream.forward(parts, RequestBody::Full(None)).await.unwrap();
+        assert_eq!(response.status(), hyper::StatusCode::NO_CONTENT);
+    }
 
     #[test]
     fn only_plain_http_upstreams_with_a_host_are_accepted() {

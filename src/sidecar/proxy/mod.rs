@@ -245,7 +245,10 @@ impl Upstream {
 }
 
 /// `work`'s result, or [`ForwardError::TimedOut`] at `deadline`.
-async fn within<T>(deadline: Instant, work: impl Future<Output = Result<T, ForwardError>>) -> Result<T, ForwardError> {
+pub(super) async fn within<T>(
+    deadline: Instant,
+    work: impl Future<Output = Result<T, ForwardError>>,
+) -> Result<T, ForwardError> {
     tokio::time::timeout_at(deadline, work)
         .await
         .unwrap_or(Err(ForwardError::TimedOut))

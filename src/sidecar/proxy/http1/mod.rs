@@ -37,7 +37,7 @@ use request::Outgoing;
 use response::{MAX_HEAD, MAX_HEADERS};
 use watchdog::Watchdog;
 
-use super::{ForwardError, connect};
+use super::{ForwardError, connect, within};
 use crate::sidecar::body::{BoxError, RequestBody};
 
 /// Idle connections kept per worker; more are closed when their request ends.
@@ -115,12 +115,8 @@ struct Connection {
 impl Connection {
     /// Connects, within `deadline` (the first request's).
     async fn open(authority: &str, deadline: tokio::time::Instant) -> Result<Connection, ForwardError> {
-        let stream = match tokio::time::timeout_at(deadline, connect(authority)).await {
-            Ok(connected) => connected?,
-            Err(_) => return Err(ForwardError::TimedOut),
-        };
         Ok(Connection {
-            stream,
+            stream: within(deadline, connect(authority)).await?,
             buffer: BytesMut::with_capacity(INITIAL_BUFFER),
             idle_since: Instant::now(),
             watchdog: Some(Watchdog::new(deadline)),

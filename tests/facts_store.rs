@@ -6,6 +6,7 @@ mod facts_support;
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use facts_support::*;
 use orgkeeper::domain::facts::{Fact, FactChange};
@@ -331,15 +332,25 @@ async fn deleting_an_environment_deletes_its_facts(store: Store) {
 async fn concurrent_overlapping_batches_all_land(store: Store) {
     let t = tenancy(&store).await;
     let env = t.env("staging").to_owned();
+    // Writers start each round together, so that their transactions overlap (on PostgreSQL they used to
+    // deadlock on the shared facts' unique index, and sometimes ran out of retries).
+    const SHARED: usize = 1_000;
+    const ROUNDS: usize = 3;
+    let writers = 8;
+    let start = Arc::new(tokio::sync::Barrier::new(writers));
     let mut tasks = Vec::new();
-    for writer in 0..8 {
+    for writer in 0..writers {
         let store = store.clone();
         let env = env.clone();
+        let start = start.clone();
         tasks.push(tokio::spawn(async move {
-            for round in 0..5 {
-                // Every writer inserts the same 40 facts, in its own order, plus its own.
-                let mut facts: Vec<Fact> = (0..40).map(|i| role(&format!("shared{i}"), "member", "acme")).collect();
-                facts.rotate_left((writer * 5 + round) % 40);
+            for round in 0..ROUNDS {
+                start.wait().await;
+                // Every writer inserts the same facts, in its own order, plus its own.
+                let mut facts: Vec<Fact> = (0..SHARED)
+                    .map(|i| role(&format!("shared{i}"), "member", "acme"))
+                    .collect();
+                facts.rotate_left((writer * ROUNDS + round) * SHARED / (writers * ROUNDS));
                 facts.push(role(&format!("w{writer}r{round}"), "member", "acme"));
                 store.write_facts(&env, &[FactChange::Insert(facts)]).await.unwrap();
             }
@@ -348,7 +359,10 @@ async fn concurrent_overlapping_batches_all_land(store: Store) {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(store.count_facts(&env).await.unwrap(), 40 + 8 * 5);
+    assert_eq!(
+        store.count_facts(&env).await.unwrap() as usize,
+        SHARED + writers * ROUNDS
+    );
 }
 
 on_both_backends!(

@@ -153,7 +153,7 @@ impl Handler {
     ) -> Result<Response<ResponseBody>, RefusedRequest> {
         // From the clock read `handle` made (one read fewer per request).
         let deadline = tokio::time::Instant::from_std(started) + self.body_timeout;
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let has_body = !body.is_end_stream();
         // Known before the key check so that the check notes the key's use only for a request it will
         // serve; a request refused for stale keys is still told first whether its key is right.
@@ -202,7 +202,7 @@ impl Handler {
                 (permit, quotas, Outgoing::Full { bytes, deletes })
             }
         };
-        self.forward(&caller, parts, body, deadline, quotas, permit, in_flight)
+        self.forward(&caller, &mut parts, body, deadline, quotas, permit, in_flight)
             .await
     }
 
@@ -320,7 +320,7 @@ impl Handler {
     async fn forward(
         &self,
         caller: &Caller,
-        mut parts: hyper::http::request::Parts,
+        parts: &mut hyper::http::request::Parts,
         body: Outgoing,
         deadline: tokio::time::Instant,
         quotas: Vec<Quota>,

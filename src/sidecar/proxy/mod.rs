@@ -175,17 +175,18 @@ impl Upstream {
     /// body then streams.
     pub async fn forward(
         &self,
-        parts: hyper::http::request::Parts,
+        parts: &mut hyper::http::request::Parts,
         body: RequestBody,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
-        let mut request = Request::from_parts(parts, body);
-        *request.uri_mut() = self.target(request.uri());
-        strip_hop_by_hop(request.headers_mut());
-        request.headers_mut().remove(header::EXPECT);
-        if !request.headers().contains_key(header::HOST) {
-            request.headers_mut().insert(header::HOST, self.host.clone());
+        // The head is edited where the handler keeps it, and the HTTP/1.1 path writes it from there: each
+        // layer that took it by value, or wrapped it in a `Request` and out again, copied its 224 bytes.
+        parts.uri = self.target(&parts.uri);
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::EXPECT);
+        if !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, self.host.clone());
         }
-        let mut response = self.send(request, Instant::now() + self.timeout).await?;
+        let mut response = self.send(parts, body, Instant::now() + self.timeout).await?;
         strip_hop_by_hop(response.headers_mut());
         *response.version_mut() = hyper::Version::HTTP_11;
         Ok(response)
@@ -195,7 +196,8 @@ impl Upstream {
     /// (`http1/watchdog.rs`), the rest takes one per request.
     async fn send(
         &self,
-        mut request: Request<RequestBody>,
+        parts: &mut hyper::http::request::Parts,
+        body: RequestBody,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let authority = self.authority.as_str();
@@ -205,11 +207,15 @@ impl Upstream {
         };
         let sent = match wire {
             Wire::Http1 => {
-                let (parts, body) = request.into_parts();
                 let response = self.http1.send(authority, parts, body, deadline).await;
                 response.map(|response| response.map(UpstreamBody::Http1))
             }
             Wire::Http2 => {
+                let mut request = Request::new(body);
+                *request.method_mut() = parts.method.clone();
+                *request.uri_mut() = std::mem::take(&mut parts.uri);
+                *request.headers_mut() = std::mem::take(&mut parts.headers);
+                *request.extensions_mut() = std::mem::take(&mut parts.extensions);
                 self.prepare_for_http2(&mut request);
                 let response = within(deadline, self.http2.send(authority, request)).await;
                 response.map(|response| response.map(UpstreamBody::Http2))
@@ -343,8 +349,8 @@ mod tests {
             let _ = socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
         });
         let upstream = Upstream::new(&format!("http://{address}"), UpstreamProtocol::Http1, Duration::MAX).unwrap();
-        let parts = Request::get("/x").body(()).unwrap().into_parts().0;
-        let response = upstream.forward(parts, RequestBody::Full(None)).await.unwrap();
+        let mut parts = Request::get("/x").body(()).unwrap().into_parts().0;
+        let response = upstream.forward(&mut parts, RequestBody::Full(None)).await.unwrap();
         assert_eq!(response.status(), hyper::StatusCode::NO_CONTENT);
     }
 

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::chunked::{ChunkError, Chunked};
-use super::{Connection, Idle};
+use super::{Idle, Lent};
 use crate::sidecar::body::BoxError;
 
 /// Bytes asked for per read of a body: large enough for few reads of a large body.
@@ -77,14 +77,14 @@ pub enum BodyError {
 /// A response body from an HTTP/1.1 upstream connection.
 pub struct Http1Body {
     /// `None` once the body has ended (or broken).
-    connection: Option<Connection>,
+    connection: Option<Lent>,
     framing: Framing,
     /// Where the connection goes when the body ends cleanly; `None` when it must not be reused.
     pool: Option<Idle>,
 }
 
 impl Http1Body {
-    pub(super) fn new(connection: Connection, framing: Framing, pool: Option<Idle>) -> Http1Body {
+    pub(super) fn new(connection: Lent, framing: Framing, pool: Option<Idle>) -> Http1Body {
         let mut body = Http1Body {
             connection: Some(connection),
             framing,

@@ -103,6 +103,11 @@ impl From<Http1Error> for ForwardError {
 }
 
 /// A keep-alive connection and what has been read from it but not yet used.
+///
+/// It lives in a `Box` from its opening to its closing ([`Lent`]): a request takes it from the pool, the
+/// response body holds it and gives it back, and each of those hands passes a pointer instead of the
+/// 96 bytes (the native profile had copies of such values between the layers at 1.37 us a request,
+/// against nginx's 0.44).
 struct Connection {
     stream: TcpStream,
     buffer: BytesMut,
@@ -114,13 +119,13 @@ struct Connection {
 
 impl Connection {
     /// Connects, within `deadline` (the first request's).
-    async fn open(authority: &str, deadline: tokio::time::Instant) -> Result<Connection, ForwardError> {
-        Ok(Connection {
+    async fn open(authority: &str, deadline: tokio::time::Instant) -> Result<Lent, ForwardError> {
+        Ok(Box::new(Connection {
             stream: within(deadline, connect(authority)).await?,
             buffer: BytesMut::with_capacity(INITIAL_BUFFER),
             idle_since: Instant::now(),
             watchdog: Some(Watchdog::new(deadline)),
-        })
+        }))
     }
 
     /// Whether the idle connection can be lent: it has been idle only briefly, or nothing (not even its
@@ -156,10 +161,13 @@ pub struct Pool {
 
 /// The idle connections, most recently used last (and taken first: its buffers are warm).
 #[derive(Clone, Default)]
-struct Idle(Arc<Mutex<Vec<Connection>>>);
+struct Idle(Arc<Mutex<Vec<Lent>>>);
+
+/// A connection as it is passed around: see [`Connection`].
+type Lent = Box<Connection>;
 
 impl Idle {
-    fn take(&self) -> Option<Connection> {
+    fn take(&self) -> Option<Lent> {
         loop {
             let connection = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             if connection.usable() {
@@ -168,7 +176,7 @@ impl Idle {
         }
     }
 
-    fn put(&self, mut connection: Connection) {
+    fn put(&self, mut connection: Lent) {
         if connection.buffer.capacity() > MAX_IDLE_BUFFER {
             connection.buffer = BytesMut::new();
         }
@@ -187,11 +195,11 @@ impl Pool {
     pub async fn send(
         &self,
         authority: &str,
-        parts: Parts,
+        parts: &Parts,
         mut body: RequestBody,
         deadline: tokio::time::Instant,
     ) -> Result<Response<Http1Body>, ForwardError> {
-        let outgoing = Outgoing::new(&parts, &body);
+        let outgoing = Outgoing::new(parts, &body);
         let to_head = parts.method == Method::HEAD;
         if let Some(connection) = self.idle.take() {
             match self.exchange(connection, &outgoing, &mut body, to_head, deadline).await {
@@ -209,7 +217,7 @@ impl Pool {
 
     async fn exchange(
         &self,
-        mut connection: Connection,
+        mut connection: Lent,
         outgoing: &Outgoing,
         body: &mut RequestBody,
         to_head: bool,
@@ -258,7 +266,7 @@ impl Pool {
 }
 
 /// The response, its body reading `connection` (which goes back to `pool`, if any, at the body's end).
-fn respond(connection: Connection, head: response::Head, pool: Option<Idle>) -> Response<Http1Body> {
+fn respond(connection: Lent, head: response::Head, pool: Option<Idle>) -> Response<Http1Body> {
     let mut response = Response::new(Http1Body::new(connection, head.framing, pool));
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers;
@@ -324,7 +332,7 @@ mod tests {
             .0;
         pool.send(
             address,
-            parts,
+            &parts,
             RequestBody::Full(None),
             tokio::time::Instant::now() + Duration::from_secs(30),
         )
@@ -415,7 +423,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let wait = Duration::from_millis(300);
         let held = pool
-            .send(&address, parts, RequestBody::Full(None), started + wait)
+            .send(&address, &parts, RequestBody::Full(None), started + wait)
             .await;
         assert!(matches!(held, Err(ForwardError::TimedOut)), "{:?}", held.err());
         assert!(started.elapsed() >= wait, "timed out early: {:?}", started.elapsed());
@@ -487,7 +495,7 @@ mod tests {
             .0;
         let body = RequestBody::Full(Some(vec![b'x'; 32 << 20].into()));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let response = Pool::default().send(&address, parts, body, deadline).await.unwrap();
+        let response = Pool::default().send(&address, &parts, body, deadline).await.unwrap();
         assert_eq!(response.status(), hyper::StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(text(response).await.unwrap(), "big!");
     }

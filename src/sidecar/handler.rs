@@ -127,7 +127,9 @@ impl Handler {
     pub async fn handle(&self, request: Request<ClientBody>, connection: &ConnectionState) -> Response<ResponseBody> {
         let started = Instant::now();
         let in_flight = self.metrics.enter();
-        let response = match self.process(request, started, in_flight).await {
+        // The head stays here and the layers below borrow it (each that took it by value copied it).
+        let (mut parts, body) = request.into_parts();
+        let response = match self.process(&mut parts, body, started, in_flight).await {
             Ok(response) => response,
             Err(refused) => {
                 refused.counters.reject(refused.refusal.reason());
@@ -147,13 +149,13 @@ impl Handler {
 
     async fn process(
         &self,
-        request: Request<ClientBody>,
+        parts: &mut hyper::http::request::Parts,
+        body: ClientBody,
         started: Instant,
         in_flight: InFlight,
     ) -> Result<Response<ResponseBody>, RefusedRequest> {
         // From the clock read `handle` made (one read fewer per request).
         let deadline = tokio::time::Instant::from_std(started) + self.body_timeout;
-        let (mut parts, body) = request.into_parts();
         let has_body = !body.is_end_stream();
         // Known before the key check so that the check notes the key's use only for a request it will
         // serve; a request refused for stale keys is still told first whether its key is right.
@@ -202,7 +204,7 @@ impl Handler {
                 (permit, quotas, Outgoing::Full { bytes, deletes })
             }
         };
-        self.forward(&caller, &mut parts, body, deadline, quotas, permit, in_flight)
+        self.forward(&caller, parts, body, deadline, quotas, permit, in_flight)
             .await
     }
 

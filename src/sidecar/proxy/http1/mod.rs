@@ -228,7 +228,10 @@ impl Pool {
         }
         let mut watchdog = connection.watchdog.take().unwrap_or_else(|| Watchdog::new(deadline));
         let answered = watchdog
-            .bound(deadline, Self::talk(&mut connection, outgoing, body, to_head))
+            .bound(
+                deadline,
+                std::pin::pin!(Self::talk(&mut connection, outgoing, body, to_head)),
+            )
             .await;
         connection.watchdog = Some(watchdog);
         let (head, request_written) = answered?;

@@ -29,17 +29,19 @@ impl Watchdog {
     }
 
     /// `work`'s result, or [`Http1Error::TimedOut`] once `deadline` has passed without one.
+    ///
+    /// `work` is pinned by the caller and borrowed here: taken by value, the request's whole exchange with
+    /// the upstream (a future of 416 bytes) was copied into this one and again into its pinned place.
     pub async fn bound<T>(
         &mut self,
         deadline: Instant,
-        work: impl Future<Output = Result<T, Http1Error>>,
+        mut work: Pin<&mut impl Future<Output = Result<T, Http1Error>>>,
     ) -> Result<T, Http1Error> {
         // A later deadline than this request's would let it wait too long (deadlines on one connection
         // only grow, but that is the callers' order, not this type's to rely on).
         if self.timer.deadline() > deadline {
             self.timer.as_mut().reset(deadline);
         }
-        let mut work = std::pin::pin!(work);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(done) = work.as_mut().poll(cx) {
                 return Poll::Ready(done);
@@ -59,6 +61,7 @@ impl Watchdog {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
     use std::time::Duration;
 
     use super::*;
@@ -72,7 +75,7 @@ mod tests {
     /// Waits on work that never ends, with a deadline `WAIT` from now; how long it took to time out.
     async fn time_out(watchdog: &mut Watchdog) -> Duration {
         let started = Instant::now();
-        let waited = watchdog.bound(started + WAIT, never()).await;
+        let waited = watchdog.bound(started + WAIT, pin!(never())).await;
         assert!(matches!(waited, Err(Http1Error::TimedOut)));
         started.elapsed()
     }
@@ -80,7 +83,7 @@ mod tests {
     #[tokio::test]
     async fn work_done_in_time_is_returned_and_the_timer_stays_armed_for_later_requests() {
         let mut watchdog = Watchdog::new(Instant::now() + WAIT);
-        let first = watchdog.bound(Instant::now() + WAIT, async { Ok(1) }).await;
+        let first = watchdog.bound(Instant::now() + WAIT, pin!(async { Ok(1) })).await;
         assert_eq!(first.unwrap(), 1);
         let took = time_out(&mut watchdog).await;
         assert!(took >= WAIT, "timed out early: {took:?}");
@@ -90,7 +93,7 @@ mod tests {
     async fn a_request_after_the_timer_fired_while_idle_still_gets_its_whole_wait() {
         let mut watchdog = Watchdog::new(Instant::now() + Duration::from_millis(20));
         watchdog
-            .bound(Instant::now() + Duration::from_millis(20), async { Ok(()) })
+            .bound(Instant::now() + Duration::from_millis(20), pin!(async { Ok(()) }))
             .await
             .unwrap();
         // The connection idles past its last deadline: its timer has fired with nobody waiting.

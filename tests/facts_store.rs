@@ -336,10 +336,10 @@ async fn concurrent_overlapping_batches_all_land(store: Store) {
     // deadlock on the shared facts' unique index, and sometimes ran out of retries).
     const SHARED: usize = 1_000;
     const ROUNDS: usize = 3;
-    let writers = 8;
-    let start = Arc::new(tokio::sync::Barrier::new(writers));
+    const WRITERS: usize = 8;
+    let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
     let mut tasks = Vec::new();
-    for writer in 0..writers {
+    for writer in 0..WRITERS {
         let store = store.clone();
         let env = env.clone();
         let start = start.clone();
@@ -350,7 +350,7 @@ async fn concurrent_overlapping_batches_all_land(store: Store) {
                 let mut facts: Vec<Fact> = (0..SHARED)
                     .map(|i| role(&format!("shared{i}"), "member", "acme"))
                     .collect();
-                facts.rotate_left((writer * ROUNDS + round) * SHARED / (writers * ROUNDS));
+                facts.rotate_left((writer * ROUNDS + round) * SHARED / (WRITERS * ROUNDS));
                 facts.push(role(&format!("w{writer}r{round}"), "member", "acme"));
                 store.write_facts(&env, &[FactChange::Insert(facts)]).await.unwrap();
             }
@@ -361,7 +361,7 @@ async fn concurrent_overlapping_batches_all_land(store: Store) {
     }
     assert_eq!(
         store.count_facts(&env).await.unwrap() as usize,
-        SHARED + writers * ROUNDS
+        SHARED + WRITERS * ROUNDS
     );
 }
 

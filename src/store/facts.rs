@@ -101,7 +101,7 @@ impl Store {
         let mut tx = self.pool().begin().await.context("starting a fact transaction")?;
         if self.backend() == Backend::Postgres {
             // The two-key form, so that the lock never shares a key with the migrator's (one bigint).
-            sqlx::query::<Any>("SELECT pg_advisory_xact_lock($1, hashtext($2))::TEXT")
+            sqlx::query::<Any>("SELECT pg_advisory_xact_lock($1, hashtext($2))")
                 .bind(FACT_WRITE_LOCK_CLASS)
                 .bind(environment_id.to_owned())
                 .execute(&mut *tx)
@@ -133,8 +133,8 @@ impl Store {
         facts: &[Fact],
     ) -> Result<u64, StoreError> {
         // One row per fact, in the client's order (reads return facts oldest first): a statement never
-        // proposes the same row twice. Writers that insert the same facts in different orders can deadlock
-        // on PostgreSQL; the database then aborts one, and `write_facts` retries it.
+        // proposes the same row twice. Writers inserting the same facts in different orders do not
+        // deadlock, as the environment's lock (see the module's docs) admits one at a time.
         let mut seen = std::collections::HashSet::with_capacity(facts.len());
         let rows: Vec<(String, &Fact)> = facts
             .iter()
